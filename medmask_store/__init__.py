@@ -1,0 +1,38 @@
+"""medmask_store: lossless, chunked archives of medical segmentation masks."""
+
+from medmask_store.codecs import PackBitsZstd, PackBitsZstdCodec
+from medmask_store.errors import (
+    CaseExists,
+    CaseNotFound,
+    CorruptChunk,
+    InvalidArchive,
+    InvalidCase,
+    MaskStoreError,
+    NiftiError,
+    OrganNotFound,
+    ReadOnlyArchive,
+)
+from medmask_store.model import CaseData, CaseInfo, OrganStats
+from medmask_store.storage import Case, MaskArchive, StorageSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Case",
+    "CaseData",
+    "CaseExists",
+    "CaseInfo",
+    "CaseNotFound",
+    "CorruptChunk",
+    "InvalidArchive",
+    "InvalidCase",
+    "MaskArchive",
+    "MaskStoreError",
+    "NiftiError",
+    "OrganNotFound",
+    "OrganStats",
+    "PackBitsZstd",
+    "PackBitsZstdCodec",
+    "ReadOnlyArchive",
+    "StorageSettings",
+]

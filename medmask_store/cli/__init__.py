@@ -1,0 +1,1 @@
+"""The ``medmask-store`` command line: a thin layer over the Python API."""

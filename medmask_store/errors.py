@@ -1,0 +1,45 @@
+"""Exceptions raised by medmask_store; all derive from :class:`MaskStoreError`."""
+
+from __future__ import annotations
+
+
+class MaskStoreError(Exception):
+    """Base class of every error medmask_store raises on purpose."""
+
+
+class InvalidCase(MaskStoreError, ValueError):
+    """A case's input (masks, labels, mapping, space, id, metadata) is invalid."""
+
+
+class InvalidArchive(MaskStoreError):
+    """A path is not a medmask_store archive, or its format is unsupported."""
+
+
+class ReadOnlyArchive(MaskStoreError, PermissionError):
+    """A write was attempted on an archive opened with mode ``"r"``."""
+
+
+class CaseNotFound(MaskStoreError, KeyError):
+    """No case with the requested id exists in the archive."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CaseExists(MaskStoreError, FileExistsError):
+    """A case id is already present and ``overwrite`` was not requested."""
+
+
+class OrganNotFound(MaskStoreError, KeyError):
+    """A case has no organ of the requested name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptChunk(MaskStoreError, ValueError):
+    """Stored bytes fail their checksum or do not decode to the expected chunk."""
+
+
+class NiftiError(MaskStoreError, ValueError):
+    """A NIfTI input cannot be imported losslessly (geometry, values, label map)."""

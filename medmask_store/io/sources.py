@@ -1,0 +1,47 @@
+"""Turn import sources (case folders, multi-label files, folders of cases) into cases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from medmask_store.errors import NiftiError
+from medmask_store.io.nifti import is_nifti, load_mask_folder, load_multilabel, mask_files, nifti_stem
+from medmask_store.model.case_data import CaseData, Unmapped
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """One case to import: its id and how to load it."""
+
+    case_id: str
+    path: Path
+    load: Callable[[], CaseData]
+
+
+def discover_cases(
+    source: str | Path,
+    label_map: Mapping[str, int] | Path | None = None,
+    unmapped: Unmapped = "error",
+) -> list[CaseSource]:
+    """The cases in ``source``; the case id is the folder name or file stem.
+
+    ``source`` is a folder of binary masks (one case), a multi-label NIfTI file
+    (label map from ``label_map`` or a ``<stem>.json`` beside it), or a folder
+    whose sub-folders are case folders.
+    """
+    source = Path(source)
+    if is_nifti(source):
+        labels = label_map if label_map is not None else source.with_name(nifti_stem(source) + ".json")
+        if isinstance(labels, Path) and not labels.exists():
+            raise NiftiError(f"{source}: a multi-label file needs a label map (--labels map.json or {labels.name} beside it)")
+        return [CaseSource(nifti_stem(source), source, lambda: load_multilabel(source, labels, unmapped=unmapped))]
+    if not source.is_dir():
+        raise NiftiError(f"{source}: neither a NIfTI file nor a folder")
+    if mask_files(source):
+        return [CaseSource(source.name, source, lambda: load_mask_folder(source))]
+    case_folders = sorted(p for p in source.iterdir() if p.is_dir() and mask_files(p))
+    if not case_folders:
+        raise NiftiError(f"{source}: holds no .nii.gz masks and no case folders with masks")
+    return [CaseSource(p.name, p, lambda p=p: load_mask_folder(p)) for p in case_folders]

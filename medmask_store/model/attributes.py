@@ -1,0 +1,105 @@
+"""The JSON attributes of a stored case (format version, Space, mapping, layers, stats, meta)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from spacetransformer import Space
+
+from medmask_store.errors import InvalidArchive
+from medmask_store.model.case_data import CaseData, label_dtype
+from medmask_store.model.stats import OrganStats
+
+FORMAT_VERSION = 1
+ATTRIBUTE_KEY = "medmask_store"
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """A stored case's metadata, decoded from its attributes without touching voxels."""
+
+    case_id: str
+    space: Space
+    mapping: dict[str, int]
+    layer_names: tuple[str, ...]
+    stats: dict[str, OrganStats]
+    meta: dict[str, Any]
+    organ_affines: dict[str, np.ndarray]
+
+    @property
+    def label_dtype(self) -> np.dtype:
+        return label_dtype(self.mapping)
+
+    def representation(self, organ: str) -> str:
+        """``"binary_layer"`` or ``"label_volume"``: where the organ's voxels live."""
+        return "binary_layer" if organ in self.layer_names else "label_volume"
+
+    @classmethod
+    def from_attributes(cls, case_id: str, attributes: dict[str, Any]) -> CaseInfo:
+        content = attributes.get(ATTRIBUTE_KEY)
+        if not isinstance(content, dict):
+            raise InvalidArchive(f"case {case_id!r} has no {ATTRIBUTE_KEY!r} attributes")
+        if content.get("format_version") != FORMAT_VERSION:
+            raise InvalidArchive(
+                f"case {case_id!r} has format version {content.get('format_version')!r}; "
+                f"this medmask_store reads version {FORMAT_VERSION}"
+            )
+        mapping = dict(content["mapping"])
+        stored_stats = content["stats"]
+        stats = {
+            name: OrganStats.from_json(stored_stats[name]) if name in stored_stats else OrganStats.empty()
+            for name in mapping
+        }
+        return cls(
+            case_id=case_id,
+            space=Space.from_dict(content["space"]),
+            mapping=mapping,
+            layer_names=tuple(content["binary_layers"]),
+            stats=stats,
+            meta=dict(content["meta"]),
+            organ_affines=_decode_affines(content.get("organ_affines")),
+        )
+
+
+def case_attributes(data: CaseData) -> dict[str, Any]:
+    """JSON attributes of a case; empty organs cost only their mapping entry."""
+    space = data.space
+    return {
+        ATTRIBUTE_KEY: {
+            "format_version": FORMAT_VERSION,
+            "space": {
+                "shape": [int(s) for s in space.shape],
+                "origin": [float(v) for v in space.origin],
+                "spacing": [float(v) for v in space.spacing],
+                "x_orientation": [float(v) for v in space.x_orientation],
+                "y_orientation": [float(v) for v in space.y_orientation],
+                "z_orientation": [float(v) for v in space.z_orientation],
+            },
+            "mapping": data.mapping,
+            "binary_layers": list(data.layer_names),
+            "stats": {name: s.to_json() for name, s in data.stats.items() if s.voxels},
+            "meta": data.meta,
+            **({"organ_affines": _encode_affines(data.organ_affines)} if data.organ_affines else {}),
+        }
+    }
+
+
+def _encode_affines(organ_affines: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Distinct affines once, organs by index: 25 noisy TotalSegmentator files cost ~1 KB."""
+    distinct: list[list[float]] = []
+    organs: dict[str, int] = {}
+    for name, affine in organ_affines.items():
+        flat = [float(v) for v in np.asarray(affine)[:3].ravel()]
+        if flat not in distinct:
+            distinct.append(flat)
+        organs[name] = distinct.index(flat)
+    return {"affines": distinct, "organs": organs}
+
+
+def _decode_affines(encoded: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    if not encoded:
+        return {}
+    affines = [np.vstack([np.reshape(a, (3, 4)), [0.0, 0.0, 0.0, 1.0]]) for a in encoded["affines"]]
+    return {name: affines[index] for name, index in encoded["organs"].items()}

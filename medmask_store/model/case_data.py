@@ -1,0 +1,168 @@
+"""In-memory case content and the split of organs into label volume and binary layers.
+
+A case is a :class:`~spacetransformer.Space`, a label mapping (organ name ->
+integer value) and voxels.  Organs that overlap no other organ share one
+**label volume**; an organ that overlaps an organ already placed there goes to
+its own **binary layer**.  Organs are placed largest first, so the smaller of
+two overlapping organs (e.g. rib_right_12 inside sacrum) becomes the layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from spacetransformer import Space
+
+from medmask_store.errors import InvalidCase
+from medmask_store.model.stats import OrganStats
+from medmask_store.model.validation import validate_mapping, validate_meta, validate_organ_name
+
+Unmapped = Literal["error", "name"]
+
+
+def label_dtype(mapping: Mapping[str, int]) -> np.dtype:
+    """uint8 while every value fits, uint16 beyond 255."""
+    return np.dtype(np.uint8 if max(mapping.values(), default=0) <= 255 else np.uint16)
+
+
+@dataclass
+class CaseData:
+    """Everything stored for one case, validated and ready to write."""
+
+    space: Space
+    mapping: dict[str, int]
+    label_volume: np.ndarray
+    layer_names: list[str]
+    binary_layers: np.ndarray  # bool, shape (len(layer_names), *space.shape)
+    stats: dict[str, OrganStats]
+    meta: dict[str, Any] = field(default_factory=dict)
+    # Exact NIfTI affines of organs whose source file deviated from the Space by float noise.
+    organ_affines: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_masks(
+        cls,
+        masks: Mapping[str, np.ndarray],
+        space: Space | None = None,
+        mapping: Mapping[str, int] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> CaseData:
+        """Build a case from one binary mask per organ (overlaps allowed, stored losslessly).
+
+        ``mapping`` assigns label values; by default organs get 1, 2, ... in the
+        order of ``masks``.
+        """
+        if not masks:
+            raise InvalidCase("a case needs at least one organ mask")
+        if space is None:
+            first = next(iter(masks))
+            space = _resolve_space(None, masks[first], f"mask {first!r}")
+        elif not isinstance(space, Space):
+            raise InvalidCase(f"space must be a spacetransformer.Space, got {type(space).__name__}")
+        mapping = validate_mapping(mapping if mapping is not None else {n: i for i, n in enumerate(masks, 1)})
+        if set(mapping) != set(masks):
+            missing, extra = sorted(set(masks) - set(mapping)), sorted(set(mapping) - set(masks))
+            raise InvalidCase(f"mapping does not match the masks: no value for {missing}, no mask for {extra}")
+        voxel_indices = {name: _mask_indices(name, mask, space) for name, mask in masks.items()}
+        return cls._from_voxel_indices(space, mapping, voxel_indices, validate_meta(meta))
+
+    @classmethod
+    def from_labels(
+        cls,
+        labels: np.ndarray,
+        mapping: Mapping[str, int],
+        space: Space | None = None,
+        meta: Mapping[str, Any] | None = None,
+        unmapped: Unmapped = "error",
+    ) -> CaseData:
+        """Build a case from a label volume; every organ lands in the label volume.
+
+        Values present in ``labels`` but absent from ``mapping`` raise
+        :class:`InvalidCase`, unless ``unmapped="name"`` names them ``label_<value>``.
+        """
+        labels = np.asarray(labels)
+        space = _resolve_space(space, labels, "label volume")
+        if labels.dtype.kind not in "ui":
+            raise InvalidCase(f"label volume must have an integer dtype, got {labels.dtype}")
+        mapping = validate_mapping(mapping)
+        flat = labels.reshape(-1)
+        nonzero = np.flatnonzero(flat)
+        values = flat[nonzero]
+        present, counts = np.unique(values, return_counts=True)
+        unknown = sorted(set(present.tolist()) - set(mapping.values()))
+        if unknown and unmapped == "error":
+            raise InvalidCase(
+                f"label volume holds values {unknown} that the mapping does not name; "
+                "add them to the mapping or pass unmapped='name'"
+            )
+        mapping.update(validate_mapping({f"label_{v}": v for v in unknown}))
+        order = np.argsort(values, kind="stable")
+        groups = np.split(nonzero[order], np.cumsum(counts)[:-1])
+        by_value = {int(v): idx for v, idx in zip(present, groups)}
+        stats = {name: OrganStats.from_flat_indices(by_value.get(v, nonzero[:0]), space) for name, v in mapping.items()}
+        volume = labels.astype(label_dtype(mapping), copy=False)
+        layers = np.zeros((0, *space.shape), dtype=bool)
+        return cls(space, mapping, volume, [], layers, stats, validate_meta(meta))
+
+    @classmethod
+    def _from_voxel_indices(
+        cls,
+        space: Space,
+        mapping: dict[str, int],
+        voxel_indices: dict[str, np.ndarray],
+        meta: dict[str, Any],
+    ) -> CaseData:
+        volume = np.zeros(space.shape, dtype=label_dtype(mapping))
+        flat_volume = volume.reshape(-1)
+        layer_names: list[str] = []
+        for name in sorted(voxel_indices, key=lambda n: -voxel_indices[n].size):
+            indices = voxel_indices[name]
+            if flat_volume[indices].any():
+                layer_names.append(name)
+            else:
+                flat_volume[indices] = mapping[name]
+        layers = np.zeros((len(layer_names), *space.shape), dtype=bool)
+        for layer, name in zip(layers, layer_names):
+            layer.reshape(-1)[voxel_indices[name]] = True
+        stats = {name: OrganStats.from_flat_indices(voxel_indices[name], space) for name in mapping}
+        return cls(space, mapping, volume, layer_names, layers, stats, meta)
+
+    def organ_mask(self, name: str) -> np.ndarray:
+        """Boolean mask of one organ, from whichever representation holds it."""
+        if name in self.layer_names:
+            return self.binary_layers[self.layer_names.index(name)].copy()
+        return self.label_volume == self.mapping[name]
+
+
+def _resolve_space(space: Space | None, array: np.ndarray, what: str) -> Space:
+    shape = tuple(int(s) for s in np.shape(array))
+    if space is None:
+        if len(shape) != 3:
+            raise InvalidCase(f"{what} must be 3-D, got shape {shape}")
+        return Space(shape=shape)  # type: ignore[arg-type]
+    if not isinstance(space, Space):
+        raise InvalidCase(f"space must be a spacetransformer.Space, got {type(space).__name__}")
+    if shape != tuple(space.shape):
+        raise InvalidCase(f"{what} has shape {shape}, the case's Space has shape {tuple(space.shape)}")
+    return space
+
+
+def _mask_indices(name: str, mask: np.ndarray, space: Space) -> np.ndarray:
+    """C-order flat indices of the mask's voxels, without copying F-ordered (NIfTI) arrays."""
+    validate_organ_name(name)
+    mask = np.asarray(mask)
+    if tuple(mask.shape) != tuple(space.shape):
+        raise InvalidCase(f"mask {name!r} has shape {mask.shape}, the case's Space has shape {tuple(space.shape)}")
+    if mask.dtype != np.bool_ and mask.dtype.kind not in "ui":
+        raise InvalidCase(f"mask {name!r} has dtype {mask.dtype}; binary masks must be bool or integer 0/1")
+    order = "F" if mask.flags.f_contiguous and not mask.flags.c_contiguous else "C"
+    flat = mask.ravel(order=order)
+    indices = np.flatnonzero(flat)
+    if mask.dtype != np.bool_ and (flat[indices] != 1).any():
+        raise InvalidCase(f"mask {name!r} holds values other than 0 and 1; pass mask > 0 if that is meant")
+    if order == "F":
+        indices = np.ravel_multi_index(np.unravel_index(indices, mask.shape, order="F"), mask.shape)
+    return indices

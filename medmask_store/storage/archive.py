@@ -1,0 +1,143 @@
+"""MaskArchive: many cases in one store, behind one backend-neutral API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from spacetransformer import Space
+
+from medmask_store.errors import CaseExists, InvalidArchive, InvalidCase, ReadOnlyArchive
+from medmask_store.model.attributes import CaseInfo, case_attributes
+from medmask_store.model.case_data import CaseData, Unmapped
+from medmask_store.model.validation import validate_case_id
+from medmask_store.storage.backend import Backend
+from medmask_store.storage.case import Case
+from medmask_store.storage.layout import StorageSettings, arrays_to_write
+from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
+
+MODES = ("r", "r+", "a", "w", "w-")
+SUFFIXES = {".zarr": ZarrDirectoryBackend}
+
+
+def open_backend(path: Path, mode: str, settings: StorageSettings) -> Backend:
+    """Pick the backend from the path's suffix."""
+    for suffix, backend in SUFFIXES.items():
+        if path.name.endswith(suffix):
+            return backend(path, mode, settings)
+    raise InvalidArchive(f"cannot tell the archive format of {path}: use one of the suffixes {', '.join(SUFFIXES)}")
+
+
+class MaskArchive:
+    """A collection of segmentation cases keyed by case id.
+
+    Parameters
+    ----------
+    path : str or Path
+        Archive location; the suffix picks the backend (``.zarr``).
+    mode : {"r", "r+", "a", "w", "w-"}
+        ``r`` read only (never writes), ``r+`` read/write an existing archive,
+        ``a`` read/write, creating it if needed, ``w`` create (replacing an
+        existing archive), ``w-`` create, failing if the path exists.
+    settings : StorageSettings, optional
+        Chunking and compression of newly written cases.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r", settings: StorageSettings | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.path = Path(path)
+        self.mode = mode
+        self.settings = settings or StorageSettings()
+        self._backend = open_backend(self.path, mode, self.settings)
+
+    def __enter__(self) -> MaskArchive:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __repr__(self) -> str:
+        return f"<MaskArchive {str(self.path)!r} mode={self.mode!r}>"
+
+    # -- reading ---------------------------------------------------------
+    def case_ids(self) -> list[str]:
+        """Ids of all complete cases, sorted."""
+        return self._backend.case_ids()
+
+    def __contains__(self, case_id: object) -> bool:
+        return isinstance(case_id, str) and case_id in self._backend.case_ids()
+
+    def __len__(self) -> int:
+        return len(self._backend.case_ids())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.case_ids())
+
+    def __getitem__(self, case_id: str) -> Case:
+        validate_case_id(case_id)
+        attributes = self._backend.read_case_attributes(case_id)
+        return Case(self._backend, CaseInfo.from_attributes(case_id, attributes))
+
+    # -- writing ---------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self._backend.read_only:
+            raise ReadOnlyArchive(f"{self.path} is open read-only (mode 'r'); open it with mode 'a' to write")
+
+    def add_case(
+        self,
+        case_id: str,
+        data: Mapping[str, np.ndarray] | np.ndarray | CaseData,
+        *,
+        space: Space | None = None,
+        mapping: Mapping[str, int] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        unmapped: Unmapped = "error",
+        overwrite: bool = False,
+    ) -> Case:
+        """Store a case atomically and return it.
+
+        ``data`` is a dict of binary masks (organ name -> bool array; overlaps
+        are kept losslessly), a label volume with ``mapping`` (name -> value),
+        or a :class:`CaseData`.
+        """
+        self._check_writable()
+        validate_case_id(case_id)
+        if not overwrite and case_id in self:
+            raise CaseExists(f"case {case_id!r} already exists in {self.path}; pass overwrite=True to replace it")
+        case_data = self._to_case_data(data, space, mapping, meta, unmapped)
+        arrays = arrays_to_write(case_data, self.settings)
+        self._backend.write_case(case_id, case_attributes(case_data), arrays, overwrite)
+        return self[case_id]
+
+    @staticmethod
+    def _to_case_data(
+        data: Mapping[str, np.ndarray] | np.ndarray | CaseData,
+        space: Space | None,
+        mapping: Mapping[str, int] | None,
+        meta: Mapping[str, Any] | None,
+        unmapped: Unmapped,
+    ) -> CaseData:
+        if isinstance(data, CaseData):
+            return data
+        if isinstance(data, Mapping):
+            return CaseData.from_masks(data, space=space, mapping=mapping, meta=meta)
+        if mapping is None:
+            raise InvalidCase("a label volume needs a mapping (organ name -> label value)")
+        return CaseData.from_labels(np.asarray(data), mapping, space=space, meta=meta, unmapped=unmapped)
+
+    def delete_case(self, case_id: str) -> None:
+        """Remove a case; raises :class:`CaseNotFound` if absent."""
+        self._check_writable()
+        validate_case_id(case_id)
+        self._backend.delete_case(case_id)
+
+    def copy_case_from(self, case: Case, case_id: str | None = None, overwrite: bool = False) -> Case:
+        """Copy a case from another archive (any backend), losslessly."""
+        return self.add_case(case_id or case.case_id, case.to_case_data(), overwrite=overwrite)
