@@ -12,9 +12,10 @@ import click
 from tqdm import tqdm
 
 from medmask_store.demo import run_demo
-from medmask_store.errors import MaskStoreError
+from medmask_store.errors import InvalidCase, MaskStoreError
 from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_label_map
 from medmask_store.io.sources import discover_cases
+from medmask_store.model.validation import validate_meta
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
 
@@ -66,12 +67,9 @@ def _parse_meta(meta: str | None) -> dict[str, Any]:
     if meta is None:
         return {}
     try:
-        parsed = json.loads(meta)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--meta") from exc
-    if not isinstance(parsed, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--meta")
-    return parsed
+        return validate_meta(json.loads(meta))
+    except (ValueError, InvalidCase) as exc:
+        raise click.BadParameter(f"not a JSON object: {exc}", param_hint="--meta") from exc
 
 
 @main.command("ls")

@@ -24,7 +24,7 @@ import struct
 import numpy as np
 import zstandard
 from numcodecs.abc import Codec
-from numcodecs.compat import ensure_bytes, ensure_ndarray, ndarray_copy
+from numcodecs.compat import ensure_bytes, ensure_ndarray
 from numcodecs.registry import register_codec
 
 from medmask_store.errors import CorruptChunk
@@ -56,16 +56,19 @@ class PackBitsZstd(Codec):
         arr = ensure_ndarray(buf)
         if arr.dtype != np.bool_:
             raise TypeError(f"packbits_zstd encodes boolean arrays only, got dtype {arr.dtype}")
-        bits = arr.reshape(-1, order="A")
+        bits = arr.reshape(-1)  # C order, whatever the memory layout
         packed = np.packbits(bits, bitorder="little")
         compressor = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
         return HEADER.pack(MAGIC, bits.size) + compressor.compress(packed.tobytes())
 
     def decode(self, buf: object, out: object = None) -> np.ndarray:
-        """Decode to a flat boolean array, or into ``out`` (whose size must match)."""
-        expected = None if out is None else ensure_ndarray(out).size
-        bits = decode_frame(ensure_bytes(buf), expected)
-        return bits if out is None else ndarray_copy(bits, out)
+        """Decode to a flat boolean array, or into ``out`` (same size; filled in C order)."""
+        if out is None:
+            return decode_frame(ensure_bytes(buf), None)
+        target = ensure_ndarray(out)
+        bits = decode_frame(ensure_bytes(buf), target.size)
+        np.copyto(target, bits.reshape(target.shape))
+        return target
 
 
 def decode_frame(data: bytes, expected_bits: int | None) -> np.ndarray:
@@ -98,6 +101,8 @@ def decode_frame(data: bytes, expected_bits: int | None) -> np.ndarray:
     if decompressor.unused_data:
         raise CorruptChunk(f"packbits_zstd frame followed by {len(decompressor.unused_data)} stray bytes")
     packed_array = np.frombuffer(packed, dtype=np.uint8)
+    if n_bits % 8 and packed_array[-1] >> (n_bits % 8):
+        raise CorruptChunk("packbits_zstd frame has set padding bits: the element count does not match the data")
     return np.unpackbits(packed_array, count=n_bits, bitorder="little").view(np.bool_)
 
 

@@ -58,7 +58,7 @@ class PackBitsZstdCodec(ArrayBytesCodec):
         return chunk_spec.prototype.nd_buffer.from_numpy_array(bits.reshape(shape))
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        encoded = self._codec.encode(np.ascontiguousarray(chunk_array.as_numpy_array()))
+        encoded = self._codec.encode(chunk_array.as_numpy_array())
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nibabel as nib
@@ -18,6 +19,7 @@ from spacetransformer import Space
 
 from medmask_store.errors import InvalidCase, NiftiError
 from medmask_store.model.case_data import CaseData, Unmapped
+from medmask_store.model.validation import MAX_LABEL_VALUE
 from medmask_store.storage.case import Case
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -45,26 +47,34 @@ def mask_files(folder: Path) -> list[Path]:
 
 
 def space_of(image: Any, path: Path) -> Space:
-    """The image's Space, refusing affines that a Space cannot represent (shear)."""
+    """The Space of ``image.affine`` (sform first, as every NIfTI reader reports it).
+
+    ``Space.from_nifti`` prefers the qform; it is given an affine-only view so
+    that the Space matches ``image.affine``. Affines a Space cannot represent
+    (shear) are refused.
+    """
     if len(image.shape) != 3:
         raise NiftiError(f"{path}: expected a 3-D image, got shape {image.shape}")
-    space = Space.from_nifti(image)
+    space = Space.from_nifti(SimpleNamespace(affine=image.affine, shape=tuple(image.shape)))
     if not np.allclose(space.to_nifti_affine(), image.affine, atol=AFFINE_ATOL):
         raise NiftiError(f"{path}: affine has shear or scaling that a Space cannot hold:\n{image.affine}")
     return space
 
 
 def read_integer_voxels(image: Any, path: Path) -> np.ndarray:
-    """Voxels as stored (scaling applied), refusing NaN and non-integer values."""
+    """Voxels as stored (scaling applied), refusing NaN, fractions and values outside 0..65535."""
     data = np.asanyarray(image.dataobj)
+    if data.dtype.kind not in "uifb":
+        raise NiftiError(f"{path}: unsupported voxel type {data.dtype}")
     if data.dtype.kind == "f":
         if not np.isfinite(data).all():
             raise NiftiError(f"{path}: holds NaN or infinite values; masks must be integers")
         if (np.mod(data, 1) != 0).any():
             raise NiftiError(f"{path}: holds non-integer values; masks must be integers")
-        data = data.astype(np.int64 if data.min() < 0 else np.uint16 if data.max() > 255 else np.uint8)
-    elif data.dtype.kind not in "uib":
-        raise NiftiError(f"{path}: unsupported voxel type {data.dtype}")
+    if data.size and (data.min() < 0 or data.max() > MAX_LABEL_VALUE):
+        raise NiftiError(f"{path}: values {data.min()}..{data.max()} are outside the label range 0..{MAX_LABEL_VALUE}")
+    if data.dtype.kind == "f":
+        data = data.astype(np.uint16 if data.size and data.max() > 255 else np.uint8)
     return data
 
 
@@ -87,6 +97,7 @@ class NiftiMaskFolder(Mapping[str, np.ndarray]):
         first = next(iter(self.files.values()))
         first_image = nib.load(first)
         self.space = space_of(first_image, first)
+        self._first = first
         self._affine = first_image.affine
         self.organ_affines: dict[str, np.ndarray] = {}
 
@@ -94,13 +105,19 @@ class NiftiMaskFolder(Mapping[str, np.ndarray]):
         path = self.files[name]
         image = nib.load(path)
         if tuple(image.shape) != tuple(self.space.shape):
-            raise NiftiError(f"{path}: shape {image.shape} differs from {tuple(self.space.shape)} of the other masks")
+            raise NiftiError(
+                f"{path}: shape {image.shape} differs from {tuple(self.space.shape)} of {self._first.name}; "
+                "all masks of a case must share one geometry"
+            )
         if not np.allclose(image.affine, self._affine, atol=GEOMETRY_ATOL):
-            raise NiftiError(f"{path}: affine differs from the other masks of {self.folder}:\n{image.affine}")
+            raise NiftiError(
+                f"{path}: affine differs from that of {self._first.name}; all masks of a case must share "
+                f"one geometry:\n{image.affine}\nvs\n{self._affine}"
+            )
         if not np.allclose(image.affine, self._affine, rtol=0, atol=1e-7):
             self.organ_affines[name] = image.affine
         data = read_integer_voxels(image, path)
-        if data.size and (data.max() > 1 or data.min() < 0):
+        if data.size and data.max() > 1:
             raise NiftiError(f"{path}: a binary mask must hold only 0 and 1, found values up to {data.max()}")
         return data.astype(bool, copy=False)
 
@@ -144,8 +161,6 @@ def load_multilabel(
     image = nib.load(path)
     space = space_of(image, path)
     labels = read_integer_voxels(image, path)
-    if labels.size and labels.min() < 0:
-        raise NiftiError(f"{path}: negative label values")
     try:
         return CaseData.from_labels(labels, mapping, space=space, meta=meta, unmapped=unmapped)
     except InvalidCase as exc:
@@ -173,9 +188,10 @@ def export_multilabel(case: Case, path: str | Path, allow_overlap: bool = False)
     """
     path = Path(path)
     if case.info.layer_names and not allow_overlap:
+        overlaps = "; ".join(f"{name} overlaps {', '.join(case.overlapping_organs(name))}" for name in case.info.layer_names)
         raise NiftiError(
-            f"case {case.case_id!r} has overlapping organs ({', '.join(case.info.layer_names)}) that one "
-            "label file cannot hold: export a mask folder, or allow overlap to paint them over their neighbours"
+            f"case {case.case_id!r} has overlapping organs that one label file cannot hold ({overlaps}): "
+            "export a mask folder, or allow overlap to paint them over their neighbours"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(case.read_labels(), case.space.to_nifti_affine()), path)

@@ -98,7 +98,11 @@ class CaseData:
                 f"label volume holds values {unknown} that the mapping does not name; "
                 "add them to the mapping or pass unmapped='name'"
             )
-        mapping.update(validate_mapping({f"label_{v}": v for v in unknown}))
+        generated = {f"label_{v}": v for v in unknown}
+        taken = sorted(set(generated) & set(mapping))
+        if taken:
+            raise InvalidCase(f"cannot name unmapped values: the mapping already uses the names {taken}")
+        mapping.update(validate_mapping(generated))
         order = np.argsort(values, kind="stable")
         groups = np.split(nonzero[order], np.cumsum(counts)[:-1])
         by_value = {int(v): idx for v, idx in zip(present, groups)}

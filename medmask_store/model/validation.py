@@ -10,6 +10,8 @@ from typing import Any
 from medmask_store.errors import InvalidCase
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
+# Names that stores use for their own metadata next to case groups.
+RESERVED_CASE_IDS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray"})
 MAX_LABEL_VALUE = 65535
 
 
@@ -22,6 +24,8 @@ def validate_case_id(case_id: object) -> str:
             f"invalid case id {case_id!r}: no '/', '\\', control characters, "
             "leading '.' or surrounding spaces"
         )
+    if case_id.lower() in RESERVED_CASE_IDS:
+        raise InvalidCase(f"case id {case_id!r} is reserved for store metadata")
     if len(case_id.encode()) > 200:
         raise InvalidCase(f"case id {case_id[:40]!r}... is longer than 200 bytes")
     return case_id

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from spacetransformer import Space
 
-from medmask_store.errors import OrganNotFound
+from medmask_store.errors import CorruptChunk, OrganNotFound
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData
 from medmask_store.model.stats import OrganStats
@@ -71,6 +71,22 @@ class Case:
             raise FileNotFoundError(f"case {self.case_id!r} has no {name} array")
         return array
 
+    def _read(self, name: str, selection: Any = Ellipsis) -> np.ndarray:
+        """Read a selection of a stored array; failed checksums become :class:`CorruptChunk`."""
+        try:
+            data = np.asarray(self._array(name)[selection])
+        except (ValueError, CorruptChunk) as exc:
+            raise CorruptChunk(f"case {self.case_id!r}, array {name!r}: stored chunk is corrupt ({exc})") from exc
+        if selection is Ellipsis and self._holds_voxels(name) and not data.any():
+            raise CorruptChunk(f"case {self.case_id!r}, array {name!r}: its chunks are missing although organs have voxels")
+        return data
+
+    def _holds_voxels(self, name: str) -> bool:
+        """Whether the statistics say the array has non-zero voxels (catches lost shard files)."""
+        if name == BINARY_LAYERS:
+            return any(self.info.stats[organ].voxels for organ in self.info.layer_names)
+        return any(s.voxels for organ, s in self.info.stats.items() if organ not in self.info.layer_names)
+
     def _check_organ(self, name: str) -> None:
         if name not in self.info.mapping:
             raise OrganNotFound(f"case {self.case_id!r} has no organ {name!r}; it has {sorted(self.info.mapping)}")
@@ -85,10 +101,25 @@ class Case:
         box = tuple(slice(start, stop) for start, stop in stats.bbox)
         if name in self.info.layer_names:
             layer = self.info.layer_names.index(name)
-            mask[box] = self._array(BINARY_LAYERS)[(layer, *box)]
+            mask[box] = self._read(BINARY_LAYERS, (layer, *box))
         else:
-            mask[box] = self._array(LABEL_VOLUME)[box] == self.info.mapping[name]
+            mask[box] = self._read(LABEL_VOLUME, box) == self.info.mapping[name]
         return mask
+
+    def overlapping_organs(self, name: str) -> list[str]:
+        """Organs sharing at least one voxel with ``name`` (decodes only ``name``'s bounding box)."""
+        mask = self.read_organ(name)
+        if not mask.any():
+            return []
+        box = tuple(slice(start, stop) for start, stop in self.info.stats[name].bbox)  # type: ignore[union-attr]
+        inside = mask[box]
+        overlapping = set(np.unique(self._read(LABEL_VOLUME, box)[inside]).tolist())
+        values = {value: organ for organ, value in self.info.mapping.items()}
+        names = {values[v] for v in overlapping if v in values and values[v] != name}
+        for other in self.info.layer_names:
+            if other != name and (self.read_organ(other)[box] & inside).any():
+                names.add(other)
+        return sorted(names)
 
     def read_organs(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Boolean masks of several organs (all organs by default)."""
@@ -100,7 +131,7 @@ class Case:
         Where a layer organ overlaps a label-volume organ, the voxel shows the
         layer organ: use :meth:`read_organ` for every organ exactly.
         """
-        labels = np.asarray(self._array(LABEL_VOLUME)[...])
+        labels = self._read(LABEL_VOLUME)
         if include_layers:
             for name in self.info.layer_names:
                 labels[self.read_organ(name)] = self.info.mapping[name]
@@ -108,14 +139,13 @@ class Case:
 
     def to_case_data(self) -> CaseData:
         """The full in-memory content, as written (used to copy cases between archives)."""
-        layers = self._backend.open_array(self.case_id, BINARY_LAYERS)
-        layer_shape = (0, *self.space.shape)
+        has_layers = bool(self.info.layer_names)
         return CaseData(
             space=self.space,
             mapping=self.mapping,
-            label_volume=np.asarray(self._array(LABEL_VOLUME)[...]),
+            label_volume=self._read(LABEL_VOLUME),
             layer_names=list(self.info.layer_names),
-            binary_layers=np.zeros(layer_shape, bool) if layers is None else np.asarray(layers[...]),
+            binary_layers=self._read(BINARY_LAYERS) if has_layers else np.zeros((0, *self.space.shape), bool),
             stats=self.stats,
             meta=self.meta,
             organ_affines=dict(self.info.organ_affines),

@@ -47,16 +47,18 @@ class ZarrDirectoryBackend:
         self.path = path
         self.read_only = mode == "r"
         self.settings = settings
+        if path.exists() and not path.is_dir():
+            raise InvalidArchive(f"{path} is a file, not a Zarr directory archive")
         exists = (path / "zarr.json").exists()
         if mode in ("r", "r+") and not exists:
             raise InvalidArchive(f"{path} is not a medmask_store archive (no zarr.json); open it with mode 'a' or 'w' to create one")
         if mode == "w-" and path.exists():
             raise InvalidArchive(f"{path} already exists; mode 'w-' creates new archives only")
-        if mode == "w" and path.exists():
-            if exists:
-                self._check_format()
+        if mode == "w" and exists:
+            self._check_format()  # replace archives only, never other folders
             shutil.rmtree(path)
-        if not path.exists() or not exists:
+            exists = False
+        if not exists:
             self._create()
         self._check_format()
         self._store = LocalStore(path, read_only=self.read_only)
@@ -103,7 +105,7 @@ class ZarrDirectoryBackend:
     def write_case(
         self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
     ) -> None:
-        staging = self._staging_path("new")
+        staging = self._staging_path("new", case_id)
         staging.mkdir(parents=True)
         try:
             with zarr.config.set(COMPACT_JSON):
@@ -143,7 +145,7 @@ class ZarrDirectoryBackend:
         if target.exists():
             if not overwrite:
                 raise CaseExists(f"case {case_id!r} already exists in {self.path}; pass overwrite=True to replace it")
-            replaced = self._staging_path("replaced")
+            replaced = self._staging_path("replaced", case_id)
             os.rename(target, replaced)
         try:
             os.rename(staging, target)
@@ -156,24 +158,34 @@ class ZarrDirectoryBackend:
         target = self._case_dir(case_id)
         if not target.exists():
             raise CaseNotFound(f"no case {case_id!r} in {self.path}")
-        trash = self._staging_path("deleted")
+        trash = self._staging_path("deleted", case_id)
         trash.parent.mkdir(exist_ok=True)
         os.rename(target, trash)
         shutil.rmtree(trash)
 
-    def _staging_path(self, purpose: str) -> Path:
-        """A unique folder name that records which process on which host owns it."""
-        return self.path / STAGING / f"{os.getpid()}@{socket.gethostname()}@{purpose}-{uuid.uuid4().hex}"
+    def _staging_path(self, purpose: str, case_id: str) -> Path:
+        """A unique folder recording the owning process, host, purpose and case."""
+        return self.path / STAGING / f"{os.getpid()}@{socket.gethostname()}@{purpose}-{uuid.uuid4().hex}@{case_id}"
 
     def _remove_abandoned_staging(self) -> None:
-        """Remove staging folders of writers on this host that no longer run."""
+        """Clean up after writers on this host that died mid-write.
+
+        A case being replaced is moved aside before its successor is renamed in;
+        if the writer died between the two renames the old case is restored,
+        so an overwrite leaves the old or the new case, never neither.
+        """
         staging_root = self.path / STAGING
         if not staging_root.exists():
             return
         host = socket.gethostname()
         for entry in staging_root.iterdir():
-            parts = entry.name.split("@")
-            if len(parts) == 3 and parts[1] == host and parts[0].isdigit() and not _process_alive(int(parts[0])):
+            parts = entry.name.split("@", 3)
+            if len(parts) != 4 or parts[1] != host or not parts[0].isdigit() or _process_alive(int(parts[0])):
+                continue
+            purpose, case_id = parts[2].split("-")[0], parts[3]
+            if purpose == "replaced" and not self._case_dir(case_id).exists():
+                os.rename(entry, self._case_dir(case_id))
+            else:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def close(self) -> None:

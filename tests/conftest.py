@@ -1,0 +1,36 @@
+"""Shared fixtures: synthetic phantoms, one archive path per backend, the optional real case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from spacetransformer import Space
+
+from medmask_store.phantom import make_phantom
+
+REAL_CASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s0000"
+
+# Every backend the archive supports; backend-neutral tests take ``archive_path``.
+BACKEND_SUFFIXES = [".zarr"]
+
+
+@pytest.fixture(params=BACKEND_SUFFIXES, ids=lambda s: s.strip("."))
+def archive_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A not-yet-existing archive path, once per backend."""
+    return tmp_path / f"archive{request.param}"
+
+
+@pytest.fixture
+def phantom() -> tuple[dict[str, np.ndarray], Space]:
+    """Small phantom: 6 ellipsoid organs, rib_right_12 inside liver, 2 empty masks."""
+    return make_phantom(shape=(70, 60, 50), n_organs=6, n_empty=2, seed=3)
+
+
+@pytest.fixture
+def real_case_dir() -> Path:
+    """The TotalSegmentator case s0000 in ../shared; tests using it skip when it is absent."""
+    if not REAL_CASE.is_dir():
+        pytest.skip(f"real case not available at {REAL_CASE}")
+    return REAL_CASE
