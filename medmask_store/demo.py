@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -55,7 +56,8 @@ def compare_mask_folders(original: Path, exported: Path) -> list[str]:
         if not other.exists():
             mismatches.append(f"{path.name}: missing")
             continue
-        a, b = nib.load(path), nib.load(other)
+        a: Any = nib.load(path)
+        b: Any = nib.load(other)
         if not np.allclose(a.affine, b.affine, atol=AFFINE_ATOL):
             mismatches.append(f"{path.name}: affine differs")
         elif not np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from spacetransformer import Space
 
@@ -45,6 +47,6 @@ def make_phantom(
     return masks, space
 
 
-def _ellipsoid(grid: list[np.ndarray], center: np.ndarray, radii: np.ndarray) -> np.ndarray:
+def _ellipsoid(grid: Sequence[np.ndarray], center: np.ndarray, radii: np.ndarray) -> np.ndarray:
     distance = sum(((axis - c) / r) ** 2 for axis, c, r in zip(grid, center, radii))
     return np.asarray(distance <= 1.0)

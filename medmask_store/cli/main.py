@@ -15,6 +15,7 @@ from medmask_store.demo import run_demo
 from medmask_store.errors import InvalidCase, MaskStoreError
 from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_label_map
 from medmask_store.io.sources import discover_cases
+from medmask_store.model.case_data import Unmapped
 from medmask_store.model.validation import validate_meta
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
@@ -50,7 +51,7 @@ def import_command(
 ) -> None:
     """Import case folders, multi-label NIfTI files or folders of case folders."""
     label_map = load_label_map(labels) if labels else None
-    unmapped = "name" if name_unmapped else "error"
+    unmapped: Unmapped = "name" if name_unmapped else "error"
     cases = [case for source in sources for case in discover_cases(source, label_map, unmapped)]
     if (case_id or meta) and len(cases) != 1:
         raise click.UsageError(f"--case and --meta need exactly one case, the sources hold {len(cases)}")

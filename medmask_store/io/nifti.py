@@ -95,7 +95,7 @@ class NiftiMaskFolder(Mapping[str, np.ndarray]):
         if not self.files:
             raise NiftiError(f"{self.folder}: no .nii or .nii.gz files")
         first = next(iter(self.files.values()))
-        first_image = nib.load(first)
+        first_image: Any = nib.load(first)
         self.space = space_of(first_image, first)
         self._first = first
         self._affine = first_image.affine
@@ -103,7 +103,7 @@ class NiftiMaskFolder(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         path = self.files[name]
-        image = nib.load(path)
+        image: Any = nib.load(path)
         if tuple(image.shape) != tuple(self.space.shape):
             raise NiftiError(
                 f"{path}: shape {image.shape} differs from {tuple(self.space.shape)} of {self._first.name}; "
@@ -158,7 +158,7 @@ def load_multilabel(
     path = Path(path)
     if not isinstance(mapping, Mapping):
         mapping = load_label_map(mapping)
-    image = nib.load(path)
+    image: Any = nib.load(path)
     space = space_of(image, path)
     labels = read_integer_voxels(image, path)
     try:

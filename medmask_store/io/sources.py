@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from medmask_store.errors import NiftiError
@@ -36,12 +37,12 @@ def discover_cases(
         labels = label_map if label_map is not None else source.with_name(nifti_stem(source) + ".json")
         if isinstance(labels, Path) and not labels.exists():
             raise NiftiError(f"{source}: a multi-label file needs a label map (--labels map.json or {labels.name} beside it)")
-        return [CaseSource(nifti_stem(source), source, lambda: load_multilabel(source, labels, unmapped=unmapped))]
+        return [CaseSource(nifti_stem(source), source, partial(load_multilabel, source, labels, unmapped=unmapped))]
     if not source.is_dir():
         raise NiftiError(f"{source}: neither a NIfTI file nor a folder")
     if mask_files(source):
-        return [CaseSource(source.name, source, lambda: load_mask_folder(source))]
+        return [CaseSource(source.name, source, partial(load_mask_folder, source))]
     case_folders = sorted(p for p in source.iterdir() if p.is_dir() and mask_files(p))
     if not case_folders:
         raise NiftiError(f"{source}: holds no .nii.gz masks and no case folders with masks")
-    return [CaseSource(p.name, p, lambda p=p: load_mask_folder(p)) for p in case_folders]
+    return [CaseSource(p.name, p, partial(load_mask_folder, p)) for p in case_folders]

@@ -162,7 +162,7 @@ def _mask_indices(name: str, mask: np.ndarray, space: Space) -> np.ndarray:
         raise InvalidCase(f"mask {name!r} has shape {mask.shape}, the case's Space has shape {tuple(space.shape)}")
     if mask.dtype != np.bool_ and mask.dtype.kind not in "ui":
         raise InvalidCase(f"mask {name!r} has dtype {mask.dtype}; binary masks must be bool or integer 0/1")
-    order = "F" if mask.flags.f_contiguous and not mask.flags.c_contiguous else "C"
+    order: Literal["C", "F"] = "F" if mask.flags.f_contiguous and not mask.flags.c_contiguous else "C"
     flat = mask.ravel(order=order)
     indices = np.flatnonzero(flat)
     if mask.dtype != np.bool_ and (flat[indices] != 1).any():

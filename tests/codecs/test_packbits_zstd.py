@@ -12,7 +12,7 @@ import numcodecs
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BACKEND_SUFFIXES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spacetransformer import Space
 
-from conftest import BACKEND_SUFFIXES
 from medmask_store import (
     CaseData,
     CaseExists,
