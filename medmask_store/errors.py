@@ -43,3 +43,7 @@ class CorruptChunk(MaskStoreError, ValueError):
 
 class NiftiError(MaskStoreError, ValueError):
     """A NIfTI input cannot be imported losslessly (geometry, values, label map)."""
+
+
+class ArchiveLocked(MaskStoreError):
+    """Another process is writing this single-file archive."""

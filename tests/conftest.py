@@ -13,7 +13,7 @@ from medmask_store.phantom import make_phantom
 REAL_CASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s0000"
 
 # Every backend the archive supports; backend-neutral tests take ``archive_path``.
-BACKEND_SUFFIXES = [".zarr"]
+BACKEND_SUFFIXES = [".zarr", ".zarr.zip", ".h5"]
 
 
 @pytest.fixture(params=BACKEND_SUFFIXES, ids=lambda s: s.strip("."))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +46,31 @@ def main() -> None:
 @click.option("--meta", help='Case metadata as JSON, e.g. \'{"age": 61}\' (only with a single case).')
 @click.option("--name-unmapped", is_flag=True, help="Name labels missing from the label map label_<value>.")
 @click.option("--overwrite", is_flag=True, help="Replace cases that already exist.")
+@click.option("--commit-every", default=50, show_default=True,
+              help="Single-file archives (.h5, .zarr.zip): publish after this many cases.")
 def import_command(
     archive: Path, sources: tuple[Path, ...], labels: Path | None, case_id: str | None,
-    meta: str | None, name_unmapped: bool, overwrite: bool,
+    meta: str | None, name_unmapped: bool, overwrite: bool, commit_every: int,
 ) -> None:
-    """Import case folders, multi-label NIfTI files or folders of case folders."""
+    """Import case folders, multi-label NIfTI files or folders of case folders.
+
+    Directory archives (.zarr) commit every case as it is written. Single-file
+    archives publish every --commit-every cases and at the end; a killed import
+    keeps everything published before.
+    """
     label_map = load_label_map(labels) if labels else None
     unmapped: Unmapped = "name" if name_unmapped else "error"
     cases = [case for source in sources for case in discover_cases(source, label_map, unmapped)]
     if (case_id or meta) and len(cases) != 1:
         raise click.UsageError(f"--case and --meta need exactly one case, the sources hold {len(cases)}")
     user_meta = _parse_meta(meta)
-    with MaskArchive(archive, "a") as store:
-        for case in tqdm(cases, desc="import", unit="case", disable=len(cases) < 2):
+    with MaskArchive(archive, "a") as store, store.batch():
+        for done, case in enumerate(tqdm(cases, desc="import", unit="case", disable=len(cases) < 2), 1):
             data = case.load()
             data.meta.update(user_meta)
             store.add_case(case_id or case.case_id, data, overwrite=overwrite)
+            if done % commit_every == 0:
+                store.commit()
     click.echo(f"imported {len(cases)} case(s) into {archive}")
 
 
@@ -128,6 +138,18 @@ def export_command(archive: Path, case_id: str, outdir: Path, multilabel: bool, 
         else:
             written = export_mask_folder(case, outdir)
     click.echo(f"wrote {len(written)} file(s) to {outdir}")
+
+
+@main.command("convert")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it is an archive.")
+def convert_command(source: Path, destination: Path, overwrite: bool) -> None:
+    """Copy every case to an archive of another backend (.zarr, .zarr.zip, .h5), losslessly."""
+    with MaskArchive(source) as store:
+        progress = partial(tqdm, desc="convert", unit="case")
+        store.copy_to(destination, mode="w" if overwrite else "w-", progress=progress)
+        click.echo(f"copied {len(store)} case(s) from {source} to {destination}")
 
 
 @main.command("demo")

@@ -14,6 +14,19 @@ from medmask_store.model.stats import OrganStats
 
 FORMAT_VERSION = 1
 ATTRIBUTE_KEY = "medmask_store"
+ARCHIVE_ATTRIBUTES = {ATTRIBUTE_KEY: {"format_version": FORMAT_VERSION, "kind": "archive"}}
+
+
+def check_archive_attributes(attributes: dict[str, Any], where: object) -> None:
+    """Raise :class:`InvalidArchive` unless the root attributes name a readable archive."""
+    content = attributes.get(ATTRIBUTE_KEY)
+    if not isinstance(content, dict) or content.get("kind") != "archive":
+        raise InvalidArchive(f"{where} is not a medmask_store archive (its root has no archive attributes)")
+    if content.get("format_version") != FORMAT_VERSION:
+        raise InvalidArchive(
+            f"{where} has format version {content.get('format_version')!r}; "
+            f"this medmask_store reads version {FORMAT_VERSION}"
+        )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,19 +17,26 @@ from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import validate_case_id
 from medmask_store.storage.backend import Backend
 from medmask_store.storage.case import Case
+from medmask_store.storage.hdf5 import Hdf5Backend
 from medmask_store.storage.layout import StorageSettings, arrays_to_write
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
+from medmask_store.storage.zarr_zip import open_zarr_zip
 
 MODES = ("r", "r+", "a", "w", "w-")
-SUFFIXES = {".zarr": ZarrDirectoryBackend}
+BACKENDS: dict[str, Callable[[Path, str, StorageSettings], Backend]] = {
+    ".zarr": ZarrDirectoryBackend,
+    ".zarr.zip": open_zarr_zip,
+    ".h5": Hdf5Backend,
+    ".hdf5": Hdf5Backend,
+}
 
 
 def open_backend(path: Path, mode: str, settings: StorageSettings) -> Backend:
     """Pick the backend from the path's suffix."""
-    for suffix, backend in SUFFIXES.items():
+    for suffix, backend in BACKENDS.items():
         if path.name.endswith(suffix):
             return backend(path, mode, settings)
-    raise InvalidArchive(f"cannot tell the archive format of {path}: use one of the suffixes {', '.join(SUFFIXES)}")
+    raise InvalidArchive(f"cannot tell the archive format of {path}: use one of the suffixes {', '.join(BACKENDS)}")
 
 
 class MaskArchive:
@@ -37,7 +45,8 @@ class MaskArchive:
     Parameters
     ----------
     path : str or Path
-        Archive location; the suffix picks the backend (``.zarr``).
+        Archive location; the suffix picks the backend: ``.zarr`` (Zarr v3
+        directory), ``.zarr.zip`` (single-file Zarr) or ``.h5`` / ``.hdf5``.
     mode : {"r", "r+", "a", "w", "w-"}
         ``r`` read only (never writes), ``r+`` read/write an existing archive,
         ``a`` read/write, creating it if needed, ``w`` create (replacing an
@@ -53,6 +62,7 @@ class MaskArchive:
         self.mode = mode
         self.settings = settings or StorageSettings()
         self._backend = open_backend(self.path, mode, self.settings)
+        self._batch_depth = 0
 
     def __enter__(self) -> MaskArchive:
         return self
@@ -61,7 +71,36 @@ class MaskArchive:
         self.close()
 
     def close(self) -> None:
-        self._backend.close()
+        """Commit pending writes and release the archive."""
+        try:
+            if not self._backend.read_only:
+                self._backend.commit()
+        finally:
+            self._backend.close()
+
+    def commit(self) -> None:
+        """Make all writes so far durable and visible to other processes."""
+        self._backend.commit()
+
+    @contextmanager
+    def batch(self) -> Iterator[MaskArchive]:
+        """Defer commits to the end of the block (one publish for single-file archives).
+
+        Outside a batch every ``add_case`` / ``delete_case`` is committed on
+        return. Inside, a killed writer loses the batch's cases but never
+        earlier ones.
+        """
+        self._batch_depth += 1
+        try:
+            yield self
+        finally:
+            self._batch_depth -= 1
+        if self._batch_depth == 0:
+            self.commit()
+
+    def _committed(self) -> None:
+        if self._batch_depth == 0:
+            self._backend.commit()
 
     def __repr__(self) -> str:
         return f"<MaskArchive {str(self.path)!r} mode={self.mode!r}>"
@@ -114,6 +153,7 @@ class MaskArchive:
         case_data = self._to_case_data(data, space, mapping, meta, unmapped)
         arrays = arrays_to_write(case_data, self.settings)
         self._backend.write_case(case_id, case_attributes(case_data), arrays, overwrite)
+        self._committed()
         return self[case_id]
 
     @staticmethod
@@ -137,7 +177,24 @@ class MaskArchive:
         self._check_writable()
         validate_case_id(case_id)
         self._backend.delete_case(case_id)
+        self._committed()
 
     def copy_case_from(self, case: Case, case_id: str | None = None, overwrite: bool = False) -> Case:
         """Copy a case from another archive (any backend), losslessly."""
         return self.add_case(case_id or case.case_id, case.to_case_data(), overwrite=overwrite)
+
+    def copy_to(
+        self,
+        destination: str | Path,
+        mode: str = "w-",
+        settings: StorageSettings | None = None,
+        progress: Callable[[Iterable[str]], Iterable[str]] = iter,
+    ) -> MaskArchive:
+        """Copy every case to a new archive of any backend (picked by suffix), losslessly.
+
+        ``progress`` wraps the case ids, e.g. ``tqdm``. Returns the destination, closed.
+        """
+        with MaskArchive(destination, mode, settings or self.settings) as target, target.batch():
+            for case_id in progress(self.case_ids()):
+                target.copy_case_from(self[case_id])
+        return target

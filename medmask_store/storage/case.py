@@ -72,11 +72,8 @@ class Case:
         return array
 
     def _read(self, name: str, selection: Any = Ellipsis) -> np.ndarray:
-        """Read a selection of a stored array; failed checksums become :class:`CorruptChunk`."""
-        try:
-            data = np.asarray(self._array(name)[selection])
-        except (ValueError, CorruptChunk) as exc:
-            raise CorruptChunk(f"case {self.case_id!r}, array {name!r}: stored chunk is corrupt ({exc})") from exc
+        """Read a selection of a stored array (backends raise :class:`CorruptChunk` on bad chunks)."""
+        data = self._array(name)[selection]
         if selection is Ellipsis and self._holds_voxels(name) and not data.any():
             raise CorruptChunk(f"case {self.case_id!r}, array {name!r}: its chunks are missing although organs have voxels")
         return data

@@ -25,23 +25,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-from medmask_store.codecs.zarr3 import PackBitsZstdCodec
 from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
-from medmask_store.model.attributes import ATTRIBUTE_KEY, FORMAT_VERSION
-from medmask_store.storage.backend import StoredArray
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
+from medmask_store.storage.zarr_store import ZarrCaseReader, check_archive_root, create_archive_root, write_case_group
 
 STAGING = ".staging"
-ROOT_ATTRIBUTES = {ATTRIBUTE_KEY: {"format_version": FORMAT_VERSION, "kind": "archive"}}
-COMPACT_JSON = {"json_indent": None}
 
 
-class ZarrDirectoryBackend:
-    """Cases as Zarr v3 groups under ``<path>/cases``."""
+class ZarrDirectoryBackend(ZarrCaseReader):
+    """Cases as Zarr v3 groups under ``<path>/cases``; each case committed by one rename."""
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
@@ -55,35 +49,19 @@ class ZarrDirectoryBackend:
         if mode == "w-" and path.exists():
             raise InvalidArchive(f"{path} already exists; mode 'w-' creates new archives only")
         if mode == "w" and exists:
-            self._check_format()  # replace archives only, never other folders
+            check_archive_root(LocalStore(path, read_only=True), path)  # replace archives only, never other folders
             shutil.rmtree(path)
             exists = False
         if not exists:
-            self._create()
-        self._check_format()
-        self._store = LocalStore(path, read_only=self.read_only)
+            if path.exists() and any(path.iterdir()):
+                raise InvalidArchive(f"{path} exists and is not a medmask_store archive; refusing to write into it")
+            create_archive_root(LocalStore(path))
+        store = LocalStore(path, read_only=self.read_only)
+        check_archive_root(store, path)
+        super().__init__(store, path)
         if not self.read_only:
             self._remove_abandoned_staging()
 
-    def _create(self) -> None:
-        if self.path.exists() and any(self.path.iterdir()):
-            raise InvalidArchive(f"{self.path} exists and is not a medmask_store archive; refusing to write into it")
-        with zarr.config.set(COMPACT_JSON):
-            root = zarr.create_group(LocalStore(self.path), attributes=ROOT_ATTRIBUTES, zarr_format=3)
-            root.create_group(CASES_GROUP)
-
-    def _check_format(self) -> None:
-        attributes = zarr.open_group(LocalStore(self.path, read_only=True), mode="r").attrs.asdict()
-        content = attributes.get(ATTRIBUTE_KEY)
-        if not isinstance(content, dict) or content.get("kind") != "archive":
-            raise InvalidArchive(f"{self.path} is a Zarr group but not a medmask_store archive")
-        if content.get("format_version") != FORMAT_VERSION:
-            raise InvalidArchive(
-                f"{self.path} has format version {content.get('format_version')!r}; "
-                f"this medmask_store reads version {FORMAT_VERSION}"
-            )
-
-    # -- reading ---------------------------------------------------------
     def _case_dir(self, case_id: str) -> Path:
         return self.path / CASES_GROUP / case_id
 
@@ -91,55 +69,18 @@ class ZarrDirectoryBackend:
         with os.scandir(self.path / CASES_GROUP) as entries:
             return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
 
-    def read_case_attributes(self, case_id: str) -> dict[str, Any]:
-        if not (self._case_dir(case_id) / "zarr.json").exists():
-            raise CaseNotFound(f"no case {case_id!r} in {self.path}")
-        return zarr.open_group(self._store, path=f"{CASES_GROUP}/{case_id}", mode="r").attrs.asdict()
-
-    def open_array(self, case_id: str, name: str) -> StoredArray | None:
-        if not (self._case_dir(case_id) / name / "zarr.json").exists():
-            return None
-        return zarr.open_array(self._store, path=f"{CASES_GROUP}/{case_id}/{name}", mode="r")  # type: ignore[return-value]
-
-    # -- writing ---------------------------------------------------------
     def write_case(
         self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
     ) -> None:
         staging = self._staging_path("new", case_id)
         staging.mkdir(parents=True)
         try:
-            with zarr.config.set(COMPACT_JSON):
-                group = zarr.create_group(LocalStore(staging), attributes=attributes, zarr_format=3)
-                for array in arrays:
-                    self._write_array(group, array)
-            self._commit(staging, case_id, overwrite)
+            write_case_group(LocalStore(staging), attributes, arrays, self.settings)
+            self._commit_case(staging, case_id, overwrite)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _write_array(self, group: zarr.Group, array: ArrayToWrite) -> None:
-        chunks = array.chunks
-        shard = tuple(-(-size // chunk) * chunk for size, chunk in zip(array.data.shape, chunks))
-        if array.is_binary:
-            serializer: Any = PackBitsZstdCodec(level=self.settings.layer_level)
-            compressors: list[Any] = [Crc32cCodec()]
-        else:
-            serializer = BytesCodec()
-            compressors = [ZstdCodec(level=self.settings.label_level), Crc32cCodec()]
-        stored = group.create_array(
-            array.name,
-            shape=array.data.shape,
-            dtype=array.data.dtype,
-            chunks=chunks,
-            shards=shard,
-            serializer=serializer,
-            compressors=compressors,
-            fill_value=0,
-            dimension_names=array.dimension_names,
-            config={"write_empty_chunks": False},
-        )
-        stored[...] = array.data
-
-    def _commit(self, staging: Path, case_id: str, overwrite: bool) -> None:
+    def _commit_case(self, staging: Path, case_id: str, overwrite: bool) -> None:
         target = self._case_dir(case_id)
         replaced = None
         if target.exists():
@@ -163,6 +104,9 @@ class ZarrDirectoryBackend:
         os.rename(target, trash)
         shutil.rmtree(trash)
 
+    def commit(self) -> None:
+        """Nothing to do: every case was committed by its rename."""
+
     def _staging_path(self, purpose: str, case_id: str) -> Path:
         """A unique folder recording the owning process, host, purpose and case."""
         return self.path / STAGING / f"{os.getpid()}@{socket.gethostname()}@{purpose}-{uuid.uuid4().hex}@{case_id}"
@@ -180,7 +124,7 @@ class ZarrDirectoryBackend:
         host = socket.gethostname()
         for entry in staging_root.iterdir():
             parts = entry.name.split("@", 3)
-            if len(parts) != 4 or parts[1] != host or not parts[0].isdigit() or _process_alive(int(parts[0])):
+            if len(parts) != 4 or parts[1] != host or not parts[0].isdigit() or process_alive(int(parts[0])):
                 continue
             purpose, case_id = parts[2].split("-")[0], parts[3]
             if purpose == "replaced" and not self._case_dir(case_id).exists():
@@ -192,7 +136,8 @@ class ZarrDirectoryBackend:
         self._store.close()
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

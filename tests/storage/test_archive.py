@@ -392,6 +392,7 @@ def test_phantom_round_trip_and_representation(archive_path, phantom):
 )
 def test_bad_add_case_leaves_archive_unchanged(filled_archive, phantom, kwargs, error):
     masks, space = phantom
+    kwargs = dict(kwargs)  # the parameter dict is shared by every backend's run
     data = {
         "ok": {"liver": masks["liver"]},
         "wrong_shape": {"liver": masks["liver"], "spleen": masks["spleen"][:, :, :-1]},

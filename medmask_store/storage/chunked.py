@@ -1,0 +1,113 @@
+"""Chunk-grid arithmetic and a lazy array that decodes only the chunks a selection touches.
+
+Backends that hand out raw chunk bytes (HDF5 direct chunk reads) wrap them in
+:class:`ChunkedArray`; numpy basic indexing (ints, slices with steps, negative
+indices, Ellipsis) is translated into per-chunk reads.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+ChunkCoords = tuple[int, ...]
+# One axis of a selection inside one chunk: (chunk index, index within the chunk, output index).
+AxisPiece = tuple[int, "slice | int", "slice | None"]
+
+
+def iter_chunks(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[ChunkCoords, tuple[slice, ...]]]:
+    """Every chunk of a regular grid: its coordinates and the array region it covers."""
+    ranges = [range(-(-size // chunk)) for size, chunk in zip(shape, chunks)]
+    for coords in itertools.product(*ranges):
+        yield coords, tuple(
+            slice(c * chunk, min((c + 1) * chunk, size)) for c, chunk, size in zip(coords, chunks, shape)
+        )
+
+
+def normalize_selection(selection: Any, shape: tuple[int, ...]) -> tuple[slice | int, ...]:
+    """Expand a basic-indexing selection to one normalized slice or int per axis."""
+    if not isinstance(selection, tuple):
+        selection = (selection,)
+    if sum(s is Ellipsis for s in selection) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if Ellipsis in selection:
+        at = selection.index(Ellipsis)
+        fill = len(shape) - (len(selection) - 1)
+        selection = selection[:at] + (slice(None),) * fill + selection[at + 1 :]
+    if len(selection) > len(shape):
+        raise IndexError(f"too many indices: array is {len(shape)}-dimensional, got {len(selection)} indices")
+    selection = selection + (slice(None),) * (len(shape) - len(selection))
+    normalized: list[slice | int] = []
+    for axis, (item, size) in enumerate(zip(selection, shape)):
+        if isinstance(item, slice):
+            normalized.append(slice(*item.indices(size)))
+        elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            index = int(item) + size if item < 0 else int(item)
+            if not 0 <= index < size:
+                raise IndexError(f"index {item} is out of bounds for axis {axis} with size {size}")
+            normalized.append(index)
+        else:
+            raise IndexError(f"only integers, slices and '...' are valid indices, got {item!r} for axis {axis}")
+    return tuple(normalized)
+
+
+def _axis_pieces(item: slice | int, chunk: int) -> list[AxisPiece]:
+    if isinstance(item, int):
+        return [(item // chunk, item % chunk, None)]
+    positions = np.arange(item.start, item.stop, item.step)
+    pieces: list[AxisPiece] = []
+    if positions.size == 0:
+        return pieces
+    chunk_ids = positions // chunk
+    bounds = np.flatnonzero(np.diff(chunk_ids)) + 1
+    for begin, end in zip(np.r_[0, bounds], np.r_[bounds, positions.size]):
+        cid = int(chunk_ids[begin])
+        first, last = int(positions[begin] - cid * chunk), int(positions[end - 1] - cid * chunk)
+        stop = last + (1 if item.step > 0 else -1)
+        inner = slice(first, None if stop < 0 else stop, item.step)
+        pieces.append((cid, inner, slice(int(begin), int(end))))
+    return pieces
+
+
+def selection_shape(selection: tuple[slice | int, ...]) -> tuple[int, ...]:
+    return tuple(len(range(s.start, s.stop, s.step)) for s in selection if isinstance(s, slice))
+
+
+def chunks_touched(selection: tuple[slice | int, ...], chunks: tuple[int, ...]) -> list[ChunkCoords]:
+    """Coordinates of the chunks a normalized selection intersects."""
+    per_axis = [[piece[0] for piece in _axis_pieces(item, chunk)] for item, chunk in zip(selection, chunks)]
+    return list(itertools.product(*per_axis))
+
+
+class ChunkedArray:
+    """A read-only array over a chunk source: ``read_chunk(coords)`` gives a decoded chunk or None."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        read_chunk: Callable[[ChunkCoords], np.ndarray | None],
+        fill_value: Any = 0,
+    ) -> None:
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.chunks = tuple(chunks)
+        self._read_chunk = read_chunk
+        self._fill_value = fill_value
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        selection = normalize_selection(selection, self.shape)
+        out = np.full(selection_shape(selection), self._fill_value, dtype=self.dtype)
+        per_axis = [_axis_pieces(item, chunk) for item, chunk in zip(selection, self.chunks)]
+        for pieces in itertools.product(*per_axis):
+            chunk = self._read_chunk(tuple(piece[0] for piece in pieces))
+            if chunk is None:
+                continue
+            inner = tuple(piece[1] for piece in pieces)
+            target = tuple(piece[2] for piece in pieces if piece[2] is not None)
+            out[target] = chunk[inner]
+        return out

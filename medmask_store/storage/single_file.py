@@ -1,0 +1,83 @@
+"""Copy-on-write editing shared by the single-file backends (HDF5, zipped Zarr).
+
+A writer holds an exclusive lock (``.<archive>.lock`` beside the archive),
+edits a private working copy, and publishes it on commit with one atomic
+``os.replace``. The archive file is therefore always a complete archive in the
+state of its last commit: a writer killed mid-import loses only its uncommitted
+cases, and a second writer gets :class:`ArchiveLocked` instead of a corrupt file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from medmask_store.errors import ArchiveLocked, InvalidArchive
+
+
+class SingleFileEditor:
+    """The lock, the working copy and atomic publishing of one single-file archive."""
+
+    def __init__(self, archive: Path, mode: str, working_suffix: str) -> None:
+        if mode in ("r+",) and not archive.exists():
+            raise InvalidArchive(f"{archive} does not exist; open it with mode 'a' or 'w' to create one")
+        if mode == "w-" and archive.exists():
+            raise InvalidArchive(f"{archive} already exists; mode 'w-' creates new archives only")
+        self.archive = archive
+        self._lock = _acquire_lock(archive.with_name(f".{archive.name}.lock"), archive)
+        for stale in archive.parent.glob(f".{archive.name}.*.working*"):
+            _remove(stale)  # we hold the lock, so these belong to dead writers
+        self.working = archive.with_name(f".{archive.name}.{os.getpid()}.working{working_suffix}")
+
+    def publish(self, write_snapshot: Callable[[Path], None]) -> None:
+        """Write a snapshot with ``write_snapshot(path)`` and atomically make it the archive."""
+        snapshot = self.archive.with_name(f".{self.archive.name}.{os.getpid()}.working-snapshot")
+        try:
+            write_snapshot(snapshot)
+            with open(snapshot, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(snapshot, self.archive)
+        finally:
+            _remove(snapshot)
+        directory = os.open(self.archive.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def close(self) -> None:
+        _remove(self.working)
+        lock_path = Path(self._lock.name)
+        lock_path.unlink(missing_ok=True)
+        self._lock.close()
+
+
+def _acquire_lock(lock_path: Path, archive: Path) -> IO[str]:
+    while True:
+        handle = open(lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise ArchiveLocked(f"{archive} is being written by {owner}; single-file archives take one writer at a time") from None
+        # The previous holder may have unlinked the lock file between our open and flock.
+        if lock_path.exists() and os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
+            return handle
+        handle.close()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
