@@ -2,6 +2,8 @@
 
 from medmask_store.codecs import PackBitsZstd, PackBitsZstdCodec
 from medmask_store.errors import (
+    ArchiveClosed,
+    ArchiveLocked,
     CaseExists,
     CaseNotFound,
     CorruptChunk,
@@ -18,6 +20,8 @@ from medmask_store.storage import Case, MaskArchive, StorageSettings
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveClosed",
+    "ArchiveLocked",
     "Case",
     "CaseData",
     "CaseExists",

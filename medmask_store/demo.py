@@ -25,7 +25,8 @@ class DemoReport:
     nifti_bytes: int
     archive_bytes: int
     archive_files: int
-    write_seconds: float
+    import_seconds: float
+    single_file_bytes: dict[str, int]
     mismatches: tuple[str, ...]
 
     @property
@@ -66,7 +67,8 @@ def compare_mask_folders(original: Path, exported: Path) -> list[str]:
 
 
 def run_demo(workdir: Path, source: Path | None = None) -> DemoReport:
-    """Import ``source`` (default: the phantom) into ``workdir/demo.zarr``, export it back, compare."""
+    """Import ``source`` (default: the phantom) into ``workdir/demo.zarr``, export it back, compare;
+    then convert to ``.zarr.zip`` and ``.h5`` and check every organ there too."""
     workdir = Path(workdir)
     source = Path(source) if source is not None else write_phantom_folder(workdir / "phantom")
     archive_path = workdir / "demo.zarr"
@@ -74,8 +76,18 @@ def run_demo(workdir: Path, source: Path | None = None) -> DemoReport:
     case_data = load_mask_folder(source)
     with MaskArchive(archive_path, "w") as archive:
         case = archive.add_case(source.name, case_data)
-        write_seconds = time.perf_counter() - start
+        import_seconds = time.perf_counter() - start
         export_mask_folder(case, workdir / "exported")
+    mismatches = compare_mask_folders(source, workdir / "exported")
+    single_file_bytes = {}
+    for suffix in (".zarr.zip", ".h5"):
+        with MaskArchive(archive_path) as archive:
+            converted = archive.copy_to(workdir / f"demo{suffix}", mode="w").path
+        single_file_bytes[suffix] = converted.stat().st_size
+        with MaskArchive(converted) as archive:
+            copy = archive[source.name]
+            mismatches += [f"{suffix}: {n} differs" for n in copy.organs if not np.array_equal(
+                copy.read_organ(n), case_data.organ_mask(n))]
     archive_bytes, archive_files = folder_bytes(archive_path)
     return DemoReport(
         source=source,
@@ -86,6 +98,7 @@ def run_demo(workdir: Path, source: Path | None = None) -> DemoReport:
         nifti_bytes=sum(p.stat().st_size for p in mask_files(source)),
         archive_bytes=archive_bytes,
         archive_files=archive_files,
-        write_seconds=write_seconds,
-        mismatches=tuple(compare_mask_folders(source, workdir / "exported")),
+        import_seconds=import_seconds,
+        single_file_bytes=single_file_bytes,
+        mismatches=tuple(mismatches),
     )

@@ -45,5 +45,9 @@ class NiftiError(MaskStoreError, ValueError):
     """A NIfTI input cannot be imported losslessly (geometry, values, label map)."""
 
 
+class ArchiveClosed(MaskStoreError):
+    """A case was read after its archive was closed."""
+
+
 class ArchiveLocked(MaskStoreError):
     """Another process is writing this single-file archive."""

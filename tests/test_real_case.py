@@ -135,3 +135,23 @@ def test_rib_right_12_inside_sacrum_reads_back_exactly(real_case_dir: Path, via_
         assert np.array_equal(case.read_organ("rib_right_12"), rib)
         assert np.array_equal(case.read_organ("sacrum"), sacrum)
         assert "binary_layer" in (case.representation("rib_right_12"), case.representation("sacrum"))
+
+
+@pytest.fixture(scope="module")
+def real_case_data():
+    return load_mask_folder(require_real_case())
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr.zip"])
+def test_single_file_archives_are_bit_exact_and_small(
+    real_case_dir: Path, real_case_data, tmp_path: Path, suffix: str
+) -> None:
+    path = tmp_path / f"s0000{suffix}"
+    with MaskArchive(path, "w") as store:
+        store.add_case(CASE_ID, real_case_data)
+    assert path.stat().st_size <= 60 * 1024
+    with MaskArchive(path) as store:
+        case = store[CASE_ID]
+        assert len(case.organs) == N_ORGANS
+        for name in case.organs:
+            assert np.array_equal(case.read_organ(name), real_case_data.organ_mask(name)), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,6 +195,9 @@ class MaskArchive:
 
         ``progress`` wraps the case ids, e.g. ``tqdm``. Returns the destination, closed.
         """
+        destination = Path(destination)
+        if destination.exists() and os.path.samefile(destination, self.path):
+            raise InvalidArchive(f"cannot copy {self.path} onto itself")
         with MaskArchive(destination, mode, settings or self.settings) as target, target.batch():
             for case_id in progress(self.case_ids()):
                 target.copy_case_from(self[case_id])

@@ -51,6 +51,7 @@ class Backend(Protocol):
     """Moves case attributes and arrays between the core and one kind of store."""
 
     read_only: bool
+    closed: bool
 
     def case_ids(self) -> list[str]: ...
 

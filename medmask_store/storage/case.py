@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from spacetransformer import Space
 
-from medmask_store.errors import CorruptChunk, OrganNotFound
+from medmask_store.errors import ArchiveClosed, CorruptChunk, OrganNotFound
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData
 from medmask_store.model.stats import OrganStats
@@ -73,6 +73,7 @@ class Case:
 
     def _read(self, name: str, selection: Any = Ellipsis) -> np.ndarray:
         """Read a selection of a stored array (backends raise :class:`CorruptChunk` on bad chunks)."""
+        self._check_open()
         data = self._array(name)[selection]
         if selection is Ellipsis and self._holds_voxels(name) and not data.any():
             raise CorruptChunk(f"case {self.case_id!r}, array {name!r}: its chunks are missing although organs have voxels")
@@ -84,12 +85,17 @@ class Case:
             return any(self.info.stats[organ].voxels for organ in self.info.layer_names)
         return any(s.voxels for organ, s in self.info.stats.items() if organ not in self.info.layer_names)
 
+    def _check_open(self) -> None:
+        if self._backend.closed:
+            raise ArchiveClosed(f"case {self.case_id!r}: its archive is closed; read it inside `with MaskArchive(...)`")
+
     def _check_organ(self, name: str) -> None:
         if name not in self.info.mapping:
             raise OrganNotFound(f"case {self.case_id!r} has no organ {name!r}; it has {sorted(self.info.mapping)}")
 
     def read_organ(self, name: str) -> np.ndarray:
         """Boolean mask of one organ; only the chunks of its bounding box are decoded."""
+        self._check_open()
         self._check_organ(name)
         mask = np.zeros(self.space.shape, dtype=bool)
         stats = self.info.stats[name]

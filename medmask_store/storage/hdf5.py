@@ -52,7 +52,11 @@ def _write_json_attributes(node: h5py.Group | h5py.Dataset, attributes: dict[str
 
 
 def _read_json_attributes(node: h5py.Group) -> dict[str, Any]:
-    return {key: json.loads(value) for key, value in node.attrs.items()}
+    raw = dict(node.attrs.items())  # materialized first: a failing decode must not hold h5py's lock
+    try:
+        return {key: json.loads(value) for key, value in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise InvalidArchive(f"{node.file.filename}:{node.name} has attributes that are not JSON text ({exc})") from exc
 
 
 class Hdf5Backend:
@@ -61,6 +65,7 @@ class Hdf5Backend:
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
         self.read_only = mode == "r"
+        self.closed = False
         self.settings = settings
         self._editor: SingleFileEditor | None = None
         if self.read_only:
@@ -92,7 +97,7 @@ class Hdf5Backend:
             raise InvalidArchive(f"{path} cannot be opened as an HDF5 archive: {exc}") from exc
         try:
             check_archive_attributes(_read_json_attributes(file), path)
-        except (ValueError, InvalidArchive):
+        except InvalidArchive:
             file.close()
             raise
         return file
@@ -197,6 +202,7 @@ class Hdf5Backend:
             self._file.copy(self._file[CASES_GROUP], snapshot, CASES_GROUP)
 
     def close(self) -> None:
+        self.closed = True
         try:
             self._file.close()
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +30,10 @@ class SingleFileEditor:
             raise InvalidArchive(f"{archive} already exists; mode 'w-' creates new archives only")
         self.archive = archive
         self._lock = _acquire_lock(archive.with_name(f".{archive.name}.lock"), archive)
-        for stale in archive.parent.glob(f".{archive.name}.*.working*"):
-            _remove(stale)  # we hold the lock, so these belong to dead writers
+        working_copy = re.compile(rf"\.{re.escape(archive.name)}\.\d+\.working.*")
+        for stale in archive.parent.iterdir():
+            if working_copy.fullmatch(stale.name):
+                _remove(stale)  # we hold the lock, so these belong to dead writers
         self.working = archive.with_name(f".{archive.name}.{os.getpid()}.working{working_suffix}")
 
     def publish(self, write_snapshot: Callable[[Path], None]) -> None:

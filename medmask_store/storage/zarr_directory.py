@@ -40,6 +40,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
         self.read_only = mode == "r"
+        self.closed = False
         self.settings = settings
         if path.exists() and not path.is_dir():
             raise InvalidArchive(f"{path} is a file, not a Zarr directory archive")
@@ -133,6 +134,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def close(self) -> None:
+        self.closed = True
         self._store.close()
 
 

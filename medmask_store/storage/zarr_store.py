@@ -11,7 +11,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.errors import NodeNotFoundError
 
 from medmask_store.codecs.zarr3 import PackBitsZstdCodec
-from medmask_store.errors import CaseNotFound
+from medmask_store.errors import CaseNotFound, InvalidArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.backend import CheckedArray, StoredArray
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
@@ -27,7 +27,11 @@ def create_archive_root(store: Store) -> None:
 
 
 def check_archive_root(store: Store, where: object) -> None:
-    check_archive_attributes(zarr.open_group(store, mode="r").attrs.asdict(), where)
+    try:
+        attributes = zarr.open_group(store, mode="r").attrs.asdict()
+    except NodeNotFoundError as exc:
+        raise InvalidArchive(f"{where} is not a medmask_store archive (no root zarr.json)") from exc
+    check_archive_attributes(attributes, where)
 
 
 def write_case_group(store: Store, attributes: dict[str, Any], arrays: list[ArrayToWrite], settings: StorageSettings) -> None:

@@ -101,10 +101,10 @@ def test_overlaps_are_preserved_bit_exact(mask_folder: Path, archive_path: Path,
         case = archive.add_case("ct01", load_mask_folder(mask_folder))
         assert case.info.layer_names  # overlaps went to binary layers
         export_mask_folder(case, tmp_path / "out")
-    exported = {name: np.asanyarray(nib.load(tmp_path / "out" / f"{name}.nii.gz").dataobj) for name in masks}
-    for a, b in pairs:
-        assert np.array_equal((exported[a] & exported[b]).astype(bool), masks[a] & masks[b]), (a, b)
-        assert np.array_equal(case.read_organ(a), masks[a]) and np.array_equal(case.read_organ(b), masks[b])
+        exported = {name: np.asanyarray(nib.load(tmp_path / "out" / f"{name}.nii.gz").dataobj) for name in masks}
+        for a, b in pairs:
+            assert np.array_equal((exported[a] & exported[b]).astype(bool), masks[a] & masks[b]), (a, b)
+            assert np.array_equal(case.read_organ(a), masks[a]) and np.array_equal(case.read_organ(b), masks[b])
 
 
 def test_uncompressed_nii_and_other_files_in_the_folder(tmp_path: Path, phantom) -> None:
@@ -201,10 +201,16 @@ def test_multilabel_round_trip(
     assert np.allclose(exported.affine, nib.load(source).affine, rtol=0, atol=1e-5)
 
 
-def test_multilabel_export_of_overlapping_organs_names_them(mask_folder: Path, archive_path: Path, tmp_path: Path, phantom) -> None:
+def test_multilabel_export_of_overlapping_organs_names_them(
+    mask_folder: Path, archive_path: Path, tmp_path: Path, phantom
+) -> None:
     masks, _ = phantom
     with MaskArchive(archive_path, "w") as archive:
         case = archive.add_case("ct01", load_mask_folder(mask_folder))
+        _check_multilabel_export_refuses_overlaps(case, masks, tmp_path)
+
+
+def _check_multilabel_export_refuses_overlaps(case, masks: dict[str, np.ndarray], tmp_path: Path) -> None:
     layers = case.info.layer_names
     assert layers
     with pytest.raises(NiftiError, match="overlapping") as caught:
