@@ -51,3 +51,7 @@ class ArchiveClosed(MaskStoreError):
 
 class ArchiveLocked(MaskStoreError):
     """Another process is writing this single-file archive."""
+
+
+class InvalidRegion(MaskStoreError, ValueError):
+    """A voxel or world region is malformed, empty, or outside the volume."""

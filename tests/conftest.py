@@ -10,6 +10,9 @@ from spacetransformer import Space
 
 from medmask_store.phantom import make_phantom
 
+# helpers.py holds shared assertions: give them the same rewritten (introspecting) asserts as the tests.
+pytest.register_assert_rewrite("helpers")
+
 REAL_CASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s0000"
 
 # Every backend the archive supports; backend-neutral tests take ``archive_path``.

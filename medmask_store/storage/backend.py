@@ -4,47 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import numpy as np
-
-from medmask_store.errors import CorruptChunk
+from medmask_store.storage.chunked import ChunkedArray
 from medmask_store.storage.layout import ArrayToWrite
-
-
-class StoredArray(Protocol):
-    """A chunked array on disk; indexing reads only the chunks a selection touches."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-
-    @property
-    def dtype(self) -> np.dtype: ...
-
-    def __getitem__(self, selection: Any) -> np.ndarray: ...
-
-
-class CheckedArray:
-    """Wraps a library array so that its checksum/decode failures raise :class:`CorruptChunk`."""
-
-    def __init__(self, array: StoredArray, where: str, failures: tuple[type[Exception], ...]) -> None:
-        self._array = array
-        self._where = where
-        self._failures = failures
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self._array.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self._array.dtype)
-
-    def __getitem__(self, selection: Any) -> np.ndarray:
-        try:
-            return np.asarray(self._array[selection])
-        except CorruptChunk as exc:
-            raise CorruptChunk(f"{self._where}: {exc}") from exc
-        except self._failures as exc:
-            raise CorruptChunk(f"{self._where}: a stored chunk failed its checksum or decoding ({exc})") from exc
 
 
 class Backend(Protocol):
@@ -59,7 +20,7 @@ class Backend(Protocol):
         """The case's attributes; raises :class:`CaseNotFound` if absent."""
         ...
 
-    def open_array(self, case_id: str, name: str) -> StoredArray | None:
+    def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
         """The named array of a case, or None when the case does not store it."""
         ...
 

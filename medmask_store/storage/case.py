@@ -1,19 +1,30 @@
-"""Read access to one stored case: metadata from attributes, voxels from chunks."""
+"""Read access to one stored case: metadata from attributes, voxels from chunks.
+
+Every read goes through lazy chunked views, so a region, a slab or one organ
+decodes only the chunks it intersects (an organ: only chunks inside its
+bounding box).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, overload
 
 import numpy as np
 from spacetransformer import Space
 
-from medmask_store.errors import ArchiveClosed, CorruptChunk, OrganNotFound
+from medmask_store.errors import ArchiveClosed, CorruptChunk, InvalidRegion, OrganNotFound
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData
-from medmask_store.model.stats import OrganStats
-from medmask_store.storage.backend import Backend, StoredArray
+from medmask_store.model.region import VoxelBox, box_space, voxel_box
+from medmask_store.model.stats import BBox, OrganStats
+from medmask_store.storage.backend import Backend
+from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import BINARY_LAYERS, LABEL_VOLUME
+
+
+def _bbox_slices(bbox: BBox) -> VoxelBox:
+    return tuple(slice(start, stop) for start, stop in bbox)  # type: ignore[return-value]
 
 
 class Case:
@@ -22,11 +33,12 @@ class Case:
     def __init__(self, backend: Backend, info: CaseInfo) -> None:
         self._backend = backend
         self.info = info
-        self._arrays: dict[str, StoredArray | None] = {}
+        self._arrays: dict[str, ChunkedArray | None] = {}
 
     def __repr__(self) -> str:
         return f"<Case {self.case_id!r} shape={tuple(self.space.shape)} organs={len(self.mapping)}>"
 
+    # -- metadata ----------------------------------------------------------
     @property
     def case_id(self) -> str:
         return self.info.case_id
@@ -63,82 +75,147 @@ class Case:
         self._check_organ(organ)
         return self.info.representation(organ)
 
-    def _array(self, name: str) -> StoredArray:
-        if name not in self._arrays:
-            self._arrays[name] = self._backend.open_array(self.case_id, name)
-        array = self._arrays[name]
-        if array is None:
-            raise FileNotFoundError(f"case {self.case_id!r} has no {name} array")
-        return array
-
-    def _read(self, name: str, selection: Any = Ellipsis) -> np.ndarray:
-        """Read a selection of a stored array (backends raise :class:`CorruptChunk` on bad chunks)."""
-        self._check_open()
-        data = self._array(name)[selection]
-        if selection is Ellipsis and self._holds_voxels(name) and not data.any():
-            raise CorruptChunk(f"case {self.case_id!r}, array {name!r}: its chunks are missing although organs have voxels")
-        return data
-
-    def _holds_voxels(self, name: str) -> bool:
-        """Whether the statistics say the array has non-zero voxels (catches lost shard files)."""
-        if name == BINARY_LAYERS:
-            return any(self.info.stats[organ].voxels for organ in self.info.layer_names)
-        return any(s.voxels for organ, s in self.info.stats.items() if organ not in self.info.layer_names)
-
-    def _check_open(self) -> None:
-        if self._backend.closed:
-            raise ArchiveClosed(f"case {self.case_id!r}: its archive is closed; read it inside `with MaskArchive(...)`")
-
     def _check_organ(self, name: str) -> None:
         if name not in self.info.mapping:
             raise OrganNotFound(f"case {self.case_id!r} has no organ {name!r}; it has {sorted(self.info.mapping)}")
 
-    def read_organ(self, name: str) -> np.ndarray:
-        """Boolean mask of one organ; only the chunks of its bounding box are decoded."""
-        self._check_open()
+    # -- stored arrays -------------------------------------------------------
+    def _stored(self, name: str) -> ChunkedArray:
+        if self._backend.closed:
+            raise ArchiveClosed(f"case {self.case_id!r}: its archive is closed; read it inside `with MaskArchive(...)`")
+        if name not in self._arrays:
+            self._arrays[name] = self._backend.open_array(self.case_id, name)
+        array = self._arrays[name]
+        if array is None:
+            raise CorruptChunk(f"case {self.case_id!r} has no {name} array although its attributes need one")
+        return array
+
+    def _chunk_in_box(self, coords: ChunkCoords, bbox: BBox) -> bool:
+        chunks = self._stored(LABEL_VOLUME).chunks
+        return all(start < (c + 1) * n and stop > c * n for c, n, (start, stop) in zip(coords, chunks, bbox))
+
+    def _view(self, dtype: np.dtype, read_chunk: Callable[[ChunkCoords], np.ndarray | None]) -> ChunkedArray:
+        labels = self._stored(LABEL_VOLUME)
+        return ChunkedArray(labels.shape, dtype, labels.chunks, read_chunk, fill_value=0)
+
+    # -- lazy views ------------------------------------------------------------
+    @property
+    def labels(self) -> ChunkedArray:
+        """Lazy label volume with binary-layer organs painted over it (as :meth:`read_labels`)."""
+        labels = self._stored(LABEL_VOLUME)
+        layer_boxes = [(k, name) for k, name in enumerate(self.info.layer_names) if self.info.stats[name].bbox]
+
+        def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+            chunk = labels.read_chunk(coords)
+            for layer, name in layer_boxes:
+                if self._chunk_in_box(coords, self.info.stats[name].bbox):  # type: ignore[arg-type]
+                    layer_chunk = self._stored(BINARY_LAYERS).read_chunk((layer, *coords))
+                    if layer_chunk is not None:
+                        chunk = np.zeros(labels.chunks, labels.dtype) if chunk is None else chunk.copy()
+                        chunk[layer_chunk[0]] = self.info.mapping[name]
+            return chunk
+
+        return self._view(labels.dtype, read_chunk)
+
+    @property
+    def stored_labels(self) -> ChunkedArray:
+        """Lazy label volume as stored: without the binary-layer organs."""
+        return self._stored(LABEL_VOLUME)
+
+    def organ(self, name: str) -> ChunkedArray:
+        """Lazy boolean view of one organ; reads only chunks inside its bounding box."""
         self._check_organ(name)
-        mask = np.zeros(self.space.shape, dtype=bool)
-        stats = self.info.stats[name]
-        if stats.bbox is None:
-            return mask
-        box = tuple(slice(start, stop) for start, stop in stats.bbox)
+        bbox = self.info.stats[name].bbox
         if name in self.info.layer_names:
             layer = self.info.layer_names.index(name)
-            mask[box] = self._read(BINARY_LAYERS, (layer, *box))
-        else:
-            mask[box] = self._read(LABEL_VOLUME, box) == self.info.mapping[name]
-        return mask
 
-    def overlapping_organs(self, name: str) -> list[str]:
-        """Organs sharing at least one voxel with ``name`` (decodes only ``name``'s bounding box)."""
-        mask = self.read_organ(name)
-        if not mask.any():
-            return []
-        box = tuple(slice(start, stop) for start, stop in self.info.stats[name].bbox)  # type: ignore[union-attr]
-        inside = mask[box]
-        overlapping = set(np.unique(self._read(LABEL_VOLUME, box)[inside]).tolist())
-        values = {value: organ for organ, value in self.info.mapping.items()}
-        names = {values[v] for v in overlapping if v in values and values[v] != name}
-        for other in self.info.layer_names:
-            if other != name and (self.read_organ(other)[box] & inside).any():
-                names.add(other)
-        return sorted(names)
+            def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+                if bbox is None or not self._chunk_in_box(coords, bbox):
+                    return None
+                chunk = self._stored(BINARY_LAYERS).read_chunk((layer, *coords))
+                return None if chunk is None else chunk[0]
+        else:
+            value = self.info.mapping[name]
+
+            def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+                if bbox is None or not self._chunk_in_box(coords, bbox):
+                    return None
+                chunk = self._stored(LABEL_VOLUME).read_chunk(coords)
+                return None if chunk is None else chunk == value
+
+        return self._view(np.dtype(bool), read_chunk)
+
+    # -- reads -----------------------------------------------------------------
+    def read_labels(self, include_layers: bool = True) -> np.ndarray:
+        """The whole label volume; binary-layer organs are painted over it unless ``include_layers=False``.
+
+        Where a layer organ overlaps a label-volume organ, the voxel shows the
+        layer organ: use :meth:`read_organ` for every organ exactly.
+        """
+        labels = (self.labels if include_layers else self.stored_labels)[...]
+        if not labels.any() and any(s.voxels for s in self.info.stats.values()):
+            raise CorruptChunk(f"case {self.case_id!r}: its label chunks are missing although organs have voxels")
+        return labels
+
+    def read_region(self, region: Any) -> np.ndarray:
+        """Labels (layers painted) of a region: voxel slices / (start, stop) pairs, or a :class:`WorldBox`."""
+        return self.labels[voxel_box(region, self.space)]
+
+    def region_space(self, region: Any) -> Space:
+        """The Space of a region, e.g. to save it as NIfTI with the right affine."""
+        return box_space(voxel_box(region, self.space), self.space)
+
+    @overload
+    def read_organ(self, name: str, region: Any = None, crop: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def read_organ(self, name: str, region: Any = None, *, crop: Literal[True]) -> tuple[np.ndarray, Space]: ...
+
+    def read_organ(self, name: str, region: Any = None, crop: bool = False) -> np.ndarray | tuple[np.ndarray, Space]:
+        """Boolean mask of one organ, decoding only chunks of its bounding box.
+
+        With ``region`` the mask covers that region only. With ``crop=True``
+        it is cut to the organ's bounding box and returned with that box's Space.
+        """
+        view = self.organ(name)
+        stats = self.info.stats[name]
+        if region is not None:
+            if crop:
+                raise InvalidRegion("pass either a region or crop=True, not both")
+            return view[voxel_box(region, self.space)]
+        if stats.bbox is None:
+            if crop:
+                raise InvalidRegion(f"case {self.case_id!r}: organ {name!r} has no voxels, so nothing to crop to")
+            return np.zeros(self.space.shape, dtype=bool)
+        box = _bbox_slices(stats.bbox)
+        cropped = view[box]
+        if np.count_nonzero(cropped) != stats.voxels:
+            raise CorruptChunk(
+                f"case {self.case_id!r}: organ {name!r} reads {np.count_nonzero(cropped)} voxels, "
+                f"its statistics say {stats.voxels}: chunks are missing or damaged"
+            )
+        if crop:
+            return cropped, box_space(box, self.space)
+        mask = np.zeros(self.space.shape, dtype=bool)
+        mask[box] = cropped
+        return mask
 
     def read_organs(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Boolean masks of several organs (all organs by default)."""
         return {name: self.read_organ(name) for name in (self.organs if names is None else names)}
 
-    def read_labels(self, include_layers: bool = True) -> np.ndarray:
-        """The label volume; binary-layer organs are painted over it unless ``include_layers=False``.
-
-        Where a layer organ overlaps a label-volume organ, the voxel shows the
-        layer organ: use :meth:`read_organ` for every organ exactly.
-        """
-        labels = self._read(LABEL_VOLUME)
-        if include_layers:
-            for name in self.info.layer_names:
-                labels[self.read_organ(name)] = self.info.mapping[name]
-        return labels
+    def overlapping_organs(self, name: str) -> list[str]:
+        """Organs sharing at least one voxel with ``name`` (decodes only ``name``'s bounding box)."""
+        bbox = self.info.stats[name].bbox if name in self.info.stats else None
+        if bbox is None:
+            self._check_organ(name)
+            return []
+        box = _bbox_slices(bbox)
+        inside = self.organ(name)[box]
+        return sorted(
+            other for other in self.organs
+            if other != name and self.info.stats[other].bbox and (self.organ(other)[box] & inside).any()
+        )
 
     def to_case_data(self) -> CaseData:
         """The full in-memory content, as written (used to copy cases between archives)."""
@@ -146,9 +223,9 @@ class Case:
         return CaseData(
             space=self.space,
             mapping=self.mapping,
-            label_volume=self._read(LABEL_VOLUME),
+            label_volume=self.read_labels(include_layers=False),
             layer_names=list(self.info.layer_names),
-            binary_layers=self._read(BINARY_LAYERS) if has_layers else np.zeros((0, *self.space.shape), bool),
+            binary_layers=self._stored(BINARY_LAYERS)[...] if has_layers else np.zeros((0, *self.space.shape), bool),
             stats=self.stats,
             meta=self.meta,
             organ_affines=dict(self.info.organ_affines),

@@ -1,14 +1,18 @@
 """Chunk-grid arithmetic and a lazy array that decodes only the chunks a selection touches.
 
-Backends that hand out raw chunk bytes (HDF5 direct chunk reads) wrap them in
-:class:`ChunkedArray`; numpy basic indexing (ints, slices with steps, negative
-indices, Ellipsis) is translated into per-chunk reads.
+Every backend hands out its arrays as :class:`ChunkedArray` over a function that
+returns one decoded chunk; numpy basic indexing (ints, slices with steps,
+negative indices, Ellipsis) is translated into reads of exactly the chunks it
+intersects, decoded on a thread pool (Zstandard releases the GIL).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -82,8 +86,23 @@ def chunks_touched(selection: tuple[slice | int, ...], chunks: tuple[int, ...]) 
     return list(itertools.product(*per_axis))
 
 
+@cache
+def _decoder_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="medmask_store-decode")
+
+
+def read_chunks(read_chunk: Callable[[ChunkCoords], np.ndarray | None], coords: list[ChunkCoords]) -> list[np.ndarray | None]:
+    """Decode several chunks, in parallel when there is more than one."""
+    if len(coords) < 2:
+        return [read_chunk(c) for c in coords]
+    return list(_decoder_pool().map(read_chunk, coords))
+
+
 class ChunkedArray:
-    """A read-only array over a chunk source: ``read_chunk(coords)`` gives a decoded chunk or None."""
+    """A read-only array over a chunk source: ``read_chunk(coords)`` gives a decoded chunk or None.
+
+    Decoded chunks have the full chunk shape (edge chunks padded), as stored.
+    """
 
     def __init__(
         self,
@@ -99,15 +118,28 @@ class ChunkedArray:
         self._read_chunk = read_chunk
         self._fill_value = fill_value
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read_chunk(self, coords: ChunkCoords) -> np.ndarray | None:
+        """One decoded chunk, or None where nothing is stored."""
+        return self._read_chunk(coords)
+
     def __getitem__(self, selection: Any) -> np.ndarray:
         selection = normalize_selection(selection, self.shape)
-        out = np.full(selection_shape(selection), self._fill_value, dtype=self.dtype)
+        shape = selection_shape(selection)
+        out = np.zeros(shape, self.dtype) if self._fill_value == 0 else np.full(shape, self._fill_value, self.dtype)
         per_axis = [_axis_pieces(item, chunk) for item, chunk in zip(selection, self.chunks)]
-        for pieces in itertools.product(*per_axis):
-            chunk = self._read_chunk(tuple(piece[0] for piece in pieces))
-            if chunk is None:
-                continue
-            inner = tuple(piece[1] for piece in pieces)
-            target = tuple(piece[2] for piece in pieces if piece[2] is not None)
-            out[target] = chunk[inner]
+        pieces = list(itertools.product(*per_axis))
+        decoded = read_chunks(self._read_chunk, [tuple(piece[0] for piece in p) for p in pieces])
+        for chunk_pieces, chunk in zip(pieces, decoded):
+            if chunk is not None:
+                inner = tuple(piece[1] for piece in chunk_pieces)
+                target = tuple(piece[2] for piece in chunk_pieces if piece[2] is not None)
+                out[target] = chunk[inner]
         return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)

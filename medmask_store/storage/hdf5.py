@@ -5,15 +5,17 @@ Layout::
     archive.h5
       /                      attribute medmask_store = JSON {"format_version": 1, "kind": "archive"}
       /cases/<case_id>       attribute medmask_store = JSON case attributes (as in Zarr)
-        label_volume         uint8|uint16, chunks 64^3, filters Zstd (hdf5plugin, id 32015)
-                             + Fletcher32 checksum: any h5py reader with hdf5plugin decodes it
+        label_volume         uint8|uint16, chunks 64^3, filter Zstd (hdf5plugin, id 32015);
+                             each chunk a Zstd frame with its content checksum: any h5py
+                             reader with hdf5plugin decodes (and verifies) it
         binary_layers        bool (layer, i, j, k), chunks (1, 64, 64, 64), filter id 32767
                              (packbits_zstd): chunks written with direct chunk writes and
                              byte-identical to the Zarr backend's (PackBits+Zstd frame + crc32c);
                              plain h5py refuses to read them (unknown filter), never misreads
 
-Only non-empty chunks are written. Writers work on a copy and publish it on
-commit (see :mod:`.single_file`).
+Chunks are encoded here and written with direct chunk writes (only non-empty
+ones), and read back with direct chunk reads through :class:`ChunkedArray`.
+Writers work on a copy and publish it on commit (see :mod:`.single_file`).
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from medmask_store.codecs.crc32c_suffix import append_crc32c, strip_crc32c
-from medmask_store.codecs.packbits_zstd import PackBitsZstd, decode_frame
-from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive, ReadOnlyArchive
+from medmask_store.codecs.chunks import (
+    decode_binary_chunk,
+    decode_label_chunk,
+    encode_binary_chunk,
+    encode_label_chunk,
+)
+from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, InvalidArchive, ReadOnlyArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
-from medmask_store.storage.backend import CheckedArray, StoredArray
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray, iter_chunks
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor
@@ -115,14 +120,9 @@ class Hdf5Backend:
     def read_case_attributes(self, case_id: str) -> dict[str, Any]:
         return _read_json_attributes(self._case_group(case_id))
 
-    def open_array(self, case_id: str, name: str) -> StoredArray | None:
+    def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
         dataset = self._case_group(case_id).get(name)
-        if dataset is None:
-            return None
-        where = f"{self.path}:{dataset.name}"
-        if dataset.dtype == np.bool_:
-            return CheckedArray(_binary_layer_reader(dataset), where, (OSError,))
-        return CheckedArray(dataset, where, (OSError,))
+        return None if dataset is None else _chunked_reader(dataset, f"{self.path}:{dataset.name}")
 
     # -- writing ---------------------------------------------------------
     def _check_writable(self) -> None:
@@ -158,29 +158,26 @@ class Hdf5Backend:
         # chunk shape must match Zarr's for byte-identical chunks.
         grid_shape = tuple(-(-size // chunk) * chunk for size, chunk in zip(data.shape, chunks))
         if array.is_binary:
-            dataset = group.create_dataset(
-                array.name, shape=data.shape, maxshape=grid_shape, dtype=bool, chunks=chunks,
-                compression=PACKBITS_ZSTD_FILTER_ID, allow_unknown_filter=True,
-            )
-            dataset.attrs["medmask_store"] = BINARY_CODEC_ATTRIBUTE
-            codec = PackBitsZstd(self.settings.layer_level)
-            for coords, region in iter_chunks(data.shape, chunks):
-                block = data[region]
-                if block.any():
-                    padded = np.zeros(chunks, dtype=bool)
-                    padded[tuple(slice(0, n) for n in block.shape)] = block
-                    offset = tuple(c * n for c, n in zip(coords, chunks))
-                    dataset.id.write_direct_chunk(offset, append_crc32c(codec.encode(padded)))
+            filters: dict[str, Any] = {"compression": PACKBITS_ZSTD_FILTER_ID, "allow_unknown_filter": True}
+            level = self.settings.layer_level
+            encode = encode_binary_chunk
         else:
-            dataset = group.create_dataset(
-                array.name, shape=data.shape, maxshape=grid_shape, dtype=data.dtype, chunks=chunks, fletcher32=True,
-                **hdf5plugin.Zstd(clevel=self.settings.label_level),
-            )
-            for _, region in iter_chunks(data.shape, chunks):
-                block = data[region]
-                if block.any():
-                    dataset[region] = block
+            filters = dict(hdf5plugin.Zstd(clevel=self.settings.label_level))
+            level = self.settings.label_level
+            encode = encode_label_chunk
+        dataset = group.create_dataset(
+            array.name, shape=data.shape, maxshape=grid_shape, dtype=data.dtype, chunks=chunks, **filters
+        )
         dataset.attrs["dimension_names"] = json.dumps(list(array.dimension_names))
+        if array.is_binary:
+            dataset.attrs["medmask_store"] = BINARY_CODEC_ATTRIBUTE
+        for coords, region in iter_chunks(data.shape, chunks):
+            block = data[region]
+            if block.any():
+                padded = np.zeros(chunks, dtype=data.dtype)
+                padded[tuple(slice(0, n) for n in block.shape)] = block
+                offset = tuple(c * n for c, n in zip(coords, chunks))
+                dataset.id.write_direct_chunk(offset, encode(padded, level))
 
     def delete_case(self, case_id: str) -> None:
         self._check_writable()
@@ -210,16 +207,24 @@ class Hdf5Backend:
                 self._editor.close()
 
 
-def _binary_layer_reader(dataset: h5py.Dataset) -> ChunkedArray:
-    """Decode binary-layer chunks read with HDF5 direct chunk reads."""
+def _chunked_reader(dataset: h5py.Dataset, where: str) -> ChunkedArray:
+    """The dataset's chunks, read with HDF5 direct chunk reads and decoded here."""
     chunks = tuple(dataset.chunks)
-    size = int(np.prod(chunks))
+    dtype = np.dtype(dataset.dtype)
+
+    def decode(raw: bytes) -> np.ndarray:
+        if dtype == np.bool_:
+            return decode_binary_chunk(raw, chunks)
+        return decode_label_chunk(raw, dtype, chunks, crc32c=False)
 
     def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
         offset = tuple(c * n for c, n in zip(coords, chunks))
         if dataset.id.get_chunk_info_by_coord(offset).byte_offset is None:
             return None
         _, raw = dataset.id.read_direct_chunk(offset)
-        return decode_frame(strip_crc32c(bytes(raw)), size).reshape(chunks)
+        try:
+            return decode(bytes(raw))
+        except CorruptChunk as exc:
+            raise CorruptChunk(f"{where}: chunk {coords}: {exc}") from exc
 
-    return ChunkedArray(tuple(dataset.shape), np.dtype(bool), chunks, read_chunk, fill_value=False)
+    return ChunkedArray(tuple(dataset.shape), dtype, chunks, read_chunk, fill_value=0)

@@ -29,7 +29,13 @@ from zarr.storage import LocalStore
 
 from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
-from medmask_store.storage.zarr_store import ZarrCaseReader, check_archive_root, create_archive_root, write_case_group
+from medmask_store.storage.zarr_store import (
+    DirectoryBytes,
+    ZarrCaseReader,
+    check_archive_root,
+    create_archive_root,
+    write_case_group,
+)
 
 STAGING = ".staging"
 
@@ -50,16 +56,16 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         if mode == "w-" and path.exists():
             raise InvalidArchive(f"{path} already exists; mode 'w-' creates new archives only")
         if mode == "w" and exists:
-            check_archive_root(LocalStore(path, read_only=True), path)  # replace archives only, never other folders
+            check_archive_root(DirectoryBytes(path), path)  # replace archives only, never other folders
             shutil.rmtree(path)
             exists = False
         if not exists:
             if path.exists() and any(path.iterdir()):
                 raise InvalidArchive(f"{path} exists and is not a medmask_store archive; refusing to write into it")
             create_archive_root(LocalStore(path))
-        store = LocalStore(path, read_only=self.read_only)
-        check_archive_root(store, path)
-        super().__init__(store, path)
+        source = DirectoryBytes(path)
+        check_archive_root(source, path)
+        super().__init__(source, path)
         if not self.read_only:
             self._remove_abandoned_staging()
 
@@ -135,7 +141,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
 
     def close(self) -> None:
         self.closed = True
-        self._store.close()
+        self._source.close()
 
 
 def process_alive(pid: int) -> bool:

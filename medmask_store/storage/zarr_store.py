@@ -1,22 +1,36 @@
-"""Zarr v3 pieces shared by the directory and zip backends: case groups in any zarr Store."""
+"""Zarr v3 pieces shared by the directory and zip backends.
+
+Writing goes through zarr-python. Reading bypasses it: case attributes are the
+``zarr.json`` documents, and array chunks are located through the shard index
+and decoded here, so a 64³ read costs one ranged read and one Zstd decode.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import struct
 import zipfile
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 import zarr
 from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
-from zarr.errors import NodeNotFoundError
 
+from medmask_store.codecs.chunks import decode_binary_chunk, decode_label_chunk, strip_crc32c
 from medmask_store.codecs.zarr3 import PackBitsZstdCodec
-from medmask_store.errors import CaseNotFound, InvalidArchive
+from medmask_store.errors import CaseNotFound, CorruptChunk, InvalidArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
-from medmask_store.storage.backend import CheckedArray, StoredArray
+from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
 
 COMPACT_JSON = {"json_indent": None}
+EMPTY_ENTRY = 2**64 - 1
+LABEL_CODECS = ["bytes", "zstd", "crc32c"]
+BINARY_CODECS = ["packbits_zstd", "crc32c"]
 
 
 def create_archive_root(store: Store) -> None:
@@ -24,14 +38,6 @@ def create_archive_root(store: Store) -> None:
     with zarr.config.set(COMPACT_JSON):
         root = zarr.create_group(store, attributes=ARCHIVE_ATTRIBUTES, zarr_format=3)
         root.create_group(CASES_GROUP)
-
-
-def check_archive_root(store: Store, where: object) -> None:
-    try:
-        attributes = zarr.open_group(store, mode="r").attrs.asdict()
-    except NodeNotFoundError as exc:
-        raise InvalidArchive(f"{where} is not a medmask_store archive (no root zarr.json)") from exc
-    check_archive_attributes(attributes, where)
 
 
 def write_case_group(store: Store, attributes: dict[str, Any], arrays: list[ArrayToWrite], settings: StorageSettings) -> None:
@@ -61,25 +67,197 @@ def write_case_group(store: Store, attributes: dict[str, Any], arrays: list[Arra
             stored[...] = array.data
 
 
-class ZarrCaseReader:
-    """Reads case groups under ``cases/`` of a zarr Store (directory or zip)."""
+class StoredObject(Protocol):
+    """One object of a store, opened: its size and ranged reads (always of the same version)."""
 
-    def __init__(self, store: Store, where: object) -> None:
-        self._store = store
+    @property
+    def size(self) -> int: ...
+
+    def read(self, start: int, length: int) -> bytes: ...
+
+
+class ByteSource(Protocol):
+    """Read access to the objects of a Zarr store, by key."""
+
+    def open(self, key: str) -> StoredObject | None:
+        """The object, or None if absent."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DirectoryObject:
+    """A file of a directory store; ranged reads with ``os.pread`` on one descriptor."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - lives as long as the object
+        self.size = os.fstat(self._file.fileno()).st_size
+
+    def read(self, start: int, length: int) -> bytes:
+        return os.pread(self._file.fileno(), length, start)
+
+
+class DirectoryBytes:
+    """Objects of a directory store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def open(self, key: str) -> DirectoryObject | None:
+        try:
+            return DirectoryObject(self.root / key)
+        except FileNotFoundError:
+            return None
+
+    def close(self) -> None:
+        """Nothing is held open beyond the objects handed out."""
+
+
+@dataclass(frozen=True)
+class ZipMember:
+    """A stored (uncompressed) member of a zip: a byte range of the zip file."""
+
+    descriptor: int
+    offset: int
+    size: int
+
+    def read(self, start: int, length: int) -> bytes:
+        return os.pread(self.descriptor, length, self.offset + start)
+
+
+class ZipBytes:
+    """Objects of a zip store whose members are stored uncompressed, read in place."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with zipfile.ZipFile(path) as archive:
+            self._members = {info.filename: info for info in archive.infolist()}
+        self._descriptor = os.open(path, os.O_RDONLY)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._members)
+
+    def open(self, key: str) -> ZipMember | None:
+        info = self._members.get(key)
+        if info is None:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise InvalidArchive(f"{self.path}: member {key} is compressed; medmask_store zips are stored")
+        header = os.pread(self._descriptor, 30, info.header_offset)
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        return ZipMember(self._descriptor, info.header_offset + 30 + name_length + extra_length, info.file_size)
+
+    def close(self) -> None:
+        os.close(self._descriptor)
+
+
+def read_json(source: ByteSource, key: str) -> dict[str, Any] | None:
+    stored = source.open(key)
+    return None if stored is None else json.loads(stored.read(0, stored.size))
+
+
+def check_archive_root(source: ByteSource, where: object) -> None:
+    document = read_json(source, "zarr.json")
+    if document is None:
+        raise InvalidArchive(f"{where} is not a medmask_store archive (no root zarr.json)")
+    check_archive_attributes(document.get("attributes", {}), where)
+
+
+class ShardedChunks:
+    """The chunks of one sharded array, located through each shard's index (crc32c-checked)."""
+
+    def __init__(self, source: ByteSource, path: str, metadata: dict[str, Any]) -> None:
+        sharding = metadata["codecs"][0]["configuration"]
+        self.source = source
+        self.path = path
+        self.chunks = tuple(sharding["chunk_shape"])
+        shard_shape = metadata["chunk_grid"]["configuration"]["chunk_shape"]
+        self.per_shard = tuple(s // c for s, c in zip(shard_shape, self.chunks))
+        self._shards: dict[ChunkCoords, tuple[StoredObject, np.ndarray] | None] = {}
+
+    def _shard(self, shard: ChunkCoords) -> tuple[StoredObject, np.ndarray] | None:
+        """The shard object and its index (absent shards hold only empty chunks)."""
+        if shard not in self._shards:
+            key = f"{self.path}/c/{'/'.join(map(str, shard))}"
+            stored = self.source.open(key)
+            index_bytes = int(np.prod(self.per_shard)) * 16 + 4
+            if stored is None:
+                self._shards[shard] = None
+            elif stored.size < index_bytes:
+                raise CorruptChunk(f"{key}: shard of {stored.size} bytes is shorter than its index ({index_bytes} bytes)")
+            else:
+                raw = strip_crc32c(stored.read(stored.size - index_bytes, index_bytes))
+                self._shards[shard] = stored, np.frombuffer(raw, dtype="<u8").reshape(*self.per_shard, 2)
+        return self._shards[shard]
+
+    def fetch(self, coords: ChunkCoords) -> bytes | None:
+        """The stored bytes of one chunk, or None if it is empty (not stored)."""
+        shard = self._shard(tuple(c // n for c, n in zip(coords, self.per_shard)))
+        if shard is None:
+            return None
+        stored, index = shard
+        offset, length = index[tuple(c % n for c, n in zip(coords, self.per_shard))]
+        if offset == EMPTY_ENTRY:
+            return None
+        return stored.read(int(offset), int(length))
+
+
+def _codec_names(metadata: dict[str, Any]) -> list[str]:
+    codecs = metadata.get("codecs", [])
+    if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+        return []
+    configuration = codecs[0]["configuration"]
+    index = [c["name"] for c in configuration.get("index_codecs", [])]
+    if index != ["bytes", "crc32c"] or configuration.get("index_location", "end") != "end":
+        return []
+    return [c["name"] for c in configuration["codecs"]]
+
+
+def open_sharded_array(source: ByteSource, path: str, metadata: dict[str, Any], where: str) -> ChunkedArray:
+    """A lazy array over one of our sharded arrays (label volume or binary layers)."""
+    dtype = np.dtype(metadata["data_type"])
+    chunks_reader = ShardedChunks(source, path, metadata)
+    codecs = _codec_names(metadata)
+    if codecs == LABEL_CODECS:
+
+        def decode(raw: bytes) -> np.ndarray:
+            return decode_label_chunk(raw, dtype, chunks_reader.chunks, crc32c=True)
+    elif codecs == BINARY_CODECS:
+
+        def decode(raw: bytes) -> np.ndarray:
+            return decode_binary_chunk(raw, chunks_reader.chunks)
+    else:
+        raise InvalidArchive(f"{where}: unsupported codec chain {metadata.get('codecs')}")
+
+    def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+        raw = chunks_reader.fetch(coords)
+        if raw is None:
+            return None
+        try:
+            return decode(raw)
+        except CorruptChunk as exc:
+            raise CorruptChunk(f"{where}: chunk {coords}: {exc}") from exc
+
+    return ChunkedArray(tuple(metadata["shape"]), dtype, chunks_reader.chunks, read_chunk, fill_value=0)
+
+
+class ZarrCaseReader:
+    """Reads case groups under ``cases/`` of a Zarr store (directory or zip)."""
+
+    def __init__(self, source: ByteSource, where: object) -> None:
+        self._source = source
         self._where = where
 
     def read_case_attributes(self, case_id: str) -> dict[str, Any]:
-        try:
-            group = zarr.open_group(self._store, path=f"{CASES_GROUP}/{case_id}", mode="r")
-        except NodeNotFoundError as exc:
-            raise CaseNotFound(f"no case {case_id!r} in {self._where}") from exc
-        return group.attrs.asdict()
+        document = read_json(self._source, f"{CASES_GROUP}/{case_id}/zarr.json")
+        if document is None:
+            raise CaseNotFound(f"no case {case_id!r} in {self._where}")
+        return document.get("attributes", {})
 
-    def open_array(self, case_id: str, name: str) -> StoredArray | None:
+    def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
         path = f"{CASES_GROUP}/{case_id}/{name}"
-        try:
-            array = zarr.open_array(self._store, path=path, mode="r")
-        except NodeNotFoundError:
+        metadata = read_json(self._source, f"{path}/zarr.json")
+        if metadata is None:
             return None
-        failures = (ValueError, zipfile.BadZipFile)  # checksum mismatches (crc32c, zip member CRC)
-        return CheckedArray(array, f"{self._where}/{path}", failures)  # type: ignore[arg-type]
+        return open_sharded_array(self._source, path, metadata, f"{self._where}/{path}")

@@ -1,59 +1,52 @@
 """Single-file Zarr v3 backend: the directory layout inside one ``.zarr.zip`` (stored, not deflated).
 
-Read-only archives are read in place through zarr's ``ZipStore``. Writers edit
+Read-only archives are read in place (members are stored, so chunks are byte ranges of the file). Writers edit
 an extracted working copy with the directory backend and publish it as a new
 zip on commit (see :mod:`.single_file`).
 """
 
 from __future__ import annotations
 
-import struct
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
-
-from zarr.storage import ZipStore
 
 from medmask_store.errors import InvalidArchive, ReadOnlyArchive
 from medmask_store.storage.layout import CASES_GROUP, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
-from medmask_store.storage.zarr_store import ZarrCaseReader, check_archive_root
+from medmask_store.storage.zarr_store import ZarrCaseReader, ZipBytes, check_archive_root
 
 
 def open_zarr_zip(path: Path, mode: str, settings: StorageSettings) -> ZarrZipReader | ZarrZipWriter:
     return ZarrZipReader(path) if mode == "r" else ZarrZipWriter(path, mode, settings)
 
 
-def _open_zip_store(path: Path) -> ZipStore:
+def _open_zip(path: Path) -> ZipBytes:
     if not zipfile.is_zipfile(path):
         raise InvalidArchive(f"{path} is not a zip file")
-    store = ZipStore(path, mode="r")
-    check_archive_root(store, path)
-    return store
-
-
-def stored_member_offset(handle: BinaryIO, info: zipfile.ZipInfo) -> int:
-    """Where a member's bytes start in the zip file (after its local header)."""
-    handle.seek(info.header_offset)
-    name_length, extra_length = struct.unpack("<HH", handle.read(30)[26:30])
-    return info.header_offset + 30 + name_length + extra_length
+    source = ZipBytes(path)
+    try:
+        check_archive_root(source, path)
+    except BaseException:
+        source.close()
+        raise
+    return source
 
 
 def _extract_without_crc_check(path: Path, destination: Path) -> None:
-    """Extract stored members byte for byte: a corrupt chunk is caught later by its own crc32c,
+    """Extract every member byte for byte: a corrupt chunk is caught later by its own crc32c,
     so an archive with one bad case can still be opened to delete or replace it."""
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
-        for info in archive.infolist():
-            if info.is_dir():
+    source = ZipBytes(path)
+    try:
+        for name in source.names:
+            member = source.open(name)
+            if name.endswith("/") or member is None:
                 continue
-            if info.compress_type != zipfile.ZIP_STORED:
-                archive.extract(info, destination)
-                continue
-            target = destination / info.filename
+            target = destination / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            handle.seek(stored_member_offset(handle, info))
-            target.write_bytes(handle.read(info.file_size))
+            target.write_bytes(member.read(0, member.size))
+    finally:
+        source.close()
 
 
 class ZarrZipReader(ZarrCaseReader):
@@ -65,11 +58,12 @@ class ZarrZipReader(ZarrCaseReader):
         self.closed = False
         if not path.exists():
             raise InvalidArchive(f"{path} does not exist")
-        super().__init__(_open_zip_store(path), path)
+        source = _open_zip(path)
+        super().__init__(source, path)
         prefix = f"{CASES_GROUP}/"
         self._case_ids = sorted(
             name[len(prefix) : -len("/zarr.json")]
-            for name in zipfile.ZipFile(path).namelist()
+            for name in source.names
             if name.startswith(prefix) and name.endswith("/zarr.json") and name.count("/") == 2
         )
 
@@ -86,7 +80,7 @@ class ZarrZipReader(ZarrCaseReader):
 
     def close(self) -> None:
         self.closed = True
-        self._store.close()
+        self._source.close()
 
 
 class ZarrZipWriter(ZarrDirectoryBackend):
@@ -96,7 +90,7 @@ class ZarrZipWriter(ZarrDirectoryBackend):
         self._editor = SingleFileEditor(path, mode, ".zarr")
         try:
             if path.exists():
-                _open_zip_store(path).close()  # refuse to replace or extend anything but an archive
+                _open_zip(path).close()  # refuse to replace or extend anything but an archive
                 if mode != "w":
                     _extract_without_crc_check(path, self._editor.working)
             super().__init__(self._editor.working, "a", settings)

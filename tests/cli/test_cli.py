@@ -9,10 +9,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from helpers import ok, run
 from spacetransformer import Space
 
-from medmask_store.cli.main import main
 from medmask_store.phantom import make_phantom
 from medmask_store.storage.archive import MaskArchive
 
@@ -32,20 +32,6 @@ def write_case_folder(folder: Path, masks: dict[str, np.ndarray], space: Space) 
     for name, mask in masks.items():
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
     return folder
-
-
-def run(*args: object) -> Result:
-    """Invoke the CLI; a library error must never escape as an exception other than SystemExit."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
-
-
-def ok(*args: object) -> Result:
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def failed(*args: object) -> Result:

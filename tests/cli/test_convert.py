@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -11,7 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
+from helpers import ok, run, side_files, snapshot
 
 from medmask_store import CaseData, InvalidArchive, MaskArchive, StorageSettings
 from medmask_store.cli.main import main
@@ -22,37 +22,6 @@ CHAIN = [".h5", ".zarr.zip", ".zarr"]  # starting from a .zarr source
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def run(*args: object) -> Result:
-    """Invoke the CLI; a library error must never escape as an exception other than SystemExit."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
-
-
-def ok(*args: object) -> Result:
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def snapshot(path: Path) -> dict[str, bytes | None]:
-    """Every file (with its bytes) and directory (None) at ``path``."""
-    if path.is_file():
-        return {"": path.read_bytes()}
-    result: dict[str, bytes | None] = {}
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            result[os.path.relpath(os.path.join(root, d), path) + "/"] = None
-        for f in files:
-            result[os.path.relpath(os.path.join(root, f), path)] = Path(root, f).read_bytes()
-    return result
-
-
-def side_files(path: Path) -> list[str]:
-    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}."))
 
 
 def three_cases() -> dict[str, CaseData]:

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import box
 from spacetransformer import Space
 
 from medmask_store.errors import InvalidCase
@@ -14,13 +15,6 @@ from medmask_store.model.case_data import CaseData
 
 SHAPE = (12, 10, 8)
 SPACE = Space(shape=SHAPE, spacing=(0.5, 2.0, 3.0), origin=(10.0, -20.0, 5.0))
-
-
-def box(shape: tuple[int, ...], *bounds: tuple[int, int]) -> np.ndarray:
-    """Boolean mask, True inside the half-open box ``bounds`` (one (start, stop) per axis)."""
-    mask = np.zeros(shape, dtype=bool)
-    mask[tuple(slice(a, b) for a, b in bounds)] = True
-    return mask
 
 
 def assert_stats_brute_force(stats, mask: np.ndarray, space: Space) -> None:

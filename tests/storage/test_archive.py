@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import BACKEND_SUFFIXES
+from helpers import assert_case_matches, box, flip_byte, snapshot, suffix_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spacetransformer import Space
@@ -32,42 +33,7 @@ SMALL = StorageSettings(chunk_size=16, label_level=3, layer_level=3)
 CHUNK8 = StorageSettings(chunk_size=8, label_level=3, layer_level=3)
 
 
-# -- helpers ---------------------------------------------------------------------
-
-
-def suffix_of(archive_path: Path) -> str:
-    """The backend suffix the ``archive_path`` fixture was made with ("archive<suffix>")."""
-    assert archive_path.name.startswith("archive")
-    return archive_path.name[len("archive"):]
-
-
-def snapshot(path: Path) -> dict[str, bytes | None]:
-    """Every file (with its bytes) and directory (None) at ``path``, whatever the backend's layout."""
-    if path.is_file():
-        return {"": path.read_bytes()}
-    result: dict[str, bytes | None] = {}
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            result[os.path.relpath(os.path.join(root, d), path) + "/"] = None
-        for f in files:
-            full = os.path.join(root, f)
-            result[os.path.relpath(full, path)] = Path(full).read_bytes()
-    return result
-
-
-def box(shape, *bounds) -> np.ndarray:
-    mask = np.zeros(shape, dtype=bool)
-    mask[tuple(slice(a, b) for a, b in bounds)] = True
-    return mask
-
-
-def assert_case_matches(case, masks: dict[str, np.ndarray]) -> None:
-    assert sorted(case.organs) == sorted(masks)
-    for name, mask in masks.items():
-        got = case.read_organ(name)
-        assert got.dtype == np.bool_
-        assert got.shape == mask.shape
-        np.testing.assert_array_equal(got, mask.astype(bool), err_msg=name)
+# -- fixtures --------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -595,12 +561,6 @@ def test_zarr_inner_chunks_have_crc32c(zarr_path, phantom):
     assert inner == ["packbits_zstd", "crc32c"]
 
 
-def _flip(path: Path, position: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[position] ^= 0x5A
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("array", ["label_volume", "binary_layers"])
 @pytest.mark.parametrize("where", ["first", "middle", "index", "last"])
 def test_zarr_flipped_byte_raises_corrupt_chunk(zarr_path, phantom, array, where):
@@ -611,7 +571,7 @@ def test_zarr_flipped_byte_raises_corrupt_chunk(zarr_path, phantom, array, where
     (shard,) = stored_chunk_files(zarr_path / "cases" / "p", array)
     size = shard.stat().st_size
     position = {"first": 0, "middle": size // 3, "index": size - 40, "last": size - 1}[where]
-    _flip(shard, position)
+    flip_byte(shard, position)
     in_array = [n for n in masks if masks[n].any() and (n in layer_names) == (array == "binary_layers")]
     with MaskArchive(zarr_path, "r") as archive:
         case = archive["p"]

@@ -7,12 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_case_matches, kill_writer_when_ready, suffix_of
 
 from medmask_store import MaskArchive, StorageSettings
 
@@ -66,18 +66,6 @@ small_masks = _masks["small_masks"]
 big_masks = _masks["big_masks"]
 
 
-def suffix_of(archive_path: Path) -> str:
-    assert archive_path.name.startswith("archive")
-    return archive_path.name[len("archive"):]
-
-
-def assert_case_matches(case, masks: dict[str, np.ndarray]) -> None:
-    assert sorted(case.organs) == sorted(masks)
-    for name, mask in masks.items():
-        np.testing.assert_array_equal(case.read_organ(name), mask, err_msg=name)
-        assert case.stats[name].voxels == int(mask.sum())
-
-
 def staging_entries_of(archive_path: Path, pid: int) -> list[str]:
     staging = archive_path / ".staging"
     if not staging.is_dir():
@@ -87,27 +75,7 @@ def staging_entries_of(archive_path: Path, pid: int) -> list[str]:
 
 def run_and_kill_writer(archive_path: Path, delay: float) -> int:
     """Start the writer, wait for "ready", sleep ``delay``, SIGKILL it and reap it; return its pid."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER_SOURCE, str(archive_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    watchdog = threading.Timer(120, proc.kill)  # never hang the suite
-    watchdog.start()
-    try:
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"writer did not get ready: stdout={line!r} stderr={err[-2000:]}")
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()  # reap it: a zombie would still count as a live process
-    finally:
-        watchdog.cancel()
-        proc.stdout.close()
-        proc.stderr.close()
+    proc = kill_writer_when_ready(WRITER_SOURCE, archive_path, lambda _: time.sleep(delay))
     assert proc.returncode in (-signal.SIGKILL, 0)
     return proc.pid
 

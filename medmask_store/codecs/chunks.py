@@ -1,0 +1,64 @@
+"""Encoding and decoding of single stored chunks, for backends that move chunk bytes themselves.
+
+Byte formats (identical to what zarr-python writes for our codec chains):
+
+- Zarr label chunk: ``bytes -> zstd -> crc32c``: a Zstd frame of the C-order
+  chunk, then its crc32c (uint32, little-endian).
+- HDF5 label chunk: a Zstd frame with its content checksum (XXH64), so HDF5's
+  registered Zstd filter (hdf5plugin, id 32015) decodes it and verifies it.
+- Binary-layer chunk, every backend: a PackBits+Zstd frame, then its crc32c.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import google_crc32c
+import numpy as np
+import zstandard
+
+from medmask_store.codecs.packbits_zstd import PackBitsZstd, decode_frame
+from medmask_store.errors import CorruptChunk
+
+CRC = struct.Struct("<I")
+
+
+def append_crc32c(data: bytes) -> bytes:
+    return data + CRC.pack(google_crc32c.value(data))
+
+
+def strip_crc32c(data: bytes) -> bytes:
+    """The payload, after checking its crc32c suffix."""
+    if len(data) < CRC.size:
+        raise CorruptChunk(f"chunk of {len(data)} bytes is too short to hold its crc32c")
+    payload, (stored,) = data[: -CRC.size], CRC.unpack(data[-CRC.size :])
+    if google_crc32c.value(payload) != stored:
+        raise CorruptChunk("chunk fails its crc32c checksum")
+    return payload
+
+
+def encode_label_chunk(chunk: np.ndarray, level: int) -> bytes:
+    """A checksummed Zstd frame (the HDF5 label-chunk format)."""
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return compressor.compress(np.ascontiguousarray(chunk).tobytes())
+
+
+def decode_label_chunk(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], crc32c: bool) -> np.ndarray:
+    """Decode a label chunk; ``crc32c`` says whether it carries the Zarr crc32c suffix."""
+    frame = strip_crc32c(raw) if crc32c else raw
+    size = int(np.prod(shape)) * dtype.itemsize
+    try:
+        data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise CorruptChunk(f"label chunk does not decode: {exc}") from exc
+    if len(data) != size:
+        raise CorruptChunk(f"label chunk decoded to {len(data)} bytes, expected {size}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def encode_binary_chunk(chunk: np.ndarray, level: int) -> bytes:
+    return append_crc32c(PackBitsZstd(level).encode(chunk))
+
+
+def decode_binary_chunk(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    return decode_frame(strip_crc32c(raw), int(np.prod(shape))).reshape(shape)

@@ -1,0 +1,95 @@
+"""Regions of a case: voxel boxes, and world-millimetre boxes converted through the Space.
+
+A world box selects the voxels whose **centres** lie inside it. For an oblique
+volume the box is mapped to index space and its voxel-aligned bounding box is
+taken. Boxes partly outside the volume are clipped to it; a box containing no
+voxel centre of the volume is an error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from spacetransformer import Space
+
+from medmask_store.errors import InvalidRegion
+
+VoxelBox = tuple[slice, slice, slice]
+# Tolerance so that a box edge exactly on a voxel centre includes that voxel.
+CENTRE_ATOL = 1e-6
+
+
+@dataclass(frozen=True)
+class WorldBox:
+    """An axis-aligned box in world millimetres, given by two opposite corners (x, y, z)."""
+
+    lo: tuple[float, float, float]
+    hi: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        for name in ("lo", "hi"):
+            corner = getattr(self, name)
+            if len(corner) != 3 or not all(isinstance(v, (int, float, np.number)) for v in corner):
+                raise InvalidRegion(f"WorldBox.{name} must be 3 numbers (x, y, z in mm), got {corner!r}")
+
+
+def voxel_box(region: Any, space: Space) -> VoxelBox:
+    """A region (voxel slices / (start, stop) pairs, or a :class:`WorldBox`) as three slices."""
+    if isinstance(region, WorldBox):
+        return _world_to_voxels(region, space)
+    if not isinstance(region, (tuple, list)) or len(region) != 3:
+        raise InvalidRegion(
+            f"a voxel region is three slices or (start, stop) pairs, one per axis (i, j, k), got {region!r}; "
+            "for millimetres pass WorldBox(lo, hi)"
+        )
+    return tuple(_axis_slice(item, axis, size) for axis, (item, size) in enumerate(zip(region, space.shape)))  # type: ignore[return-value]
+
+
+def _axis_slice(item: Any, axis: int, size: int) -> slice:
+    if isinstance(item, slice):
+        start, stop, step = item.start, item.stop, item.step
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        (start, stop), step = item, None
+    else:
+        raise InvalidRegion(f"axis {axis}: expected a slice or a (start, stop) pair, got {item!r}")
+    for value in (start, stop, step):
+        if value is not None and not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise InvalidRegion(
+                f"axis {axis}: voxel regions take integers, got {item!r}; for millimetres pass WorldBox(lo, hi)"
+            )
+    start = 0 if start is None else int(start)
+    stop = size if stop is None else int(stop)
+    step = 1 if step is None else int(step)
+    if step < 1:
+        raise InvalidRegion(f"axis {axis}: region steps must be positive, got {step}")
+    if not 0 <= start < stop <= size:
+        raise InvalidRegion(f"axis {axis}: region {start}:{stop} is empty or outside the volume (size {size})")
+    return slice(start, stop, step)
+
+
+def _world_to_voxels(box: WorldBox, space: Space) -> VoxelBox:
+    corners = np.array(list(itertools.product(*zip(box.lo, box.hi))), dtype=float)
+    indices = space.from_world_transform.apply_point(corners)
+    low, high = indices.min(axis=0), indices.max(axis=0)
+    slices = []
+    for axis, (lo, hi, size) in enumerate(zip(low, high, space.shape)):
+        start = max(0, math.ceil(lo - CENTRE_ATOL))
+        stop = min(size, math.floor(hi + CENTRE_ATOL) + 1)
+        if start >= stop:
+            raise InvalidRegion(
+                f"world box {box.lo}..{box.hi} mm holds no voxel centre of the volume on axis {axis} "
+                f"(index range {lo:.2f}..{hi:.2f}, volume 0..{size - 1}); is it a voxel box? pass slices instead"
+            )
+        slices.append(slice(start, stop, 1))
+    return tuple(slices)  # type: ignore[return-value]
+
+
+def box_space(box: VoxelBox, space: Space) -> Space:
+    """The Space of a voxel box (steps must be 1)."""
+    if any(s.step not in (None, 1) for s in box):
+        raise InvalidRegion("a region with steps has no Space of its own; use steps of 1")
+    return space.apply_bbox(np.array([[s.start, s.stop] for s in box]))

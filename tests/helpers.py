@@ -1,0 +1,133 @@
+"""Small helpers shared by several test modules (import as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from medmask_store import Case
+from medmask_store.cli.main import main
+
+# -- masks and archives ----------------------------------------------------------------------
+
+
+def box(shape: tuple[int, ...], *bounds: tuple[int, int]) -> np.ndarray:
+    """Boolean mask, True inside the half-open box ``bounds`` (one (start, stop) per axis)."""
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(a, b) for a, b in bounds)] = True
+    return mask
+
+
+def suffix_of(archive_path: Path) -> str:
+    """The backend suffix the ``archive_path`` fixture was made with ("archive<suffix>")."""
+    assert archive_path.name.startswith("archive")
+    return archive_path.name[len("archive"):]
+
+
+def assert_case_matches(case: Case, masks: dict[str, np.ndarray]) -> None:
+    """``case`` holds exactly the organs of ``masks``; each reads back as a bool array equal to its mask,
+    and its stored voxel count is the mask's."""
+    assert sorted(case.organs) == sorted(masks)
+    for name, mask in masks.items():
+        got = case.read_organ(name)
+        assert got.dtype == np.bool_, name
+        assert got.shape == mask.shape, name
+        np.testing.assert_array_equal(got, mask, err_msg=name)
+        assert case.stats[name].voxels == int(mask.sum()), name
+
+
+# -- files on disk ---------------------------------------------------------------------------
+
+
+def snapshot(path: Path) -> dict[str, bytes | None]:
+    """Every file (with its bytes) and directory (None) at ``path``, whatever the backend's layout."""
+    if path.is_file():
+        return {"": path.read_bytes()}
+    result: dict[str, bytes | None] = {}
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            result[os.path.relpath(os.path.join(root, d), path) + "/"] = None
+        for f in files:
+            full = os.path.join(root, f)
+            result[os.path.relpath(full, path)] = Path(full).read_bytes()
+    return result
+
+
+def side_files(path: Path) -> list[str]:
+    """Lock files and working copies a single-file backend keeps beside ``path``."""
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}."))
+
+
+def flip_byte(path: Path, position: int) -> None:
+    """XOR the byte at ``position`` of the file ``path`` with 0x5A, in place."""
+    with open(path, "r+b") as handle:
+        handle.seek(position)
+        byte = handle.read(1)
+        assert len(byte) == 1, (path, position)
+        handle.seek(position)
+        handle.write(bytes([byte[0] ^ 0x5A]))
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def run(*args: object) -> Result:
+    """Invoke the CLI; a library error must never escape as an exception other than SystemExit."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{result.exception!r}\n{result.output}"
+    )
+    assert "Traceback" not in result.output
+    return result
+
+
+def ok(*args: object) -> Result:
+    """Invoke the CLI (as ``run``) and require exit code 0."""
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+# -- writer subprocesses ---------------------------------------------------------------------
+
+
+def kill_writer_when_ready(
+    source: str, path: Path, while_ready: Callable[[subprocess.Popen[str]], object]
+) -> subprocess.Popen[str]:
+    """Run ``python -c source path``; once it prints "ready", call ``while_ready(proc)``, then SIGKILL
+    and reap it. A watchdog kills it after 120 s so the suite never hangs. Returns the reaped process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", source, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    watchdog = threading.Timer(120, proc.kill)  # never hang the suite
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"writer did not get ready: stdout={line!r} stderr={err[-2000:]}")
+        while_ready(proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()  # reap it: a zombie would still count as a live process
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:  # ``while_ready`` failed: do not leave the writer running
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    return proc
