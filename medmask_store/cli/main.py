@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+import nibabel as nib
+import numpy as np
 from tqdm import tqdm
 
 from medmask_store.demo import run_demo
@@ -17,6 +19,7 @@ from medmask_store.errors import InvalidCase, MaskStoreError
 from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_label_map
 from medmask_store.io.sources import discover_cases
 from medmask_store.model.case_data import Unmapped
+from medmask_store.model.region import WorldBox
 from medmask_store.model.validation import validate_meta
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
@@ -138,6 +141,54 @@ def export_command(archive: Path, case_id: str, outdir: Path, multilabel: bool, 
         else:
             written = export_mask_folder(case, outdir)
     click.echo(f"wrote {len(written)} file(s) to {outdir}")
+
+
+def _parse_box(text: str, option: str, kind: type) -> list[tuple[Any, Any]]:
+    """``a0:a1,b0:b1,c0:c1`` as three (start, stop) pairs."""
+    try:
+        pairs = [tuple(kind(v) for v in part.split(":")) for part in text.split(",")]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected a0:a1,b0:b1,c0:c1, got {text!r}", param_hint=option) from exc
+    if len(pairs) != 3 or any(len(p) != 2 for p in pairs):
+        raise click.BadParameter(f"expected three start:stop ranges, got {text!r}", param_hint=option)
+    return pairs  # type: ignore[return-value]
+
+
+@main.command("read")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("case_id")
+@click.option("--organ", help="Read one organ (cropped to its bounding box unless a region is given).")
+@click.option("--region", help="Voxel box i0:i1,j0:j1,k0:k1 in array axis order (as nibabel's).")
+@click.option("--mm", help="World box x0:x1,y0:y1,z0:z1 in millimetres (voxels whose centres lie inside).")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output .npy, .nii or .nii.gz.")
+def read_command(archive: Path, case_id: str, organ: str | None, region: str | None, mm: str | None, out_path: Path) -> None:
+    """Read labels or one organ, whole or a region, into a .npy or NIfTI file (with the region's affine)."""
+    if region and mm:
+        raise click.UsageError("pass --region (voxels) or --mm (millimetres), not both")
+    if not out_path.name.endswith((".npy", ".nii", ".nii.gz")):
+        raise click.BadParameter("the output must end in .npy, .nii or .nii.gz", param_hint="--out")
+    box: Any = None
+    if region:
+        box = _parse_box(region, "--region", int)
+    elif mm:
+        lo, hi = zip(*_parse_box(mm, "--mm", float))
+        box = WorldBox(lo, hi)  # type: ignore[arg-type]
+    with MaskArchive(archive) as store:
+        case = store[case_id]
+        if organ and box is None:
+            data, space = case.read_organ(organ, crop=True)
+        elif organ:
+            data, space = case.read_organ(organ, region=box), case.region_space(box)
+        elif box is not None:
+            data, space = case.read_region(box), case.region_space(box)
+        else:
+            data, space = case.read_labels(), case.space
+    if out_path.name.endswith(".npy"):
+        np.save(out_path, data)
+    else:
+        voxels = data.astype(np.uint8) if data.dtype == np.bool_ else data
+        nib.save(nib.Nifti1Image(voxels, space.to_nifti_affine()), out_path)
+    click.echo(f"wrote {out_path}: shape {data.shape}, {np.count_nonzero(data)} non-zero voxels")
 
 
 @main.command("convert")

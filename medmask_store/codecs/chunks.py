@@ -12,6 +12,7 @@ Byte formats (identical to what zarr-python writes for our codec chains):
 from __future__ import annotations
 
 import struct
+import threading
 
 import google_crc32c
 import numpy as np
@@ -43,12 +44,22 @@ def encode_label_chunk(chunk: np.ndarray, level: int) -> bytes:
     return compressor.compress(np.ascontiguousarray(chunk).tobytes())
 
 
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One decompressor per thread: creating one costs as much as decoding a small chunk."""
+    if not hasattr(_local, "decompressor"):
+        _local.decompressor = zstandard.ZstdDecompressor()
+    return _local.decompressor
+
+
 def decode_label_chunk(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], crc32c: bool) -> np.ndarray:
     """Decode a label chunk; ``crc32c`` says whether it carries the Zarr crc32c suffix."""
     frame = strip_crc32c(raw) if crc32c else raw
     size = int(np.prod(shape)) * dtype.itemsize
     try:
-        data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=size)
+        data = _decompressor().decompress(frame, max_output_size=size)
     except zstandard.ZstdError as exc:
         raise CorruptChunk(f"label chunk does not decode: {exc}") from exc
     if len(data) != size:

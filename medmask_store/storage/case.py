@@ -7,6 +7,7 @@ bounding box).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, overload
 
@@ -77,7 +78,9 @@ class Case:
 
     def _check_organ(self, name: str) -> None:
         if name not in self.info.mapping:
-            raise OrganNotFound(f"case {self.case_id!r} has no organ {name!r}; it has {sorted(self.info.mapping)}")
+            close = difflib.get_close_matches(str(name), self.info.mapping, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"it has {len(self.info.mapping)} organs"
+            raise OrganNotFound(f"case {self.case_id!r} has no organ {name!r}; {hint}")
 
     # -- stored arrays -------------------------------------------------------
     def _stored(self, name: str) -> ChunkedArray:

@@ -3,16 +3,15 @@
 Every backend hands out its arrays as :class:`ChunkedArray` over a function that
 returns one decoded chunk; numpy basic indexing (ints, slices with steps,
 negative indices, Ellipsis) is translated into reads of exactly the chunks it
-intersects, decoded on a thread pool (Zstandard releases the GIL).
+intersects. Chunks are decoded in the calling thread: a thread pool measured no
+faster on 2 cores (a 64³ chunk decodes in ~60 µs, and the per-chunk Python work
+around it holds the GIL).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -61,6 +60,8 @@ def normalize_selection(selection: Any, shape: tuple[int, ...]) -> tuple[slice |
 def _axis_pieces(item: slice | int, chunk: int) -> list[AxisPiece]:
     if isinstance(item, int):
         return [(item // chunk, item % chunk, None)]
+    if item.step > 0:
+        return _forward_pieces(item.start, item.stop, item.step, chunk)
     positions = np.arange(item.start, item.stop, item.step)
     pieces: list[AxisPiece] = []
     if positions.size == 0:
@@ -76,6 +77,22 @@ def _axis_pieces(item: slice | int, chunk: int) -> list[AxisPiece]:
     return pieces
 
 
+def _forward_pieces(start: int, stop: int, step: int, chunk: int) -> list[AxisPiece]:
+    """``_axis_pieces`` for positive steps, by arithmetic (the hot path of region reads)."""
+    count = len(range(start, stop, step))
+    pieces: list[AxisPiece] = []
+    done = 0
+    while done < count:
+        position = start + done * step
+        cid = position // chunk
+        # elements of this chunk: positions < (cid + 1) * chunk
+        in_chunk = min(count - done, -(-((cid + 1) * chunk - position) // step))
+        first = position - cid * chunk
+        pieces.append((cid, slice(first, first + (in_chunk - 1) * step + 1, step), slice(done, done + in_chunk)))
+        done += in_chunk
+    return pieces
+
+
 def selection_shape(selection: tuple[slice | int, ...]) -> tuple[int, ...]:
     return tuple(len(range(s.start, s.stop, s.step)) for s in selection if isinstance(s, slice))
 
@@ -84,18 +101,6 @@ def chunks_touched(selection: tuple[slice | int, ...], chunks: tuple[int, ...]) 
     """Coordinates of the chunks a normalized selection intersects."""
     per_axis = [[piece[0] for piece in _axis_pieces(item, chunk)] for item, chunk in zip(selection, chunks)]
     return list(itertools.product(*per_axis))
-
-
-@cache
-def _decoder_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="medmask_store-decode")
-
-
-def read_chunks(read_chunk: Callable[[ChunkCoords], np.ndarray | None], coords: list[ChunkCoords]) -> list[np.ndarray | None]:
-    """Decode several chunks, in parallel when there is more than one."""
-    if len(coords) < 2:
-        return [read_chunk(c) for c in coords]
-    return list(_decoder_pool().map(read_chunk, coords))
 
 
 class ChunkedArray:
@@ -131,12 +136,11 @@ class ChunkedArray:
         shape = selection_shape(selection)
         out = np.zeros(shape, self.dtype) if self._fill_value == 0 else np.full(shape, self._fill_value, self.dtype)
         per_axis = [_axis_pieces(item, chunk) for item, chunk in zip(selection, self.chunks)]
-        pieces = list(itertools.product(*per_axis))
-        decoded = read_chunks(self._read_chunk, [tuple(piece[0] for piece in p) for p in pieces])
-        for chunk_pieces, chunk in zip(pieces, decoded):
+        for pieces in itertools.product(*per_axis):
+            chunk = self._read_chunk(tuple(piece[0] for piece in pieces))
             if chunk is not None:
-                inner = tuple(piece[1] for piece in chunk_pieces)
-                target = tuple(piece[2] for piece in chunk_pieces if piece[2] is not None)
+                inner = tuple(piece[1] for piece in pieces)
+                target = tuple(piece[2] for piece in pieces if piece[2] is not None)
                 out[target] = chunk[inner]
         return out
 

@@ -14,15 +14,18 @@ Layout::
                              plain h5py refuses to read them (unknown filter), never misreads
 
 Chunks are encoded here and written with direct chunk writes (only non-empty
-ones), and read back with direct chunk reads through :class:`ChunkedArray`.
+ones). Reads locate each dataset's chunks once (``H5Dchunk_iter``) and then read
+their bytes with ``os.pread`` and decode them here, bypassing per-chunk h5py calls.
 Writers work on a copy and publish it on commit (see :mod:`.single_file`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,10 @@ class Hdf5Backend:
         self.path = path
         self.read_only = mode == "r"
         self.closed = False
+        self._descriptor: int | None = None
+        # Bumped when a case is replaced or deleted: HDF5 reuses freed space, so readers
+        # opened before must stop rather than read bytes now belonging to other chunks.
+        self._versions: dict[str, int] = {}
         self.settings = settings
         self._editor: SingleFileEditor | None = None
         if self.read_only:
@@ -122,7 +129,19 @@ class Hdf5Backend:
 
     def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
         dataset = self._case_group(case_id).get(name)
-        return None if dataset is None else _chunked_reader(dataset, f"{self.path}:{dataset.name}")
+        if dataset is None:
+            return None
+        if not self.read_only:
+            self._file.flush()  # chunk bytes are read from the file itself
+        if self._descriptor is None:
+            self._descriptor = os.open(self._file.filename, os.O_RDONLY)
+        version = self._versions.get(case_id, 0)
+
+        def check_current() -> None:
+            if self._versions.get(case_id, 0) != version:
+                raise CaseNotFound(f"case {case_id!r} was replaced or deleted since it was opened; open it again")
+
+        return _chunked_reader(dataset, self._descriptor, f"{self.path}:{dataset.name}", check_current)
 
     # -- writing ---------------------------------------------------------
     def _check_writable(self) -> None:
@@ -144,6 +163,7 @@ class Hdf5Backend:
                 self._write_array(group, array)
             if case_id in cases:
                 del cases[case_id]
+                self._versions[case_id] = self._versions.get(case_id, 0) + 1
             self._file.move(staging_name, f"{CASES_GROUP}/{case_id}")
         finally:
             if staging_name in self._file:
@@ -183,6 +203,7 @@ class Hdf5Backend:
         self._check_writable()
         self._case_group(case_id)
         del self._file[CASES_GROUP][case_id]
+        self._versions[case_id] = self._versions.get(case_id, 0) + 1
         self._dirty = True
 
     def commit(self) -> None:
@@ -200,6 +221,8 @@ class Hdf5Backend:
 
     def close(self) -> None:
         self.closed = True
+        if self._descriptor is not None:
+            os.close(self._descriptor)
         try:
             self._file.close()
         finally:
@@ -207,10 +230,18 @@ class Hdf5Backend:
                 self._editor.close()
 
 
-def _chunked_reader(dataset: h5py.Dataset, where: str) -> ChunkedArray:
-    """The dataset's chunks, read with HDF5 direct chunk reads and decoded here."""
+def _chunked_reader(
+    dataset: h5py.Dataset, descriptor: int, where: str, check_current: Callable[[], None]
+) -> ChunkedArray:
+    """The dataset's chunks: located once, then read with ``os.pread`` and decoded here."""
     chunks = tuple(dataset.chunks)
     dtype = np.dtype(dataset.dtype)
+    locations: dict[ChunkCoords, tuple[int, int]] = {}
+
+    def locate(info: Any) -> None:
+        locations[tuple(o // n for o, n in zip(info.chunk_offset, chunks))] = (info.byte_offset, info.size)
+
+    dataset.id.chunk_iter(locate)
 
     def decode(raw: bytes) -> np.ndarray:
         if dtype == np.bool_:
@@ -218,12 +249,13 @@ def _chunked_reader(dataset: h5py.Dataset, where: str) -> ChunkedArray:
         return decode_label_chunk(raw, dtype, chunks, crc32c=False)
 
     def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
-        offset = tuple(c * n for c, n in zip(coords, chunks))
-        if dataset.id.get_chunk_info_by_coord(offset).byte_offset is None:
+        check_current()
+        location = locations.get(coords)
+        if location is None:
             return None
-        _, raw = dataset.id.read_direct_chunk(offset)
+        offset, size = location
         try:
-            return decode(bytes(raw))
+            return decode(os.pread(descriptor, size, offset))
         except CorruptChunk as exc:
             raise CorruptChunk(f"{where}: chunk {coords}: {exc}") from exc
 
