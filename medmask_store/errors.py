@@ -55,3 +55,7 @@ class ArchiveLocked(MaskStoreError):
 
 class InvalidRegion(MaskStoreError, ValueError):
     """A voxel or world region is malformed, empty, or outside the volume."""
+
+
+class InvalidQuery(MaskStoreError, ValueError):
+    """A query expression is malformed, unsafe, or names unknown organs or fields."""

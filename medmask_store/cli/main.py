@@ -23,6 +23,7 @@ from medmask_store.model.region import WorldBox
 from medmask_store.model.validation import validate_meta
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
+from medmask_store.storage.verify import verify_archive
 
 
 class MaskStoreGroup(click.Group):
@@ -201,6 +202,57 @@ def convert_command(source: Path, destination: Path, overwrite: bool) -> None:
         progress = partial(tqdm, desc="convert", unit="case")
         store.copy_to(destination, mode="w" if overwrite else "w-", progress=progress)
         click.echo(f"copied {len(store)} case(s) from {source} to {destination}")
+
+
+@main.command("query")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("expression")
+@click.option("--json", "as_json", is_flag=True, help="Print the matching case ids as a JSON list.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the statistics rows of the matching cases as CSV.")
+def query_command(archive: Path, expression: str, as_json: bool, as_csv: bool) -> None:
+    """Cases matching EXPRESSION, e.g. 'liver.volume_ml > 2000 and age >= 60' (one id per line)."""
+    with MaskArchive(archive) as store:
+        matches = store.query(expression)
+        if as_csv:
+            stats = store.stats()
+            click.echo(stats[stats["case_id"].isin(matches)].to_csv(index=False), nl=False)
+        elif as_json:
+            click.echo(json.dumps(matches))
+        else:
+            for case_id in matches:
+                click.echo(case_id)
+
+
+@main.command("stats")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+def stats_command(archive: Path, as_csv: bool) -> None:
+    """Per-case, per-organ statistics (one row per case × organ) from the archive index."""
+    with MaskArchive(archive) as store:
+        stats = store.stats()
+    click.echo(stats.to_csv(index=False) if as_csv else stats.to_string(index=False), nl=not as_csv)
+
+
+@main.command("reindex")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+def reindex_command(archive: Path) -> None:
+    """Rebuild the archive index from every case's attributes."""
+    with MaskArchive(archive, "r+") as store:
+        store.reindex(progress=partial(tqdm, desc="reindex", unit="case"))
+        click.echo(f"indexed {len(store)} case(s)")
+
+
+@main.command("verify")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+def verify_command(archive: Path) -> None:
+    """Check the index against the cases and every chunk against its checksum; exit 1 on any problem."""
+    with MaskArchive(archive) as store:
+        problems = verify_archive(store, progress=partial(tqdm, desc="verify", unit="case"))
+        for problem in problems:
+            click.echo(problem)
+        click.echo(f"{len(store)} case(s) checked, {len(problems)} problem(s)")
+    if problems:
+        sys.exit(1)
 
 
 @main.command("demo")

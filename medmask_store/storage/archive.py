@@ -10,12 +10,15 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from spacetransformer import Space
 
 from medmask_store.errors import CaseExists, InvalidArchive, InvalidCase, ReadOnlyArchive
 from medmask_store.model.attributes import CaseInfo, case_attributes
 from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import validate_case_id
+from medmask_store.query.expression import evaluate_query
+from medmask_store.query.index import ArchiveIndex
 from medmask_store.storage.backend import Backend
 from medmask_store.storage.case import Case
 from medmask_store.storage.hdf5 import Hdf5Backend
@@ -24,6 +27,7 @@ from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
 from medmask_store.storage.zarr_zip import open_zarr_zip
 
 MODES = ("r", "r+", "a", "w", "w-")
+INDEX_SAVE_EVERY = 256
 BACKENDS: dict[str, Callable[[Path, str, StorageSettings], Backend]] = {
     ".zarr": ZarrDirectoryBackend,
     ".zarr.zip": open_zarr_zip,
@@ -64,6 +68,8 @@ class MaskArchive:
         self.settings = settings or StorageSettings()
         self._backend = open_backend(self.path, mode, self.settings)
         self._batch_depth = 0
+        self._index: ArchiveIndex | None = None
+        self._modified: set[str] = set()  # cases written or deleted since the index was saved
 
     def __enter__(self) -> MaskArchive:
         return self
@@ -72,15 +78,17 @@ class MaskArchive:
         self.close()
 
     def close(self) -> None:
-        """Commit pending writes and release the archive."""
+        """Commit pending writes (and the index) and release the archive."""
         try:
             if not self._backend.read_only:
-                self._backend.commit()
+                self.commit()
         finally:
             self._backend.close()
 
     def commit(self) -> None:
-        """Make all writes so far durable and visible to other processes."""
+        """Make all writes so far, and the index, durable and visible to other processes."""
+        if self._modified:
+            self._save_index()
         self._backend.commit()
 
     @contextmanager
@@ -99,9 +107,59 @@ class MaskArchive:
         if self._batch_depth == 0:
             self.commit()
 
-    def _committed(self) -> None:
+    def _committed(self, case_id: str) -> None:
+        """After a write: single-file archives commit it with the index at once; directory
+        archives (each case already committed by its rename) save the index every
+        ``INDEX_SAVE_EVERY`` writes and on close, readers reconciling it meanwhile."""
+        self._modified.add(case_id)
+        self._index = None
         if self._batch_depth == 0:
+            if not self._backend.concurrent_writers or len(self._modified) >= INDEX_SAVE_EVERY:
+                self._save_index()
             self._backend.commit()
+
+    # -- index and queries -------------------------------------------------
+    def _info(self, case_id: str) -> CaseInfo:
+        return CaseInfo.from_attributes(case_id, self._backend.read_case_attributes(case_id))
+
+    def _reconciled(self, stored: bytes | None) -> ArchiveIndex:
+        index = ArchiveIndex.from_bytes(stored) if stored else ArchiveIndex.from_cases([])
+        index.replace(self._modified, [])
+        index.reconcile(self._backend.case_tokens(), self._info)
+        return index
+
+    def _save_index(self) -> None:
+        self._backend.update_index(lambda stored: self._reconciled(stored).to_bytes())
+        self._modified.clear()
+
+    def index(self) -> ArchiveIndex:
+        """The archive index (one read), reconciled with the cases present."""
+        if self._index is None:
+            self._index = self._reconciled(self._backend.read_index())
+        return self._index
+
+    def stats(self) -> pd.DataFrame:
+        """Long-format statistics: one row per case × organ, with the case's scalar metadata."""
+        return self.index().stats_frame()
+
+    def query(self, expression: str) -> list[str]:
+        """Ids of the cases matching an expression such as ``"liver.volume_ml > 2000 and age >= 60"``."""
+        return evaluate_query(expression, self.index())
+
+    def reindex(self, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> None:
+        """Rebuild the stored index from every case's attributes."""
+        self._check_writable()
+        tokens = self._backend.case_tokens()
+        fresh = ArchiveIndex.from_cases((self._info(c), tokens[c]) for c in progress(sorted(tokens)))
+        self._backend.update_index(lambda _: fresh.to_bytes())
+        self._modified.clear()
+        self._index = None
+        self._backend.commit()
+
+    def stored_index(self) -> ArchiveIndex | None:
+        """The index as stored, without reconciliation (None if none was written)."""
+        stored = self._backend.read_index()
+        return None if stored is None else ArchiveIndex.from_bytes(stored)
 
     def __repr__(self) -> str:
         return f"<MaskArchive {str(self.path)!r} mode={self.mode!r}>"
@@ -154,7 +212,7 @@ class MaskArchive:
         case_data = self._to_case_data(data, space, mapping, meta, unmapped)
         arrays = arrays_to_write(case_data, self.settings)
         self._backend.write_case(case_id, case_attributes(case_data), arrays, overwrite)
-        self._committed()
+        self._committed(case_id)
         return self[case_id]
 
     @staticmethod
@@ -178,7 +236,7 @@ class MaskArchive:
         self._check_writable()
         validate_case_id(case_id)
         self._backend.delete_case(case_id)
-        self._committed()
+        self._committed(case_id)
 
     def copy_case_from(self, case: Case, case_id: str | None = None, overwrite: bool = False) -> Case:
         """Copy a case from another archive (any backend), losslessly."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from medmask_store.storage.chunked import ChunkedArray
@@ -13,6 +14,9 @@ class Backend(Protocol):
 
     read_only: bool
     closed: bool
+    # Directory archives take concurrent writers; their index may lag behind the cases
+    # and is reconciled through version tokens. Single-file archives have one writer.
+    concurrent_writers: bool
 
     def case_ids(self) -> list[str]: ...
 
@@ -31,6 +35,18 @@ class Backend(Protocol):
         ...
 
     def delete_case(self, case_id: str) -> None: ...
+
+    def case_tokens(self) -> dict[str, str]:
+        """Every case id with a token that changes when the case is rewritten ("" if untracked)."""
+        ...
+
+    def read_index(self) -> bytes | None:
+        """The stored archive index, or None if there is none yet."""
+        ...
+
+    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
+        """Replace the stored index by ``build(current)``, atomically and exclusively."""
+        ...
 
     def commit(self) -> None:
         """Make every write so far durable and visible to other processes."""

@@ -125,6 +125,11 @@ class Case:
         """Lazy label volume as stored: without the binary-layer organs."""
         return self._stored(LABEL_VOLUME)
 
+    @property
+    def stored_layers(self) -> ChunkedArray | None:
+        """Lazy binary layers (layer, i, j, k), one per ``info.layer_names`` organ; None if none."""
+        return self._stored(BINARY_LAYERS) if self.info.layer_names else None
+
     def organ(self, name: str) -> ChunkedArray:
         """Lazy boolean view of one organ; reads only chunks inside its bounding box."""
         self._check_organ(name)
@@ -222,13 +227,13 @@ class Case:
 
     def to_case_data(self) -> CaseData:
         """The full in-memory content, as written (used to copy cases between archives)."""
-        has_layers = bool(self.info.layer_names)
+        layers = self.stored_layers
         return CaseData(
             space=self.space,
             mapping=self.mapping,
             label_volume=self.read_labels(include_layers=False),
             layer_names=list(self.info.layer_names),
-            binary_layers=self._stored(BINARY_LAYERS)[...] if has_layers else np.zeros((0, *self.space.shape), bool),
+            binary_layers=layers[...] if layers is not None else np.zeros((0, *self.space.shape), bool),
             stats=self.stats,
             meta=self.meta,
             organ_affines=dict(self.info.organ_affines),

@@ -49,6 +49,7 @@ PACKBITS_ZSTD_FILTER_ID = 32767
 # HDF5 1.10 object and chunk-index formats: ~10 KB less metadata per case than 1.8's.
 LIBVER = ("v110", "latest")
 STAGING_GROUP = "staging"
+INDEX_DATASET = "index"  # the archive index (.npz bytes), see medmask_store.query.index
 BINARY_CODEC_ATTRIBUTE = json.dumps(
     {"codec": "packbits_zstd", "checksum": "crc32c", "reader": "pip install medmask_store"}
 )
@@ -69,6 +70,8 @@ def _read_json_attributes(node: h5py.Group) -> dict[str, Any]:
 
 class Hdf5Backend:
     """Cases as HDF5 groups under ``/cases``."""
+
+    concurrent_writers = False
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
@@ -117,6 +120,22 @@ class Hdf5Backend:
     # -- reading ---------------------------------------------------------
     def case_ids(self) -> list[str]:
         return sorted(self._file[CASES_GROUP].keys())
+
+    def case_tokens(self) -> dict[str, str]:
+        """The sole writer keeps the index exact, so cases carry no version token."""
+        return dict.fromkeys(self.case_ids(), "")
+
+    def read_index(self) -> bytes | None:
+        dataset = self._file.get(INDEX_DATASET)
+        return None if dataset is None else dataset[...].tobytes()
+
+    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
+        self._check_writable()
+        data = np.frombuffer(build(self.read_index()), dtype=np.uint8)
+        if INDEX_DATASET in self._file:
+            del self._file[INDEX_DATASET]
+        self._file.create_dataset(INDEX_DATASET, data=data)
+        self._dirty = True
 
     def _case_group(self, case_id: str) -> h5py.Group:
         group = self._file[CASES_GROUP].get(case_id)
@@ -218,6 +237,8 @@ class Hdf5Backend:
             for key, value in self._file.attrs.items():
                 snapshot.attrs[key] = value
             self._file.copy(self._file[CASES_GROUP], snapshot, CASES_GROUP)
+            if INDEX_DATASET in self._file:
+                self._file.copy(self._file[INDEX_DATASET], snapshot, INDEX_DATASET)
 
     def close(self) -> None:
         self.closed = True

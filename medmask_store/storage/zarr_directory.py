@@ -18,17 +18,19 @@ case is written under ``.staging/`` and renamed into ``cases/`` in one
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from zarr.storage import LocalStore
 
 from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
-from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
+from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite, StorageSettings
 from medmask_store.storage.zarr_store import (
     DirectoryBytes,
     ZarrCaseReader,
@@ -42,6 +44,8 @@ STAGING = ".staging"
 
 class ZarrDirectoryBackend(ZarrCaseReader):
     """Cases as Zarr v3 groups under ``<path>/cases``; each case committed by one rename."""
+
+    concurrent_writers = True
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
@@ -75,6 +79,25 @@ class ZarrDirectoryBackend(ZarrCaseReader):
     def case_ids(self) -> list[str]:
         with os.scandir(self.path / CASES_GROUP) as entries:
             return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+    def case_tokens(self) -> dict[str, str]:
+        """Inode and change time of each case folder: a rewrite renames in a new folder."""
+        with os.scandir(self.path / CASES_GROUP) as entries:
+            return {
+                e.name: f"{e.inode()}-{e.stat().st_ctime_ns}"
+                for e in entries
+                if e.is_dir() and not e.name.startswith(".")
+            }
+
+    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
+        """Rewrite ``index.npz`` under an exclusive lock (other writers wait), by atomic rename."""
+        with open(self.path / ".index.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = build(self.read_index())
+            temporary = self._staging_path("index", "index")
+            temporary.parent.mkdir(exist_ok=True)
+            temporary.write_bytes(data)
+            os.replace(temporary, self.path / INDEX)
 
     def write_case(
         self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool

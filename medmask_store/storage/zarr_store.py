@@ -25,7 +25,7 @@ from medmask_store.codecs.zarr3 import PackBitsZstdCodec
 from medmask_store.errors import CaseNotFound, CorruptChunk, InvalidArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
-from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
+from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite, StorageSettings
 
 COMPACT_JSON = {"json_indent": None}
 EMPTY_ENTRY = 2**64 - 1
@@ -254,6 +254,10 @@ class ZarrCaseReader:
         if document is None:
             raise CaseNotFound(f"no case {case_id!r} in {self._where}")
         return document.get("attributes", {})
+
+    def read_index(self) -> bytes | None:
+        stored = self._source.open(INDEX)
+        return None if stored is None else stored.read(0, stored.size)
 
     def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
         path = f"{CASES_GROUP}/{case_id}/{name}"

@@ -8,6 +8,7 @@ zip on commit (see :mod:`.single_file`).
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from medmask_store.errors import InvalidArchive, ReadOnlyArchive
@@ -53,6 +54,7 @@ class ZarrZipReader(ZarrCaseReader):
     """Read-only access to a ``.zarr.zip`` archive."""
 
     read_only = True
+    concurrent_writers = False
 
     def __init__(self, path: Path) -> None:
         self.closed = False
@@ -70,10 +72,14 @@ class ZarrZipReader(ZarrCaseReader):
     def case_ids(self) -> list[str]:
         return list(self._case_ids)
 
+    def case_tokens(self) -> dict[str, str]:
+        return dict.fromkeys(self._case_ids, "")
+
     def write_case(self, *args: object, **kwargs: object) -> None:
         raise ReadOnlyArchive(f"{self._where} is open read-only (mode 'r')")
 
     delete_case = write_case
+    update_index = write_case
 
     def commit(self) -> None:
         """Nothing to commit in mode 'r'."""
@@ -85,6 +91,16 @@ class ZarrZipReader(ZarrCaseReader):
 
 class ZarrZipWriter(ZarrDirectoryBackend):
     """Edits an extracted working copy; ``commit`` publishes it as the new zip."""
+
+    concurrent_writers = False
+
+    def case_tokens(self) -> dict[str, str]:
+        """The sole writer keeps the index exact, so cases carry no version token."""
+        return dict.fromkeys(self.case_ids(), "")
+
+    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
+        super().update_index(build)
+        self._dirty = True
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self._editor = SingleFileEditor(path, mode, ".zarr")

@@ -1,0 +1,570 @@
+"""Partial reads of a stored case, on every backend.
+
+Two kinds of checks:
+
+* values (Hypothesis): every lazy view (``case.labels``, ``case.stored_labels``,
+  ``case.organ(name)``) indexed with random basic selections equals numpy
+  indexing of the full reads, and region / crop reads equal the full reads cut
+  to the region / bounding box; the full reads equal the masks that were written;
+* chunk reads, counted exactly: the raw chunk reads of the backend are
+  instrumented (``ShardedChunks.fetch`` for .zarr / .zarr.zip, the ``os.pread``
+  calls of ``medmask_store.storage.hdf5`` for .h5) and each read must decode
+  exactly the stored chunks its selection intersects (an organ: only those
+  inside its bounding box), each once. The expected chunks always come from
+  numpy on the arrays that were written, never from the code under test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import BACKEND_SUFFIXES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from spacetransformer import Space
+
+import medmask_store.storage.hdf5 as hdf5_module
+from medmask_store import MaskArchive, StorageSettings
+from medmask_store.io.nifti import load_mask_folder
+from medmask_store.storage.zarr_store import ShardedChunks
+
+LABELS, LAYERS = "label_volume", "binary_layers"
+FAST = {"label_level": 1, "layer_level": 1}
+VALUES = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+COUNTS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- selections ------------------------------------------------------------------------------
+
+
+def index_for(draw, size: int):
+    """One basic index for an axis of ``size``: an in-range int (often negative) or any slice."""
+    if draw(st.booleans()) and draw(st.booleans()):  # ints a quarter of the time: they drop an axis
+        return draw(st.integers(-size, size - 1))
+    bound = st.none() | st.integers(-size - 3, size + 3)
+    step = st.none() | st.sampled_from([1, 1, 2, 3, 5, -1, -1, -2, -3, -7])
+    return slice(draw(bound), draw(bound), draw(step))
+
+
+@st.composite
+def selections(draw, shape: tuple[int, ...]):
+    """A basic selection of a 3-D array: up to 3 indices, at most one Ellipsis among them."""
+    k = draw(st.integers(0, 3))
+    ellipsis_at = draw(st.none() | st.integers(0, k))
+    if ellipsis_at is None:
+        axes = list(range(k))
+    else:  # items before the Ellipsis index the first axes, items after it the last ones
+        axes = list(range(ellipsis_at)) + list(range(3 - (k - ellipsis_at), 3))
+    items = [index_for(draw, shape[axis]) for axis in axes]
+    if ellipsis_at is not None:
+        items.insert(ellipsis_at, Ellipsis)
+    if len(items) == 1 and draw(st.booleans()):
+        return items[0]  # a bare index, not a tuple
+    return tuple(items)
+
+
+@st.composite
+def voxel_regions(draw, shape: tuple[int, ...], steps: bool = True):
+    """A valid voxel region: per axis a (start, stop) pair or a slice, maybe with a step;
+    returned with the plain slices numpy takes for it."""
+    region, slices = [], []
+    for size in shape:
+        start = draw(st.integers(0, size - 1))
+        stop = draw(st.integers(start + 1, size))
+        step = draw(st.sampled_from([None, 1, 2, 3])) if steps else None
+        if step is None and draw(st.booleans()):
+            region.append((start, stop))
+        else:
+            region.append(slice(start, stop, step))
+        slices.append(slice(start, stop, step))
+    return tuple(region), tuple(slices)
+
+
+def touched(shape: tuple[int, ...], chunks: tuple[int, ...], selection) -> set[tuple[int, ...]]:
+    """Chunks holding at least one element numpy's indexing selects (brute force)."""
+    flat = np.arange(int(np.prod(shape))).reshape(shape)
+    selected = np.asarray(flat[selection]).ravel()
+    coords = np.stack(np.unravel_index(selected, shape), axis=1) // np.array(chunks)
+    return {tuple(int(c) for c in row) for row in coords}
+
+
+def nonempty_chunks(data: np.ndarray, chunks: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """Chunks of ``data`` holding a non-zero value: the ones a backend stores."""
+    coords = np.argwhere(data) // np.array(chunks)
+    return {tuple(int(c) for c in row) for row in np.unique(coords, axis=0)}
+
+
+def box_chunks(box: tuple[slice, ...], chunks: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """Chunks a box of unit-step slices intersects, axis by axis (for volumes too big for ``touched``)."""
+    per_axis = [np.unique(np.arange(s.start, s.stop) // c).tolist() for s, c in zip(box, chunks)]
+    return {(i, j, k) for i in per_axis[0] for j in per_axis[1] for k in per_axis[2]}
+
+
+def bbox_of(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    coords = np.argwhere(mask)
+    return tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(coords.min(axis=0), coords.max(axis=0)))  # type: ignore[return-value]
+
+
+def assert_same(got: np.ndarray, expected, what: object) -> None:
+    expected = np.asarray(expected)
+    assert isinstance(got, np.ndarray), what
+    assert got.shape == expected.shape, (what, got.shape, expected.shape)
+    assert got.dtype == expected.dtype, (what, got.dtype, expected.dtype)
+    np.testing.assert_array_equal(got, expected, err_msg=repr(what))
+
+
+# -- random phantom-like cases ------------------------------------------------------------
+
+
+def oblique(spacing: tuple[float, float, float], origin: tuple[float, float, float], shape) -> Space:
+    angle = np.deg2rad(17.0)
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    return Space(shape=shape, origin=origin, spacing=spacing,
+                 x_orientation=(c, s, 0.0), y_orientation=(-s, c, 0.0), z_orientation=(0.0, 0.0, 1.0))
+
+
+@st.composite
+def phantom_cases(draw):
+    """A small description of a case (Hypothesis shows it on failure); ``build_case`` makes the case."""
+    return {
+        "shape": tuple(draw(st.integers(5, 40)) for _ in range(3)),
+        "chunk": draw(st.sampled_from([4, 8])),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "boxes": draw(st.integers(2, 4)),
+        "empty_organ": draw(st.booleans()),
+        "uint16": draw(st.booleans()),
+        "oblique": draw(st.booleans()),
+    }
+
+
+def build_case(spec: dict) -> tuple[dict[str, np.ndarray], Space, dict[str, int]]:
+    """Random masks (boxes, some with holes) that overlap, so binary layers exist; a Space; a mapping."""
+    shape = spec["shape"]
+    rng = np.random.default_rng(spec["seed"])
+    masks: dict[str, np.ndarray] = {}
+    boxes = []
+    for n in range(spec["boxes"]):
+        bounds = []
+        for size in shape:
+            start = int(rng.integers(0, size))
+            bounds.append((start, int(rng.integers(start + 1, size + 1))))
+        box = tuple(slice(a, b) for a, b in bounds)
+        mask = np.zeros(shape, bool)
+        mask[box] = rng.random(mask[box].shape) < rng.choice([1.0, 0.7])
+        mask[tuple(a for a, _ in bounds)] = True
+        masks[f"organ_{n}"] = mask
+        boxes.append(bounds)
+    # an organ inside organ_0: always an overlap, so at least one binary layer
+    sub = tuple(slice(a + int(rng.integers(0, b - a)), b) for a, b in boxes[0])
+    inner = np.zeros(shape, bool)
+    inner[sub] = masks["organ_0"][sub]
+    if not inner.any():
+        inner[tuple(a for a, _ in boxes[0])] = True
+    masks["inner"] = inner
+    if spec["empty_organ"]:
+        masks["empty"] = np.zeros(shape, bool)
+    names = list(masks)
+    if spec["uint16"]:  # values beyond 255: a uint16 label volume
+        values = rng.choice(np.arange(1, 1000), size=len(names), replace=False)
+        if values.max() <= 255:
+            values[np.argmax(values)] = 999
+    else:
+        values = rng.permutation(len(names)) + 1
+    mapping = {name: int(v) for name, v in zip(names, values)}
+    spacing = tuple(float(v) for v in rng.uniform(0.4, 3.0, 3))
+    origin = tuple(float(v) for v in rng.uniform(-300, 300, 3))
+    space = oblique(spacing, origin, shape) if spec["oblique"] else Space(shape=shape, origin=origin, spacing=spacing)
+    return masks, space, mapping
+
+
+@contextmanager
+def stored_case(path: Path, data, chunk: int, case_id: str = "c", **kwargs) -> Iterator:
+    """Write one case (masks dict or label volume), then yield it from the archive opened read-only."""
+    with MaskArchive(path, "w", StorageSettings(chunk_size=chunk, **FAST)) as archive:
+        archive.add_case(case_id, data, **kwargs)
+    with MaskArchive(path) as archive:
+        yield archive[case_id]
+
+
+# -- 1. values: views, regions and crops against numpy on the full reads ------------------
+
+
+@pytest.mark.parametrize("suffix", BACKEND_SUFFIXES)
+@VALUES
+@given(spec=phantom_cases(), data=st.data())
+def test_views_regions_and_crops_equal_numpy_on_full_reads(suffix, spec, data):
+    masks, space, mapping = build_case(spec)
+    chunk = spec["chunk"]
+    shape = tuple(space.shape)
+    label_dtype = np.dtype(np.uint16 if max(mapping.values()) > 255 else np.uint8)
+    with tempfile.TemporaryDirectory() as tmp, stored_case(
+        Path(tmp) / f"archive{suffix}", masks, chunk, space=space, mapping=mapping
+    ) as case:
+        assert case.info.layer_names, "the case must have binary layers"
+        full = case.read_labels()
+        stored = case.read_labels(include_layers=False)
+        organs = {name: case.read_organ(name) for name in masks}
+
+        # the full reads are what was written
+        for name, mask in masks.items():
+            assert_same(organs[name], mask, name)
+        assert full.dtype == stored.dtype == label_dtype
+        covering = sum(m.astype(int) for m in masks.values())
+        for name, mask in masks.items():  # voxels of exactly one organ show that organ
+            assert (full[mask & (covering == 1)] == mapping[name]).all(), name
+        assert (full[covering == 0] == 0).all() and (stored[covering == 0] == 0).all()
+        for name in case.info.layer_names:  # stored labels never show a layer organ's own value
+            assert not (stored == mapping[name]).any(), name
+
+        # the views' array attributes
+        views = {"labels": case.labels, "stored_labels": case.stored_labels}
+        views.update({name: case.organ(name) for name in masks})
+        for what, view in views.items():
+            assert view.shape == shape, what
+            assert view.ndim == 3, what
+            assert view.dtype == (label_dtype if what in ("labels", "stored_labels") else np.bool_), what
+        assert_same(np.asarray(case.labels), full, "asarray(labels)")
+        for name in masks:
+            assert_same(np.asarray(case.organ(name)), organs[name], f"asarray(organ({name}))")
+
+        # basic selections
+        for _ in range(3):
+            sel = data.draw(selections(shape), label="selection")
+            assert_same(case.labels[sel], full[sel], ("labels", sel))
+            assert_same(case.stored_labels[sel], stored[sel], ("stored_labels", sel))
+            for name in masks:
+                assert_same(case.organ(name)[sel], organs[name][sel], (name, sel))
+
+        # regions
+        region, slices = data.draw(voxel_regions(shape), label="region")
+        assert_same(case.read_region(region), full[slices], ("read_region", region))
+        for name in masks:
+            assert_same(case.read_organ(name, region=region), organs[name][slices], ("read_organ region", name, region))
+
+        # crops to the bounding box, with that box's Space
+        for name, mask in masks.items():
+            if not mask.any():
+                continue
+            box = bbox_of(mask)
+            cropped, crop_space = case.read_organ(name, crop=True)
+            assert tuple(case.stats[name].bbox) == tuple((s.start, s.stop) for s in box), name
+            assert_same(cropped, organs[name][box], ("crop", name))
+            expected_space = case.space.apply_bbox(np.array([[s.start, s.stop] for s in box]))
+            assert tuple(crop_space.shape) == tuple(expected_space.shape) == cropped.shape
+            assert np.allclose(crop_space.origin, expected_space.origin, rtol=0, atol=1e-6)
+            # independently: the crop's origin is the world position of the box's first voxel centre
+            start = np.array([[s.start for s in box]], dtype=float)
+            assert np.allclose(crop_space.origin, space.to_world_transform.apply_point(start)[0], rtol=0, atol=1e-6)
+            assert np.allclose(crop_space.spacing, space.spacing)
+
+
+# -- 2. chunk reads, counted exactly ---------------------------------------------------------
+
+
+def h5_chunk_table(path: Path) -> dict[int, tuple[str, tuple[int, ...], int]]:
+    """Byte offset of every stored chunk of every case array -> (array name, chunk coords, size)."""
+    table: dict[int, tuple[str, tuple[int, ...], int]] = {}
+    with h5py.File(path, "r") as file:
+        for case_id in file["cases"]:
+            for name, dataset in file["cases"][case_id].items():
+                chunks = dataset.chunks
+
+                def add(info, name=name, chunks=chunks):
+                    coords = tuple(int(o) // n for o, n in zip(info.chunk_offset, chunks))
+                    table[int(info.byte_offset)] = (name, coords, int(info.size))
+
+                dataset.id.chunk_iter(add)
+    return table
+
+
+@contextmanager
+def counting_chunk_reads(path: Path) -> Iterator[list[tuple[str, tuple[int, ...]]]]:
+    """Record (array name, chunk coords) of every stored chunk read from the archive at ``path``."""
+    reads: list[tuple[str, tuple[int, ...]]] = []
+    with pytest.MonkeyPatch.context() as mp:
+        if path.name.endswith(".h5"):
+            # the hdf5 module reads chunk bytes through the os module's pread
+            assert hdf5_module.os is os
+            table = h5_chunk_table(path)
+            original_pread = os.pread
+
+            def pread(fd: int, length: int, offset: int) -> bytes:
+                result = original_pread(fd, length, offset)
+                if sys._getframe(1).f_globals.get("__name__") == hdf5_module.__name__:
+                    name, coords, size = table.get(offset, (f"not a chunk: offset {offset}", (), -1))
+                    assert length == size, (name, coords, length, size)
+                    reads.append((name, coords))
+                return result
+
+            mp.setattr(hdf5_module.os, "pread", pread)
+        else:
+            original_fetch = ShardedChunks.fetch
+
+            def fetch(self: ShardedChunks, coords: tuple[int, ...]) -> bytes | None:
+                result = original_fetch(self, coords)
+                if result is not None:  # only stored chunks
+                    reads.append((self.path.rsplit("/", 1)[-1], tuple(int(c) for c in coords)))
+                return result
+
+            mp.setattr(ShardedChunks, "fetch", fetch)
+        yield reads
+
+
+def expect(*groups: tuple[str, set[tuple[int, ...]]]) -> Counter:
+    """Each chunk of each (array, chunk set) read exactly once."""
+    return Counter((array, coords) for array, chunk_set in groups for coords in chunk_set)
+
+
+COUNT_SHAPE = (37, 30, 21)
+COUNT_CHUNKS = (8, 8, 8)  # a grid of 5 x 4 x 3 = 60 chunks
+ALL_CHUNKS = {(i, j, k) for i in range(5) for j in range(4) for k in range(3)}
+SMALL_BOX = (slice(14, 18), slice(15, 17), slice(7, 9))  # straddles a chunk edge on every axis: 8 chunks
+
+
+def dense_labels() -> np.ndarray:
+    """Values 1..3 in every voxel (so every label chunk is stored), a small organ 4 in SMALL_BOX."""
+    labels = np.random.default_rng(7).integers(1, 4, size=COUNT_SHAPE).astype(np.uint8)
+    labels[SMALL_BOX] = 4
+    return labels
+
+
+def layered_masks() -> dict[str, np.ndarray]:
+    """``body`` fills the volume (label volume, every chunk stored); ``core`` (two blobs far apart:
+    a large bounding box with few stored chunks) and ``spot`` overlap it, so they are binary layers."""
+    body = np.ones(COUNT_SHAPE, bool)
+    core = np.zeros(COUNT_SHAPE, bool)
+    core[2:5, 3:6, 1:4] = True
+    core[25:27, 17:20, 14:17] = True
+    spot = np.zeros(COUNT_SHAPE, bool)
+    spot[30:33, 5:7, 6:10] = True
+    return {"body": body, "core": core, "spot": spot}
+
+
+@pytest.fixture(scope="module", params=BACKEND_SUFFIXES, ids=lambda s: s.strip("."))
+def counting_archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Cases "dense" (labels only) and "layered" (with binary layers), chunk size 8."""
+    path = tmp_path_factory.mktemp("counting") / f"archive{request.param}"
+    with MaskArchive(path, "w", StorageSettings(chunk_size=8, **FAST)) as archive:
+        archive.add_case("dense", dense_labels(), mapping={"a": 1, "b": 2, "c": 3, "small": 4})
+        archive.add_case("layered", layered_masks())
+    return path
+
+
+@contextmanager
+def fresh_case(path: Path, case_id: str) -> Iterator:
+    with MaskArchive(path) as archive:
+        yield archive[case_id]
+
+
+def bbox_chunks(mask: np.ndarray) -> set[tuple[int, ...]]:
+    return touched(mask.shape, COUNT_CHUNKS, bbox_of(mask))
+
+
+def test_layered_case_has_the_intended_layout(counting_archive: Path) -> None:
+    with fresh_case(counting_archive, "layered") as case:
+        assert case.representation("body") == "label_volume"
+        assert sorted(case.info.layer_names) == ["core", "spot"]
+    masks = layered_masks()
+    assert len(nonempty_chunks(masks["core"], COUNT_CHUNKS)) < len(bbox_chunks(masks["core"]))
+
+
+def test_full_label_read_reads_every_chunk_once(counting_archive: Path) -> None:
+    with fresh_case(counting_archive, "dense") as case, counting_chunk_reads(counting_archive) as reads:
+        labels = case.read_labels()
+    np.testing.assert_array_equal(labels, dense_labels())
+    assert Counter(reads) == expect((LABELS, ALL_CHUNKS))
+
+
+@COUNTS
+@given(data=st.data())
+def test_label_view_reads_exactly_the_chunks_a_selection_intersects(counting_archive: Path, data) -> None:
+    sel = data.draw(selections(COUNT_SHAPE), label="selection")
+    expected_chunks = touched(COUNT_SHAPE, COUNT_CHUNKS, sel)
+    for view in ("labels", "stored_labels"):
+        with fresh_case(counting_archive, "dense") as case, counting_chunk_reads(counting_archive) as reads:
+            got = getattr(case, view)[sel]
+        assert_same(got, dense_labels()[sel], (view, sel))
+        assert Counter(reads) == expect((LABELS, expected_chunks)), (view, sel)
+
+
+@COUNTS
+@given(data=st.data())
+def test_read_region_reads_exactly_the_chunks_of_the_region(counting_archive: Path, data) -> None:
+    region, slices = data.draw(voxel_regions(COUNT_SHAPE), label="region")
+    with fresh_case(counting_archive, "dense") as case, counting_chunk_reads(counting_archive) as reads:
+        got = case.read_region(region)
+    assert_same(got, dense_labels()[slices], region)
+    assert Counter(reads) == expect((LABELS, touched(COUNT_SHAPE, COUNT_CHUNKS, slices))), region
+
+
+@COUNTS
+@given(data=st.data(), name=st.sampled_from(["small", "a"]))
+def test_organ_view_reads_only_chunks_of_the_selection_inside_the_bbox(counting_archive: Path, data, name) -> None:
+    sel = data.draw(selections(COUNT_SHAPE), label="selection")
+    labels = dense_labels()
+    mask = labels == {"small": 4, "a": 1}[name]
+    expected_chunks = touched(COUNT_SHAPE, COUNT_CHUNKS, sel) & bbox_chunks(mask)
+    with fresh_case(counting_archive, "dense") as case, counting_chunk_reads(counting_archive) as reads:
+        got = case.organ(name)[sel]
+    assert_same(got, mask[sel], (name, sel))
+    assert Counter(reads) == expect((LABELS, expected_chunks)), (name, sel)
+
+
+@pytest.mark.parametrize("how", ["read_organ", "crop", "view"])
+def test_small_organ_reads_only_the_chunks_of_its_bbox(counting_archive: Path, how: str) -> None:
+    mask = dense_labels() == 4
+    with fresh_case(counting_archive, "dense") as case, counting_chunk_reads(counting_archive) as reads:
+        if how == "read_organ":
+            got = case.read_organ("small")
+        elif how == "crop":
+            got, _ = case.read_organ("small", crop=True)
+            mask = mask[SMALL_BOX]
+        else:
+            got = case.organ("small")[...]
+    assert_same(got, mask, how)
+    expected_chunks = touched(COUNT_SHAPE, COUNT_CHUNKS, SMALL_BOX)
+    assert len(expected_chunks) == 8 and len(expected_chunks) * 7 < len(ALL_CHUNKS)
+    assert Counter(reads) == expect((LABELS, expected_chunks)), how
+
+
+def test_organ_filling_the_volume_reads_every_chunk(counting_archive: Path) -> None:
+    with fresh_case(counting_archive, "dense") as case, counting_chunk_reads(counting_archive) as reads:
+        case.read_organ("b")
+    assert Counter(reads) == expect((LABELS, ALL_CHUNKS))
+
+
+@COUNTS
+@given(data=st.data())
+def test_organ_region_read_reads_only_region_chunks_inside_the_bbox(counting_archive: Path, data) -> None:
+    region, slices = data.draw(voxel_regions(COUNT_SHAPE), label="region")
+    mask = dense_labels() == 4
+    expected_chunks = touched(COUNT_SHAPE, COUNT_CHUNKS, slices) & bbox_chunks(mask)
+    with fresh_case(counting_archive, "dense") as case, counting_chunk_reads(counting_archive) as reads:
+        got = case.read_organ("small", region=region)
+    assert_same(got, mask[slices], region)
+    assert Counter(reads) == expect((LABELS, expected_chunks)), region
+
+
+@pytest.mark.parametrize("name", ["core", "spot"])
+@pytest.mark.parametrize("how", ["read_organ", "crop"])
+def test_binary_layer_organ_reads_only_its_stored_layer_chunks_in_its_bbox(
+    counting_archive: Path, name: str, how: str
+) -> None:
+    mask = layered_masks()[name]
+    with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
+        layer = case.info.layer_names.index(name)
+        got = case.read_organ(name) if how == "read_organ" else case.read_organ(name, crop=True)[0]
+    assert_same(got, mask if how == "read_organ" else mask[bbox_of(mask)], (name, how))
+    stored = nonempty_chunks(mask, COUNT_CHUNKS)
+    assert stored <= bbox_chunks(mask)
+    assert Counter(reads) == Counter((LAYERS, (layer, *c)) for c in stored), (name, how)
+
+
+@COUNTS
+@given(data=st.data(), name=st.sampled_from(["core", "spot"]))
+def test_binary_layer_organ_view_reads_only_layer_chunks(counting_archive: Path, data, name: str) -> None:
+    sel = data.draw(selections(COUNT_SHAPE), label="selection")
+    mask = layered_masks()[name]
+    expected_chunks = touched(COUNT_SHAPE, COUNT_CHUNKS, sel) & bbox_chunks(mask) & nonempty_chunks(mask, COUNT_CHUNKS)
+    with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
+        layer = case.info.layer_names.index(name)
+        got = case.organ(name)[sel]
+    assert_same(got, mask[sel], (name, sel))
+    assert Counter(reads) == Counter((LAYERS, (layer, *c)) for c in expected_chunks), (name, sel)
+
+
+@COUNTS
+@given(data=st.data())
+def test_painted_label_view_reads_label_chunks_and_layer_chunks_in_each_bbox(counting_archive: Path, data) -> None:
+    sel = data.draw(selections(COUNT_SHAPE), label="selection")
+    masks = layered_masks()
+    selected = touched(COUNT_SHAPE, COUNT_CHUNKS, sel)
+    with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
+        layers = list(case.info.layer_names)
+        values = case.mapping
+        got = case.labels[sel]
+    painted = np.where(masks["body"], values["body"], 0).astype(np.uint8)
+    for name in layers:
+        painted[masks[name]] = values[name]
+    assert_same(got, painted[sel], sel)
+    expected = Counter((LABELS, c) for c in selected)
+    for layer, name in enumerate(layers):
+        chunk_set = selected & bbox_chunks(masks[name]) & nonempty_chunks(masks[name], COUNT_CHUNKS)
+        expected.update((LAYERS, (layer, *c)) for c in chunk_set)
+    assert Counter(reads) == expected, sel
+
+
+def test_stored_labels_of_a_layered_case_never_read_layers(counting_archive: Path) -> None:
+    with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
+        case.stored_labels[10:30, ::-3, 5]
+    assert {array for array, _ in reads} == {LABELS}
+    assert Counter(reads) == expect((LABELS, touched(COUNT_SHAPE, COUNT_CHUNKS, (slice(10, 30), slice(None, None, -3), 5))))
+
+
+# -- 5. the real case ------------------------------------------------------------------------
+
+REAL_ORGAN = "iliac_artery_left"
+REAL_CHUNKS = (32, 32, 32)
+_REAL: dict[str, object] = {}  # imported once per module: {suffix: archive path, "labels_stored": chunk set}
+
+
+@pytest.fixture
+def real_archives(real_case_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The real case imported once (per module) into one archive per backend, chunk size 32."""
+    if not _REAL:
+        data = load_mask_folder(real_case_dir)
+        root = tmp_path_factory.mktemp("real_partial")
+        for suffix in BACKEND_SUFFIXES:
+            with MaskArchive(root / f"archive{suffix}", "w", StorageSettings(chunk_size=32, label_level=3, layer_level=3)) as a:
+                a.add_case("s0000", data)
+            _REAL[suffix] = root / f"archive{suffix}"
+        _REAL["labels_stored"] = nonempty_chunks(data.label_volume, REAL_CHUNKS)
+    return _REAL
+
+
+@pytest.mark.parametrize("suffix", BACKEND_SUFFIXES)
+def test_real_organ_crop_has_its_voxels_and_the_bbox_space(real_archives, real_case_dir: Path, suffix: str) -> None:
+    with fresh_case(real_archives[suffix], "s0000") as case:
+        cropped, crop_space = case.read_organ(REAL_ORGAN, crop=True)
+        bbox = case.stats[REAL_ORGAN].bbox
+        full_affine = case.space.to_nifti_affine()
+    assert cropped.dtype == np.bool_
+    assert int(cropped.sum()) == 1155
+    assert cropped.shape == tuple(b - a for a, b in bbox) == tuple(crop_space.shape)
+    start = np.array([*(a for a, _ in bbox), 1.0])
+    assert np.allclose(crop_space.to_nifti_affine() @ [0, 0, 0, 1], full_affine @ start, rtol=0, atol=1e-5)
+    assert np.allclose(crop_space.to_nifti_affine()[:3, :3], full_affine[:3, :3], rtol=0, atol=1e-9)
+    # against the source file itself
+    source = nib.load(real_case_dir / f"{REAL_ORGAN}.nii.gz")
+    box = tuple(slice(a, b) for a, b in bbox)
+    np.testing.assert_array_equal(cropped, np.asanyarray(source.dataobj)[box] > 0)
+    assert np.allclose(crop_space.to_nifti_affine() @ [0, 0, 0, 1], source.affine @ start, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("suffix", BACKEND_SUFFIXES)
+def test_real_organ_reads_only_the_chunks_of_its_bbox(real_archives, suffix: str) -> None:
+    path = real_archives[suffix]
+    with fresh_case(path, "s0000") as case:
+        bbox = case.stats[REAL_ORGAN].bbox
+        assert case.representation(REAL_ORGAN) == "label_volume"
+        shape = tuple(case.space.shape)
+    box = tuple(slice(a, b) for a, b in bbox)
+    expected_chunks = box_chunks(box, REAL_CHUNKS) & real_archives["labels_stored"]
+    grid = int(np.prod([-(-s // 32) for s in shape]))
+    assert 0 < len(expected_chunks) < grid // 20
+    for how in ("crop", "read_organ"):
+        with fresh_case(path, "s0000") as case, counting_chunk_reads(path) as reads:
+            got = case.read_organ(REAL_ORGAN, crop=True)[0] if how == "crop" else case.read_organ(REAL_ORGAN)
+        assert int(got.sum()) == 1155
+        assert Counter(reads) == expect((LABELS, expected_chunks)), how
