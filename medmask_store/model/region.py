@@ -35,6 +35,8 @@ class WorldBox:
             corner = getattr(self, name)
             if len(corner) != 3 or not all(isinstance(v, (int, float, np.number)) for v in corner):
                 raise InvalidRegion(f"WorldBox.{name} must be 3 numbers (x, y, z in mm), got {corner!r}")
+            if not np.isfinite(np.asarray(corner, dtype=float)).all():
+                raise InvalidRegion(f"WorldBox.{name} must be finite millimetres, got {corner!r}")
 
 
 def voxel_box(region: Any, space: Space) -> VoxelBox:

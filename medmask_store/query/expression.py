@@ -6,13 +6,15 @@ name a case metadata field. The expression is parsed with :mod:`ast` and only
 comparisons, boolean and arithmetic operators, names, ``organ.field`` and
 literals pass; calls, subscripts, other attribute access and ``@`` locals are
 refused before pandas (``DataFrame.eval``) evaluates it. A case without the
-organ (or the metadata field) has NaN there, so comparisons on it are false.
+organ (or the metadata field) has NaN there, so every comparison on it is false
+(``!=`` too), and its ``touches_border`` is false.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+from typing import cast
 
 import pandas as pd
 
@@ -45,6 +47,16 @@ class _Columns(ast.NodeTransformer):
             raise InvalidQuery(f"{type(node).__name__} is not allowed in a query; use comparisons, and/or/not, arithmetic")
         return super().generic_visit(node)
 
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        """Guard each compared name with ``name == name`` (false for NaN): a comparison
+        involving a missing organ or metadata field is false, ``!=`` included."""
+        compare = cast(ast.expr, self.generic_visit(node))
+        names = sorted({n.id for n in ast.walk(compare) if isinstance(n, ast.Name)})
+        if not names:
+            return compare
+        guards = [ast.Compare(ast.Name(n, ast.Load()), [ast.Eq()], [ast.Name(n, ast.Load())]) for n in names]
+        return ast.BoolOp(ast.And(), [compare, *guards])
+
     def visit_Constant(self, node: ast.Constant) -> ast.AST:
         if not isinstance(node.value, (int, float, str, bool)):
             raise InvalidQuery(f"literal {node.value!r} is not allowed in a query")
@@ -75,17 +87,20 @@ def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         raise InvalidQuery(f"cannot parse query {expression!r}: {exc.msg}") from exc
-    organs = sorted(index.organs["organ"].astype(str).unique())
-    meta = index.meta_frame().set_index("case_id")
+    organs = [str(o) for o in index.organs["organ"].cat.categories]
+    meta = index.meta_frame()
     columns = _Columns(organs, [str(c) for c in meta.columns])
     rewritten = ast.unparse(columns.visit(tree))
     wide = pd.DataFrame(index=pd.Index(index.case_ids, name="case_id"))
-    if columns.organ_fields:
-        wanted = index.organs[index.organs["organ"].astype(str).isin({o for o, _ in columns.organ_fields})]
-        fields = sorted({f for _, f in columns.organ_fields})
-        table = wanted.astype({"case_id": str, "organ": str}).set_index(["case_id", "organ"])[fields].unstack("organ")
-        table.columns = [f"{organ}{COLUMN_SEPARATOR}{field}" for field, organ in table.columns]
+    for organ in sorted({o for o, _ in columns.organ_fields}):
+        rows = index.organs[index.organs["organ"] == organ]
+        fields = sorted(f for o, f in columns.organ_fields if o == organ)
+        table = rows.set_index(rows["case_id"].astype(object))[fields]
+        table.columns = [f"{organ}{COLUMN_SEPARATOR}{field}" for field in fields]
         wide = wide.join(table)
+        if "touches_border" in fields:  # a missing organ touches nothing
+            flag = f"{organ}{COLUMN_SEPARATOR}touches_border"
+            wide[flag] = wide[flag].fillna(False).astype(bool)
     wide = wide.join(meta[sorted(columns.meta_used)])
     try:
         result = wide.eval(rewritten, engine="python", local_dict={}, global_dict={})

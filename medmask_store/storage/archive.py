@@ -123,9 +123,19 @@ class MaskArchive:
         return CaseInfo.from_attributes(case_id, self._backend.read_case_attributes(case_id))
 
     def _reconciled(self, stored: bytes | None) -> ArchiveIndex:
+        """The stored index, completed with cases added, replaced or deleted since it was written.
+
+        When the index lists exactly the stored cases and the backend's listing
+        version still equals the one it was built from (and this process wrote
+        nothing since), no case is looked at.
+        """
+        version = self._backend.listing_version()
         index = ArchiveIndex.from_bytes(stored) if stored else ArchiveIndex.from_cases([])
-        index.replace(self._modified, [])
-        index.reconcile(self._backend.case_tokens(), self._info)
+        listed = set(self._backend.case_ids())
+        if stored is None or self._modified or index.listing_version != version or set(index.case_ids) != listed:
+            index.replace(self._modified, [])
+            index.reconcile(self._backend.case_tokens(), self._info)
+        index.listing_version = version
         return index
 
     def _save_index(self) -> None:
@@ -149,8 +159,10 @@ class MaskArchive:
     def reindex(self, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> None:
         """Rebuild the stored index from every case's attributes."""
         self._check_writable()
+        version = self._backend.listing_version()
         tokens = self._backend.case_tokens()
         fresh = ArchiveIndex.from_cases((self._info(c), tokens[c]) for c in progress(sorted(tokens)))
+        fresh.listing_version = version
         self._backend.update_index(lambda _: fresh.to_bytes())
         self._modified.clear()
         self._index = None

@@ -40,6 +40,10 @@ class Backend(Protocol):
         """Every case id with a token that changes when the case is rewritten ("" if untracked)."""
         ...
 
+    def listing_version(self) -> str:
+        """Changes whenever a case is added, replaced or deleted ("" where one writer keeps the index exact)."""
+        ...
+
     def read_index(self) -> bytes | None:
         """The stored archive index, or None if there is none yet."""
         ...

@@ -125,6 +125,9 @@ class Hdf5Backend:
         """The sole writer keeps the index exact, so cases carry no version token."""
         return dict.fromkeys(self.case_ids(), "")
 
+    def listing_version(self) -> str:
+        return ""
+
     def read_index(self) -> bytes | None:
         dataset = self._file.get(INDEX_DATASET)
         return None if dataset is None else dataset[...].tobytes()

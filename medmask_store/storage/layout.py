@@ -11,7 +11,7 @@ from medmask_store.model.case_data import CaseData
 LABEL_VOLUME = "label_volume"
 BINARY_LAYERS = "binary_layers"
 CASES_GROUP = "cases"
-INDEX = "index.npz"
+INDEX = "index.npz.zst"
 
 
 @dataclass(frozen=True)

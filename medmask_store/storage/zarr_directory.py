@@ -89,8 +89,12 @@ class ZarrDirectoryBackend(ZarrCaseReader):
                 if e.is_dir() and not e.name.startswith(".")
             }
 
+    def listing_version(self) -> str:
+        """Modification time of ``cases/``: every add, replace and delete renames an entry there."""
+        return str(os.stat(self.path / CASES_GROUP).st_mtime_ns)
+
     def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
-        """Rewrite ``index.npz`` under an exclusive lock (other writers wait), by atomic rename."""
+        """Rewrite the index file under an exclusive lock (other writers wait), by atomic rename."""
         with open(self.path / ".index.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = build(self.read_index())

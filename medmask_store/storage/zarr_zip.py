@@ -75,6 +75,9 @@ class ZarrZipReader(ZarrCaseReader):
     def case_tokens(self) -> dict[str, str]:
         return dict.fromkeys(self._case_ids, "")
 
+    def listing_version(self) -> str:
+        return ""
+
     def write_case(self, *args: object, **kwargs: object) -> None:
         raise ReadOnlyArchive(f"{self._where} is open read-only (mode 'r')")
 
@@ -97,6 +100,9 @@ class ZarrZipWriter(ZarrDirectoryBackend):
     def case_tokens(self) -> dict[str, str]:
         """The sole writer keeps the index exact, so cases carry no version token."""
         return dict.fromkeys(self.case_ids(), "")
+
+    def listing_version(self) -> str:
+        return ""
 
     def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
         super().update_index(build)

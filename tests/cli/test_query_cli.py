@@ -27,6 +27,7 @@ from helpers import flip_byte, ok, run, snapshot, suffix_of
 from medmask_store import MaskArchive
 from medmask_store.phantom import make_phantom
 from medmask_store.query import ArchiveIndex
+from medmask_store.storage.layout import INDEX
 from medmask_store.storage.verify import verify_archive
 
 SHAPE = (16, 16, 16)
@@ -191,12 +192,12 @@ def test_reindex_then_verify(small):
 def read_index(path: Path) -> bytes | None:
     suffix = suffix_of(path)
     if suffix == ".zarr":
-        return (path / "index.npz").read_bytes() if (path / "index.npz").exists() else None
+        return (path / INDEX).read_bytes() if (path / INDEX).exists() else None
     if suffix == ".h5":
         with h5py.File(path, "r") as f:
             return f["index"][...].tobytes() if "index" in f else None
     with zipfile.ZipFile(path) as zf:
-        return zf.read("index.npz") if "index.npz" in zf.namelist() else None
+        return zf.read(INDEX) if INDEX in zf.namelist() else None
 
 
 def rewrite_zip(path: Path, changes: dict[str, bytes | None]) -> None:
@@ -217,7 +218,7 @@ def write_index(path: Path, data: bytes | None) -> None:
     """Replace the stored index (None: remove it), behind the library's back."""
     suffix = suffix_of(path)
     if suffix == ".zarr":
-        target = path / "index.npz"
+        target = path / INDEX
         if data is None:
             target.unlink()
         else:
@@ -229,7 +230,7 @@ def write_index(path: Path, data: bytes | None) -> None:
             if data is not None:
                 f.create_dataset("index", data=np.frombuffer(data, dtype=np.uint8))
     else:
-        rewrite_zip(path, {"index.npz": data})
+        rewrite_zip(path, {INDEX: data})
     assert read_index(path) == data
 
 

@@ -190,12 +190,6 @@ def test_missing_out_and_missing_case_fail_cleanly(stored: Path, tmp_path: Path)
     assert "no case 'ct9'" in failed("read", stored, "ct9", "--out", tmp_path / "out.npy")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a non-finite --mm value (nan, inf) escapes the CLI as a bare ValueError "
-    "('cannot convert float NaN to integer') instead of a one-line error",
-)
 @pytest.mark.parametrize("mm", ["-inf:inf,-inf:inf,-inf:inf", "nan:1,0:1,0:1"], ids=["inf", "nan"])
 def test_non_finite_mm_fails_cleanly(stored: Path, tmp_path: Path, mm: str) -> None:
     result = CliRunner().invoke(main, ["read", str(stored), CASE, "--mm", mm, "--out", str(tmp_path / "o.npy")])

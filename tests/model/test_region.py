@@ -175,12 +175,6 @@ def test_world_box_corners_must_be_three_numbers(corner) -> None:
         WorldBox((1.0, 2.0, 3.0), corner)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: a WorldBox with NaN or infinite corners fails with a bare ValueError "
-    "('cannot convert float NaN to integer' from math.ceil) instead of InvalidRegion",
-)
 @pytest.mark.parametrize("lo, hi", [((math.nan, 0.0, 0.0), (5.0, 5.0, 5.0)),
                                     ((-math.inf,) * 3, (math.inf,) * 3)], ids=["nan", "infinite"])
 def test_world_box_with_non_finite_corners_raises_invalid_region(lo, hi) -> None:

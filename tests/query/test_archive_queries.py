@@ -20,7 +20,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 import pytest
 from conftest import BACKEND_SUFFIXES
 from helpers import suffix_of
@@ -73,9 +72,7 @@ def random_cases(n: int):
     """(case_id, masks, space, meta) of n random phantom cases; some lack organs or metadata fields."""
     rng = np.random.default_rng(2024)
     for i in range(n):
-        masks, space = make_phantom(
-            SHAPE, n_organs=int(rng.integers(6, 11)), n_empty=int(rng.integers(0, 4)), seed=i
-        )
+        masks, space = make_phantom(SHAPE, n_organs=int(rng.integers(6, 11)), n_empty=int(rng.integers(0, 4)), seed=i)
         meta: dict[str, object] = {"age": int(rng.integers(20, 90)), "sex": str(rng.choice(["F", "M"]))}
         if i % 3 == 0:
             meta["site"] = str(rng.choice(["A", "B"]))
@@ -133,8 +130,9 @@ def touches(t: Truth, organ: str) -> bool:
 EXPRESSIONS = {
     "liver.voxels > 50": lambda t: get(t, "liver", "voxels") > 50,
     "liver.volume_ml > 0.5 and age >= 60": lambda t: get(t, "liver", "volume_ml") > 0.5 and t.meta["age"] >= 60,
-    "kidney_left.voxels > 100 or spleen.touches_border": lambda t: get(t, "kidney_left", "voxels") > 100
-    or touches(t, "spleen"),
+    "kidney_left.voxels > 100 or spleen.touches_border": lambda t: (
+        get(t, "kidney_left", "voxels") > 100 or touches(t, "spleen")
+    ),
     "not (stomach.voxels > 100)": lambda t: not get(t, "stomach", "voxels") > 100,
     # aorta is missing from some cases' mappings, empty in others: `not` is true for both
     "not (aorta.voxels > 10)": lambda t: not get(t, "aorta", "voxels") > 10,
@@ -143,10 +141,12 @@ EXPRESSIONS = {
     "liver.voxels + spleen.voxels > 250": lambda t: get(t, "liver", "voxels") + get(t, "spleen", "voxels") > 250,
     "aorta.voxels >= 0": lambda t: get(t, "aorta", "voxels") >= 0,
     "aorta.voxels == 0": lambda t: get(t, "aorta", "voxels") == 0,
-    "inferior_vena_cava.voxels > 0 and age < 40": lambda t: get(t, "inferior_vena_cava", "voxels") > 0
-    and t.meta["age"] < 40,
-    "liver.bbox_k1 == 16 or liver.bbox_k0 == 0": lambda t: get(t, "liver", "bbox_k1") == 16
-    or get(t, "liver", "bbox_k0") == 0,
+    "inferior_vena_cava.voxels > 0 and age < 40": lambda t: (
+        get(t, "inferior_vena_cava", "voxels") > 0 and t.meta["age"] < 40
+    ),
+    "liver.bbox_k1 == 16 or liver.bbox_k0 == 0": lambda t: (
+        get(t, "liver", "bbox_k1") == 16 or get(t, "liver", "bbox_k0") == 0
+    ),
     "kidney_right.centroid_k > 8": lambda t: get(t, "kidney_right", "centroid_k") > 8,
     "pancreas.centroid_x_mm < -90": lambda t: get(t, "pancreas", "centroid_x_mm") < -90,
     "40 < liver.voxels < 120": lambda t: 40 < get(t, "liver", "voxels") < 120,
@@ -155,8 +155,9 @@ EXPRESSIONS = {
     "age % 7 == 3 or -pancreas.voxels < -150": lambda t: t.meta["age"] % 7 == 3 or -get(t, "pancreas", "voxels") < -150,
     "site == 'A'": lambda t: meta(t, "site") == "A",
     "not (site == 'B') and liver.touches_border": lambda t: not meta(t, "site") == "B" and touches(t, "liver"),
-    "rib_right_12.voxels > 0 and rib_right_12.value == kidney_left.value + 4": lambda t: get(t, "rib_right_12", "voxels")
-    > 0 and get(t, "rib_right_12", "value") == get(t, "kidney_left", "value") + 4,
+    "rib_right_12.voxels > 0 and rib_right_12.value == kidney_left.value + 4": lambda t: (
+        get(t, "rib_right_12", "voxels") > 0 and get(t, "rib_right_12", "value") == get(t, "kidney_left", "value") + 4
+    ),
 }
 
 
@@ -201,7 +202,7 @@ def test_stats_equal_brute_force(opened):
     archive, truth = opened
     stats = archive.stats()
     assert list(stats.columns[: 2 + len(ORGAN_FIELDS)]) == ["case_id", "organ", *ORGAN_FIELDS]
-    assert set(stats.columns[2 + len(ORGAN_FIELDS):]) == {"age", "sex", "site"}
+    assert set(stats.columns[2 + len(ORGAN_FIELDS) :]) == {"age", "sex", "site"}
     # exactly one row per case x organ of its mapping
     pairs = list(zip(stats["case_id"], stats["organ"]))
     assert len(pairs) == len(set(pairs))
@@ -325,23 +326,11 @@ def collision_archive(tmp_path):
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: ArchiveIndex.meta_frame builds {'case_id': id, **meta}, so a metadata field named "
-    "'case_id' replaces the case id; the case's metadata then joins no case",
-)
 def test_metadata_field_named_case_id_does_not_hide_the_case(collision_archive):
     with MaskArchive(collision_archive) as archive:
         assert archive.query("age == 70") == ["c0"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: stats_frame merges metadata columns without guarding names: a metadata field 'voxels' "
-    "or 'organ' renames the statistics columns to voxels_x / organ_x",
-)
 def test_metadata_field_named_like_a_statistic_keeps_the_statistics_columns(tmp_path):
     path = tmp_path / "archive.zarr"
     with MaskArchive(path, "w") as archive:
@@ -385,8 +374,12 @@ def test_zarr_two_processes_add_cases_at_once(tmp_path, attempt):
     go = tmp_path / "go"
     MaskArchive(path, "w").close()
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(path), prefix, str(go)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), prefix, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for prefix in ("p", "q")
     ]
     try:

@@ -151,42 +151,19 @@ def test_empty_index_knows_no_organ_or_field():
 # -- documented NaN semantics that the implementation does not follow ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: README says comparisons on a missing organ/metadata field are false, "
-    "but `!=` is true for it (pandas NaN != x)",
-)
 def test_not_equal_on_missing_organ_is_false(index):
     assert evaluate_query("aorta.voxels != 0", index) == ["c0", "c2"]  # returns ['c0', 'c1', 'c2']
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: README says comparisons on a missing metadata field are false, but `!=` is true for it",
-)
 def test_not_equal_on_missing_metadata_is_false(index):
     assert evaluate_query("site != 'A'", index) == ["c3"]  # returns ['c1', 'c2', 'c3']
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidQuery,
-    reason="BUG: touches_border of an organ missing from some cases becomes an object column with NaN; "
-    "the bare field raises 'does not give true/false per case'",
-)
 def test_bare_touches_border_of_organ_missing_in_some_cases(infos, index):
     expected = where(infos, lambda i: "aorta" in i.mapping and i.stats["aorta"].touches_border)
     assert evaluate_query("aorta.touches_border", index) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidQuery,
-    reason="BUG: `not organ.touches_border` with the organ missing from some cases raises "
-    "'bad operand type for unary ~: float'",
-)
 def test_not_touches_border_of_organ_missing_in_some_cases(infos, index):
     present = where(infos, lambda i: "aorta" in i.mapping and not i.stats["aorta"].touches_border)
     assert set(present) <= set(evaluate_query("not aorta.touches_border", index))
