@@ -9,12 +9,15 @@ from medmask_store.errors import (
     CorruptChunk,
     InvalidArchive,
     InvalidCase,
+    InvalidQuery,
+    InvalidRegion,
     MaskStoreError,
     NiftiError,
     OrganNotFound,
     ReadOnlyArchive,
 )
 from medmask_store.model import CaseData, CaseInfo, OrganStats
+from medmask_store.model.region import WorldBox
 from medmask_store.storage import Case, MaskArchive, StorageSettings
 
 __version__ = "0.1.0"
@@ -30,6 +33,8 @@ __all__ = [
     "CorruptChunk",
     "InvalidArchive",
     "InvalidCase",
+    "InvalidQuery",
+    "InvalidRegion",
     "MaskArchive",
     "MaskStoreError",
     "NiftiError",
@@ -39,4 +44,5 @@ __all__ = [
     "PackBitsZstdCodec",
     "ReadOnlyArchive",
     "StorageSettings",
+    "WorldBox",
 ]
