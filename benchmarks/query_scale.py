@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for suffix, per_case, size, t in rows:
         verdict = "PASS" if all(ms <= TARGET_MS for ms, _ in t.values()) else "FAIL"
         lines.append(
-            f"| {suffix} | {'reused' if per_case != per_case else f'{per_case * 1000:.1f}'} | {size:,.0f} | {t['query'][0]:.0f} ({t['query'][1]} matches) | "
+            f"| {suffix} | {'reused' if math.isnan(per_case) else f'{per_case * 1000:.1f}'} | {size:,.0f} | {t['query'][0]:.0f} ({t['query'][1]} matches) | "
             f"{t['stats'][0]:.0f} ({t['stats'][1]:,} rows) | {t['case_ids'][0]:.0f} | {verdict} |"
         )
     report = "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import strategies as st
 
 from medmask_store import Case
 from medmask_store.cli.main import main
@@ -131,3 +132,32 @@ def kill_writer_when_ready(
         proc.stdout.close()
         proc.stderr.close()
     return proc
+
+
+def index_for(draw, size: int):
+    """One basic index for an axis of ``size``: an in-range int (often negative) or any slice."""
+    options = ["slice"] + (["int"] if size > 0 else [])
+    if draw(st.sampled_from(options)) == "int":
+        value = draw(st.integers(-size, size - 1))
+        return draw(st.sampled_from([int, np.int64, np.intp]))(value)
+    bound = st.none() | st.integers(-size - 3, size + 3)
+    step = st.none() | st.integers(-5, 5).filter(bool)
+    return slice(draw(bound), draw(bound), draw(step))
+
+
+@st.composite
+def selections(draw, shape: tuple[int, ...]):
+    """A basic selection: up to ndim explicit indices, at most one Ellipsis anywhere among them."""
+    ndim = len(shape)
+    k = draw(st.integers(0, ndim))
+    ellipsis_at = draw(st.none() | st.integers(0, k))
+    if ellipsis_at is None:
+        axes = list(range(k))
+    else:  # items before the Ellipsis index the first axes, items after it the last ones
+        axes = list(range(ellipsis_at)) + list(range(ndim - (k - ellipsis_at), ndim))
+    items = [index_for(draw, shape[axis]) for axis in axes]
+    if ellipsis_at is not None:
+        items.insert(ellipsis_at, Ellipsis)
+    if len(items) == 1 and draw(st.booleans()):
+        return items[0]  # a bare index, not a tuple
+    return tuple(items)

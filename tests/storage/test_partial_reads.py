@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import BACKEND_SUFFIXES
+from helpers import selections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spacetransformer import Space
@@ -46,32 +47,6 @@ VALUES = settings(
 COUNTS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- selections ------------------------------------------------------------------------------
-
-
-def index_for(draw, size: int):
-    """One basic index for an axis of ``size``: an in-range int (often negative) or any slice."""
-    if draw(st.booleans()) and draw(st.booleans()):  # ints a quarter of the time: they drop an axis
-        return draw(st.integers(-size, size - 1))
-    bound = st.none() | st.integers(-size - 3, size + 3)
-    step = st.none() | st.sampled_from([1, 1, 2, 3, 5, -1, -1, -2, -3, -7])
-    return slice(draw(bound), draw(bound), draw(step))
-
-
-@st.composite
-def selections(draw, shape: tuple[int, ...]):
-    """A basic selection of a 3-D array: up to 3 indices, at most one Ellipsis among them."""
-    k = draw(st.integers(0, 3))
-    ellipsis_at = draw(st.none() | st.integers(0, k))
-    if ellipsis_at is None:
-        axes = list(range(k))
-    else:  # items before the Ellipsis index the first axes, items after it the last ones
-        axes = list(range(ellipsis_at)) + list(range(3 - (k - ellipsis_at), 3))
-    items = [index_for(draw, shape[axis]) for axis in axes]
-    if ellipsis_at is not None:
-        items.insert(ellipsis_at, Ellipsis)
-    if len(items) == 1 and draw(st.booleans()):
-        return items[0]  # a bare index, not a tuple
-    return tuple(items)
 
 
 @st.composite
