@@ -192,8 +192,7 @@ class MaskArchive:
 
     def __getitem__(self, case_id: str) -> Case:
         validate_case_id(case_id)
-        attributes = self._backend.read_case_attributes(case_id)
-        return Case(self._backend, CaseInfo.from_attributes(case_id, attributes))
+        return Case(self._backend, self._info(case_id))
 
     # -- writing ---------------------------------------------------------
     def _check_writable(self) -> None:
