@@ -6,6 +6,7 @@ Byte formats (identical to what zarr-python writes for our codec chains):
   chunk, then its crc32c (uint32, little-endian).
 - HDF5 label chunk: a Zstd frame with its content checksum (XXH64), so HDF5's
   registered Zstd filter (hdf5plugin, id 32015) decodes it and verifies it.
+- Compact label chunk, every backend: a Crackle+Zstd chunk, then its crc32c.
 - Binary-layer chunk, every backend: a PackBits+Zstd frame, then its crc32c.
 """
 
@@ -13,11 +14,14 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 
 import google_crc32c
 import numpy as np
 import zstandard
 
+from medmask_store.codecs import crackle_zstd
+from medmask_store.codecs.crackle_zstd import CrackleZstd
 from medmask_store.codecs.packbits_zstd import PackBitsZstd, decode_frame
 from medmask_store.errors import CorruptChunk
 
@@ -73,3 +77,27 @@ def encode_binary_chunk(chunk: np.ndarray, level: int) -> bytes:
 
 def decode_binary_chunk(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return decode_frame(strip_crc32c(raw), int(np.prod(shape))).reshape(shape)
+
+
+def encode_crackle_chunk(chunk: np.ndarray, level: int) -> bytes:
+    return append_crc32c(CrackleZstd(level).encode(chunk))
+
+
+def decode_crackle_chunk(raw: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    return crackle_zstd.decode_chunk(strip_crc32c(raw), shape, dtype)
+
+
+def chunk_decoder(codec: str, dtype: np.dtype, shape: tuple[int, ...], zarr: bool) -> Callable[[bytes], np.ndarray]:
+    """How to decode one stored chunk of an array written with ``codec``.
+
+    ``codec`` is ``"zstd"`` (label volume, default), ``"crackle_zstd"`` (label
+    volume, compact) or ``"packbits_zstd"`` (binary layers); ``zarr`` says whether
+    Zstd label chunks carry Zarr's crc32c suffix (HDF5's carry a frame checksum).
+    """
+    if codec == "zstd":
+        return lambda raw: decode_label_chunk(raw, dtype, shape, crc32c=zarr)
+    if codec == "crackle_zstd":
+        return lambda raw: decode_crackle_chunk(raw, dtype, shape)
+    if codec == "packbits_zstd":
+        return lambda raw: decode_binary_chunk(raw, shape)
+    raise ValueError(f"unknown chunk codec {codec!r}")

@@ -8,6 +8,7 @@ Layout::
         label_volume         uint8|uint16, chunks 64^3, filter Zstd (hdf5plugin, id 32015);
                              each chunk a Zstd frame with its content checksum: any h5py
                              reader with hdf5plugin decodes (and verifies) it
+                             (compact preset: filter id 32766, crackle_zstd, chunks as in Zarr)
         binary_layers        bool (layer, i, j, k), chunks (1, 64, 64, 64), filter id 32767
                              (packbits_zstd): chunks written with direct chunk writes and
                              byte-identical to the Zarr backend's (PackBits+Zstd frame + crc32c);
@@ -33,26 +34,22 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from medmask_store.codecs.chunks import (
-    decode_binary_chunk,
-    decode_label_chunk,
-    encode_binary_chunk,
-    encode_label_chunk,
-)
+from medmask_store.codecs.chunks import chunk_decoder, encode_binary_chunk, encode_crackle_chunk, encode_label_chunk
 from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, InvalidArchive, ReadOnlyArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray, iter_chunks
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor
 
-PACKBITS_ZSTD_FILTER_ID = 32767
+# Filter ids by chunk codec. Ours (32766, 32767) are unregistered ids: chunks are written
+# and read here, and plain h5py reports an unknown filter instead of returning wrong data.
+FILTER_IDS = {"zstd": hdf5plugin.ZSTD_ID, "crackle_zstd": 32766, "packbits_zstd": 32767}
+CODECS_BY_FILTER = {filter_id: codec for codec, filter_id in FILTER_IDS.items()}
+ENCODERS = {"zstd": encode_label_chunk, "crackle_zstd": encode_crackle_chunk, "packbits_zstd": encode_binary_chunk}
 # HDF5 1.10 object and chunk-index formats: ~10 KB less metadata per case than 1.8's.
 LIBVER = ("v110", "latest")
 STAGING_GROUP = "staging"
 INDEX_DATASET = "index"  # the archive index (.npz bytes), see medmask_store.query.index
-BINARY_CODEC_ATTRIBUTE = json.dumps(
-    {"codec": "packbits_zstd", "checksum": "crc32c", "reader": "pip install medmask_store"}
-)
 
 
 def _write_json_attributes(node: h5py.Group | h5py.Dataset, attributes: dict[str, Any]) -> None:
@@ -199,27 +196,25 @@ class Hdf5Backend:
         # HDF5 refuses chunks larger than the maximum shape; Zarr allows them, and the
         # chunk shape must match Zarr's for byte-identical chunks.
         grid_shape = tuple(-(-size // chunk) * chunk for size, chunk in zip(data.shape, chunks))
-        if array.is_binary:
-            filters: dict[str, Any] = {"compression": PACKBITS_ZSTD_FILTER_ID, "allow_unknown_filter": True}
-            level = self.settings.layer_level
-            encode = encode_binary_chunk
+        if array.codec == "zstd":
+            filters: dict[str, Any] = dict(hdf5plugin.Zstd(clevel=array.level))
         else:
-            filters = dict(hdf5plugin.Zstd(clevel=self.settings.label_level))
-            level = self.settings.label_level
-            encode = encode_label_chunk
+            filters = {"compression": FILTER_IDS[array.codec], "allow_unknown_filter": True}
         dataset = group.create_dataset(
             array.name, shape=data.shape, maxshape=grid_shape, dtype=data.dtype, chunks=chunks, **filters
         )
         dataset.attrs["dimension_names"] = json.dumps(list(array.dimension_names))
-        if array.is_binary:
-            dataset.attrs["medmask_store"] = BINARY_CODEC_ATTRIBUTE
+        if array.codec != "zstd":
+            codec = {"codec": array.codec, "checksum": "crc32c", "reader": "pip install medmask_store"}
+            dataset.attrs["medmask_store"] = json.dumps(codec)
+        encode = ENCODERS[array.codec]
         for coords, region in iter_chunks(data.shape, chunks):
             block = data[region]
             if block.any():
                 padded = np.zeros(chunks, dtype=data.dtype)
                 padded[tuple(slice(0, n) for n in block.shape)] = block
                 offset = tuple(c * n for c, n in zip(coords, chunks))
-                dataset.id.write_direct_chunk(offset, encode(padded, level))
+                dataset.id.write_direct_chunk(offset, encode(padded, array.level))
 
     def delete_case(self, case_id: str) -> None:
         self._check_writable()
@@ -266,11 +261,10 @@ def _chunked_reader(
         locations[tuple(o // n for o, n in zip(info.chunk_offset, chunks))] = (info.byte_offset, info.size)
 
     dataset.id.chunk_iter(locate)
-
-    def decode(raw: bytes) -> np.ndarray:
-        if dtype == np.bool_:
-            return decode_binary_chunk(raw, chunks)
-        return decode_label_chunk(raw, dtype, chunks, crc32c=False)
+    filter_id = dataset.id.get_create_plist().get_filter(0)[0]
+    if filter_id not in CODECS_BY_FILTER:
+        raise InvalidArchive(f"{where}: unsupported filter id {filter_id}")
+    decode = chunk_decoder(CODECS_BY_FILTER[filter_id], dtype, chunks, zarr=False)
 
     def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
         check_current()

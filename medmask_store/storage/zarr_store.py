@@ -20,8 +20,8 @@ import zarr
 from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-from medmask_store.codecs.chunks import decode_binary_chunk, decode_label_chunk, strip_crc32c
-from medmask_store.codecs.zarr3 import PackBitsZstdCodec
+from medmask_store.codecs.chunks import chunk_decoder, strip_crc32c
+from medmask_store.codecs.zarr3 import CrackleZstdCodec, PackBitsZstdCodec
 from medmask_store.errors import CaseNotFound, CorruptChunk, InvalidArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
@@ -29,8 +29,13 @@ from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite, Stora
 
 COMPACT_JSON = {"json_indent": None}
 EMPTY_ENTRY = 2**64 - 1
-LABEL_CODECS = ["bytes", "zstd", "crc32c"]
-BINARY_CODECS = ["packbits_zstd", "crc32c"]
+SERIALIZERS = {"crackle_zstd": CrackleZstdCodec, "packbits_zstd": PackBitsZstdCodec}
+# Our codec chains (inside the sharding codec), by the chunk codec they amount to.
+CODEC_CHAINS = {
+    ("bytes", "zstd", "crc32c"): "zstd",
+    ("crackle_zstd", "crc32c"): "crackle_zstd",
+    ("packbits_zstd", "crc32c"): "packbits_zstd",
+}
 
 
 def create_archive_root(store: Store) -> None:
@@ -46,12 +51,12 @@ def write_case_group(store: Store, attributes: dict[str, Any], arrays: list[Arra
         group = zarr.create_group(store, attributes=attributes, zarr_format=3)
         for array in arrays:
             shard = tuple(-(-size // chunk) * chunk for size, chunk in zip(array.data.shape, array.chunks))
-            if array.is_binary:
-                serializer: Any = PackBitsZstdCodec(level=settings.layer_level)
-                compressors: list[Any] = [Crc32cCodec()]
+            serializer: Any = BytesCodec()
+            compressors: list[Any] = [Crc32cCodec()]
+            if array.codec == "zstd":
+                compressors.insert(0, ZstdCodec(level=array.level))
             else:
-                serializer = BytesCodec()
-                compressors = [ZstdCodec(level=settings.label_level), Crc32cCodec()]
+                serializer = SERIALIZERS[array.codec](level=array.level)
             stored = group.create_array(
                 array.name,
                 shape=array.data.shape,
@@ -203,32 +208,26 @@ class ShardedChunks:
         return stored.read(int(offset), int(length))
 
 
-def _codec_names(metadata: dict[str, Any]) -> list[str]:
+def _chunk_codec(metadata: dict[str, Any]) -> str | None:
+    """The chunk codec of one of our sharded arrays, or None for any other codec chain."""
     codecs = metadata.get("codecs", [])
     if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
-        return []
+        return None
     configuration = codecs[0]["configuration"]
     index = [c["name"] for c in configuration.get("index_codecs", [])]
     if index != ["bytes", "crc32c"] or configuration.get("index_location", "end") != "end":
-        return []
-    return [c["name"] for c in configuration["codecs"]]
+        return None
+    return CODEC_CHAINS.get(tuple(c["name"] for c in configuration["codecs"]))
 
 
 def open_sharded_array(source: ByteSource, path: str, metadata: dict[str, Any], where: str) -> ChunkedArray:
     """A lazy array over one of our sharded arrays (label volume or binary layers)."""
     dtype = np.dtype(metadata["data_type"])
     chunks_reader = ShardedChunks(source, path, metadata)
-    codecs = _codec_names(metadata)
-    if codecs == LABEL_CODECS:
-
-        def decode(raw: bytes) -> np.ndarray:
-            return decode_label_chunk(raw, dtype, chunks_reader.chunks, crc32c=True)
-    elif codecs == BINARY_CODECS:
-
-        def decode(raw: bytes) -> np.ndarray:
-            return decode_binary_chunk(raw, chunks_reader.chunks)
-    else:
+    codec = _chunk_codec(metadata)
+    if codec is None:
         raise InvalidArchive(f"{where}: unsupported codec chain {metadata.get('codecs')}")
+    decode = chunk_decoder(codec, dtype, chunks_reader.chunks, zarr=True)
 
     def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
         raw = chunks_reader.fetch(coords)
