@@ -18,6 +18,7 @@ from medmask_store.errors import (
 )
 from medmask_store.model import CaseData, CaseInfo, OrganStats
 from medmask_store.model.region import WorldBox
+from medmask_store.segmentation_mask import LabelMapping, SegmentationMask
 from medmask_store.storage import Case, MaskArchive, StorageSettings
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidCase",
     "InvalidQuery",
     "InvalidRegion",
+    "LabelMapping",
     "MaskArchive",
     "MaskStoreError",
     "NiftiError",
@@ -43,6 +45,7 @@ __all__ = [
     "PackBitsZstd",
     "PackBitsZstdCodec",
     "ReadOnlyArchive",
+    "SegmentationMask",
     "StorageSettings",
     "WorldBox",
 ]

@@ -16,7 +16,7 @@ pytest.register_assert_rewrite("helpers")
 REAL_CASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s0000"
 
 # Every backend the archive supports; backend-neutral tests take ``archive_path``.
-BACKEND_SUFFIXES = [".zarr", ".zarr.zip", ".h5"]
+BACKEND_SUFFIXES = [".zarr", ".zarr.zip", ".h5", ".msk"]
 
 
 @pytest.fixture(params=BACKEND_SUFFIXES, ids=lambda s: s.strip("."))

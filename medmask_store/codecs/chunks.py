@@ -101,3 +101,12 @@ def chunk_decoder(codec: str, dtype: np.dtype, shape: tuple[int, ...], zarr: boo
     if codec == "packbits_zstd":
         return lambda raw: decode_binary_chunk(raw, shape)
     raise ValueError(f"unknown chunk codec {codec!r}")
+
+
+# Encoders of whole chunks, by chunk codec, in the format every backend but Zarr's label
+# volume stores (zarr-python writes that one: the Zstd frame plus a crc32c suffix).
+ENCODERS: dict[str, Callable[[np.ndarray, int], bytes]] = {
+    "zstd": encode_label_chunk,
+    "crackle_zstd": encode_crackle_chunk,
+    "packbits_zstd": encode_binary_chunk,
+}

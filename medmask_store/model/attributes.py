@@ -10,9 +10,9 @@ from spacetransformer import Space
 
 from medmask_store.errors import InvalidArchive
 from medmask_store.model.case_data import CaseData, label_dtype
-from medmask_store.model.stats import OrganStats
+from medmask_store.model.stats import OrganStats, stats_from_attributes, stats_to_attributes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ATTRIBUTE_KEY = "medmask_store"
 ARCHIVE_ATTRIBUTES = {ATTRIBUTE_KEY: {"format_version": FORMAT_VERSION, "kind": "archive"}}
 
@@ -40,13 +40,14 @@ class CaseInfo:
     stats: dict[str, OrganStats]
     meta: dict[str, Any]
     organ_affines: dict[str, np.ndarray]
+    layer_origins: tuple[tuple[int, int, int], ...] = ()  # voxel offset of each binary-layer window
 
     @property
     def label_dtype(self) -> np.dtype:
         return label_dtype(self.mapping)
 
     def representation(self, organ: str) -> str:
-        """``"binary_layer"`` or ``"label_volume"``: where the organ's voxels live."""
+        """``"binary_layer"`` if the organ has a layer of overlap voxels (the rest are in the label volume)."""
         return "binary_layer" if organ in self.layer_names else "label_volume"
 
     @classmethod
@@ -60,23 +61,20 @@ class CaseInfo:
                 f"this medmask_store reads version {FORMAT_VERSION}"
             )
         mapping = dict(content["mapping"])
-        stored_stats = content["stats"]
-        stats = {
-            name: OrganStats.from_json(stored_stats[name]) if name in stored_stats else OrganStats.empty()
-            for name in mapping
-        }
+        space = Space.from_dict(content["space"])
         return cls(
             case_id=case_id,
-            space=Space.from_dict(content["space"]),
+            space=space,
             mapping=mapping,
             layer_names=tuple(content["binary_layers"]),
-            stats=stats,
+            stats=stats_from_attributes(content["stats"], list(mapping), space),
             meta=dict(content["meta"]),
             organ_affines=_decode_affines(content.get("organ_affines")),
+            layer_origins=tuple(tuple(origin) for origin in content.get("layer_origins", ())),  # type: ignore[misc]
         )
 
 
-def case_attributes(data: CaseData) -> dict[str, Any]:
+def case_attributes(data: CaseData, layer_origins: list[list[int]]) -> dict[str, Any]:
     """JSON attributes of a case; empty organs cost only their mapping entry."""
     space = data.space
     return {
@@ -92,7 +90,8 @@ def case_attributes(data: CaseData) -> dict[str, Any]:
             },
             "mapping": data.mapping,
             "binary_layers": list(data.layer_names),
-            "stats": {name: s.to_json() for name, s in data.stats.items() if s.voxels},
+            **({"layer_origins": layer_origins} if layer_origins else {}),
+            "stats": stats_to_attributes(data.stats),
             "meta": data.meta,
             **({"organ_affines": _encode_affines(data.organ_affines)} if data.organ_affines else {}),
         }

@@ -1,10 +1,12 @@
 """In-memory case content and the split of organs into label volume and binary layers.
 
 A case is a :class:`~spacetransformer.Space`, a label mapping (organ name ->
-integer value) and voxels.  Organs that overlap no other organ share one
-**label volume**; an organ that overlaps an organ already placed there goes to
-its own **binary layer**.  Organs are placed largest first, so the smaller of
-two overlapping organs (e.g. rib_right_12 inside sacrum) becomes the layer.
+integer value) and voxels.  Every voxel that belongs to some organ holds one
+organ's value in the **label volume**.  Where organs overlap, the voxel goes to
+the organ placed first (organs are placed largest first) and the other organ's
+voxels there go to its own **binary layer**, so an organ is exactly
+``(label_volume == value) | layer``: rib_right_12 inside sacrum becomes a layer,
+while two large organs touching in a few voxels cost a layer of those voxels only.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class CaseData:
     mapping: dict[str, int]
     label_volume: np.ndarray
     layer_names: list[str]
-    binary_layers: np.ndarray  # bool, shape (len(layer_names), *space.shape)
+    binary_layers: np.ndarray  # bool, shape (len(layer_names), *space.shape): overlap voxels
     stats: dict[str, OrganStats]
     meta: dict[str, Any] = field(default_factory=dict)
     # Exact NIfTI affines of organs whose source file deviated from the Space by float noise.
@@ -121,24 +123,26 @@ class CaseData:
     ) -> CaseData:
         volume = np.zeros(space.shape, dtype=label_dtype(mapping))
         flat_volume = volume.reshape(-1)
-        layer_names: list[str] = []
+        overlaps: dict[str, np.ndarray] = {}  # per organ, its voxels already taken by another organ
         for name in sorted(voxel_indices, key=lambda n: -voxel_indices[n].size):
             indices = voxel_indices[name]
-            if flat_volume[indices].any():
-                layer_names.append(name)
-            else:
-                flat_volume[indices] = mapping[name]
-        layers = np.zeros((len(layer_names), *space.shape), dtype=bool)
-        for layer, name in zip(layers, layer_names):
-            layer.reshape(-1)[voxel_indices[name]] = True
+            taken = flat_volume[indices] != 0
+            if taken.any():
+                overlaps[name] = indices[taken]
+                indices = indices[~taken]
+            flat_volume[indices] = mapping[name]
+        layers = np.zeros((len(overlaps), *space.shape), dtype=bool)
+        for layer, indices in zip(layers, overlaps.values()):
+            layer.reshape(-1)[indices] = True
         stats = {name: OrganStats.from_flat_indices(voxel_indices[name], space) for name in mapping}
-        return cls(space, mapping, volume, layer_names, layers, stats, meta)
+        return cls(space, mapping, volume, list(overlaps), layers, stats, meta)
 
     def organ_mask(self, name: str) -> np.ndarray:
-        """Boolean mask of one organ, from whichever representation holds it."""
+        """Boolean mask of one organ: its label-volume voxels and its binary layer, if any."""
+        mask = self.label_volume == self.mapping[name]
         if name in self.layer_names:
-            return self.binary_layers[self.layer_names.index(name)].copy()
-        return self.label_volume == self.mapping[name]
+            mask |= self.binary_layers[self.layer_names.index(name)]
+        return mask
 
 
 def _resolve_space(space: Space | None, array: np.ndarray, what: str) -> Space:

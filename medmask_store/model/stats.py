@@ -33,14 +33,21 @@ class OrganStats:
             return cls.empty()
         coords = np.unravel_index(flat_indices, space.shape)
         bbox = tuple((int(c.min()), int(c.max()) + 1) for c in coords)
-        centroid = np.array([c.mean() for c in coords])
-        centroid_mm = space.to_world_transform.apply_point(centroid[None])[0]
+        centroid = tuple(round(float(c.mean()), 3) for c in coords)
+        return cls.from_summary(int(flat_indices.size), bbox, centroid, space)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_summary(
+        cls, voxels: int, bbox: BBox, centroid_voxel: tuple[float, float, float], space: Space
+    ) -> OrganStats:
+        """Complete the stored statistics (count, box, centroid) with those the Space implies."""
+        centroid_mm = space.to_world_transform.apply_point(np.array([centroid_voxel], dtype=float))[0]
         touches = any(start == 0 or stop == size for (start, stop), size in zip(bbox, space.shape))
         return cls(
-            voxels=int(flat_indices.size),
-            volume_ml=round(float(flat_indices.size * np.prod(space.spacing) / 1000.0), 6),
-            bbox=bbox,  # type: ignore[arg-type]
-            centroid_voxel=tuple(round(float(c), 3) for c in centroid),  # type: ignore[arg-type]
+            voxels=voxels,
+            volume_ml=round(float(voxels * np.prod(space.spacing) / 1000.0), 6),
+            bbox=bbox,
+            centroid_voxel=centroid_voxel,
             centroid_mm=tuple(round(float(c), 3) for c in centroid_mm),  # type: ignore[arg-type]
             touches_border=touches,
         )
@@ -48,19 +55,26 @@ class OrganStats:
     def to_json(self) -> dict[str, Any]:
         return {key: _listify(value) for key, value in asdict(self).items()}
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> OrganStats:
-        def tup(value: Any) -> Any:
-            return None if value is None else tuple(tup(v) if isinstance(v, list) else v for v in value)
 
-        return cls(
-            voxels=int(data["voxels"]),
-            volume_ml=float(data["volume_ml"]),
-            bbox=tup(data["bbox"]),
-            centroid_voxel=tup(data["centroid_voxel"]),
-            centroid_mm=tup(data["centroid_mm"]),
-            touches_border=bool(data["touches_border"]),
-        )
+def stats_to_attributes(stats: dict[str, OrganStats]) -> dict[str, Any]:
+    """Columns of what non-empty organs store; everything else follows from them and the Space."""
+    present = {name: s for name, s in stats.items() if s.voxels}
+    return {
+        "organs": list(present),
+        "voxels": [s.voxels for s in present.values()],
+        "bbox": [[v for pair in s.bbox for v in pair] for s in present.values()],  # type: ignore[union-attr]
+        "centroid_voxel": [list(s.centroid_voxel) for s in present.values()],  # type: ignore[arg-type]
+    }
+
+
+def stats_from_attributes(stored: dict[str, Any], organs: list[str], space: Space) -> dict[str, OrganStats]:
+    """Statistics of every organ in ``organs`` (organs absent from ``stored`` are empty)."""
+    stats = dict.fromkeys(organs, OrganStats.empty())
+    for name, voxels, bbox, centroid in zip(stored["organs"], stored["voxels"], stored["bbox"], stored["centroid_voxel"]):
+        box = tuple((int(bbox[i]), int(bbox[i + 1])) for i in (0, 2, 4))
+        stats[name] = OrganStats.from_summary(int(voxels), box, tuple(map(float, centroid)), space)  # type: ignore[arg-type]
+    return stats
+
 
 
 def _listify(value: Any) -> Any:

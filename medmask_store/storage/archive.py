@@ -23,25 +23,44 @@ from medmask_store.storage.backend import Backend
 from medmask_store.storage.case import Case
 from medmask_store.storage.hdf5 import Hdf5Backend
 from medmask_store.storage.layout import StorageSettings, arrays_to_write
+from medmask_store.storage.packed import MAGIC as PACKED_MAGIC
+from medmask_store.storage.packed import PackedFileBackend
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
 from medmask_store.storage.zarr_zip import open_zarr_zip
 
 MODES = ("r", "r+", "a", "w", "w-")
 INDEX_SAVE_EVERY = 256
-BACKENDS: dict[str, Callable[[Path, str, StorageSettings], Backend]] = {
-    ".zarr": ZarrDirectoryBackend,
-    ".zarr.zip": open_zarr_zip,
-    ".h5": Hdf5Backend,
-    ".hdf5": Hdf5Backend,
+# Below this many cases no index is stored: reading every case's attributes is as fast,
+# and a one-case archive stays ~3 KB smaller.
+INDEX_MIN_CASES = 32
+BackendFactory = Callable[[Path, str, StorageSettings], Backend]
+# Backend name -> (file suffixes, factory); names are what ``MaskArchive(..., backend=)`` takes.
+BACKENDS: dict[str, tuple[tuple[str, ...], BackendFactory]] = {
+    "zarr.zip": ((".zarr.zip",), open_zarr_zip),
+    "zarr": ((".zarr",), ZarrDirectoryBackend),
+    "h5": ((".h5", ".hdf5"), Hdf5Backend),
+    "msk": ((".msk",), PackedFileBackend),
 }
+# What existing single files start with, for paths whose suffix names no backend.
+MAGIC_BYTES = {b"PK\x03\x04": "zarr.zip", b"\x89HDF": "h5", PACKED_MAGIC: "msk"}
 
 
-def open_backend(path: Path, mode: str, settings: StorageSettings) -> Backend:
-    """Pick the backend from the path's suffix."""
-    for suffix, backend in BACKENDS.items():
-        if path.name.endswith(suffix):
-            return backend(path, mode, settings)
-    raise InvalidArchive(f"cannot tell the archive format of {path}: use one of the suffixes {', '.join(BACKENDS)}")
+def backend_name(path: Path, backend: str | None = None) -> str:
+    """The backend for a path: ``backend`` if given, else by suffix, else by an existing file's magic bytes."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return backend
+    for name, (suffixes, _) in BACKENDS.items():
+        if path.name.endswith(suffixes):
+            return name
+    if path.is_file():
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic in MAGIC_BYTES:
+            return MAGIC_BYTES[magic]
+    suffixes = ", ".join(s for names, _ in BACKENDS.values() for s in names)
+    raise InvalidArchive(f"cannot tell the archive format of {path}: use one of the suffixes {suffixes}, or pass backend=")
 
 
 class MaskArchive:
@@ -53,20 +72,33 @@ class MaskArchive:
         Archive location; the suffix picks the backend: ``.zarr`` (Zarr v3
         directory), ``.zarr.zip`` (single-file Zarr) or ``.h5`` / ``.hdf5``.
     mode : {"r", "r+", "a", "w", "w-"}
+        ``.msk`` (packed single file, for single masks and small collections);
+        other suffixes: ``backend``, or the magic bytes of an existing file.
+    mode : {"r", "r+", "a", "w", "w-"}
         ``r`` read only (never writes), ``r+`` read/write an existing archive,
         ``a`` read/write, creating it if needed, ``w`` create (replacing an
         existing archive), ``w-`` create, failing if the path exists.
     settings : StorageSettings, optional
-        Chunking and compression of newly written cases.
+        Chunking and compression of newly written cases, e.g.
+        ``StorageSettings.preset("compact")``.
+    backend : {"zarr", "zarr.zip", "h5", "msk"}, optional
+        The format, whatever the suffix.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r", settings: StorageSettings | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        mode: str = "r",
+        settings: StorageSettings | None = None,
+        backend: str | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.path = Path(path)
         self.mode = mode
         self.settings = settings or StorageSettings()
-        self._backend = open_backend(self.path, mode, self.settings)
+        self.backend = backend_name(self.path, backend)
+        self._backend = BACKENDS[self.backend][1](self.path, mode, self.settings)
         self._batch_depth = 0
         self._index: ArchiveIndex | None = None
         self._modified: set[str] = set()  # cases written or deleted since the index was saved
@@ -132,15 +164,20 @@ class MaskArchive:
         version = self._backend.listing_version()
         index = ArchiveIndex.from_bytes(stored) if stored else ArchiveIndex.from_cases([])
         listed = set(self._backend.case_ids())
-        if stored is None or self._modified or index.listing_version != version or set(index.case_ids) != listed:
+        if not stored or self._modified or index.listing_version != version or set(index.case_ids) != listed:
             index.replace(self._modified, [])
             index.reconcile(self._backend.case_tokens(), self._info)
         index.listing_version = version
         return index
 
     def _save_index(self) -> None:
-        self._backend.update_index(lambda stored: self._reconciled(stored).to_bytes())
+        self._backend.update_index(self._index_to_store)
         self._modified.clear()
+
+    def _index_to_store(self, stored: bytes | None) -> bytes:
+        """The reconciled index, or b"" (no index stored) below ``INDEX_MIN_CASES`` cases."""
+        index = self._reconciled(stored)
+        return index.to_bytes() if len(index.case_ids) >= INDEX_MIN_CASES else b""
 
     def index(self) -> ArchiveIndex:
         """The archive index (one read), reconciled with the cases present."""
@@ -163,7 +200,7 @@ class MaskArchive:
         tokens = self._backend.case_tokens()
         fresh = ArchiveIndex.from_cases((self._info(c), tokens[c]) for c in progress(sorted(tokens)))
         fresh.listing_version = version
-        self._backend.update_index(lambda _: fresh.to_bytes())
+        self._backend.update_index(lambda _: fresh.to_bytes() if len(tokens) >= INDEX_MIN_CASES else b"")
         self._modified.clear()
         self._index = None
         self._backend.commit()
@@ -171,7 +208,7 @@ class MaskArchive:
     def stored_index(self) -> ArchiveIndex | None:
         """The index as stored, without reconciliation (None if none was written)."""
         stored = self._backend.read_index()
-        return None if stored is None else ArchiveIndex.from_bytes(stored)
+        return ArchiveIndex.from_bytes(stored) if stored else None
 
     def __repr__(self) -> str:
         return f"<MaskArchive {str(self.path)!r} mode={self.mode!r}>"
@@ -221,8 +258,8 @@ class MaskArchive:
         if not overwrite and case_id in self:
             raise CaseExists(f"case {case_id!r} already exists in {self.path}; pass overwrite=True to replace it")
         case_data = self._to_case_data(data, space, mapping, meta, unmapped)
-        arrays = arrays_to_write(case_data, self.settings)
-        self._backend.write_case(case_id, case_attributes(case_data), arrays, overwrite)
+        arrays, layer_origins = arrays_to_write(case_data, self.settings)
+        self._backend.write_case(case_id, case_attributes(case_data, layer_origins), arrays, overwrite)
         self._committed(case_id)
         return self[case_id]
 

@@ -49,7 +49,7 @@ class Backend(Protocol):
         ...
 
     def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
-        """Replace the stored index by ``build(current)``, atomically and exclusively."""
+        """Replace the stored index by ``build(current)``, atomically and exclusively; b"" removes it."""
         ...
 
     def commit(self) -> None:

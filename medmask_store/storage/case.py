@@ -72,7 +72,7 @@ class Case:
         return self.space.to_nifti_affine() if affine is None else affine.copy()
 
     def representation(self, organ: str) -> str:
-        """``"label_volume"`` or ``"binary_layer"``."""
+        """``"binary_layer"`` if the organ has a layer (it overlaps an organ placed before it), else ``"label_volume"``."""
         self._check_organ(organ)
         return self.info.representation(organ)
 
@@ -102,6 +102,17 @@ class Case:
         return ChunkedArray(labels.shape, dtype, labels.chunks, read_chunk, fill_value=0)
 
     # -- lazy views ------------------------------------------------------------
+    def _layer_chunk(self, layer: int, coords: ChunkCoords) -> np.ndarray | None:
+        """One chunk of a binary layer in volume chunk coordinates (None outside its stored window)."""
+        windows = self._stored(BINARY_LAYERS)
+        origin = self.info.layer_origins[layer] if self.info.layer_origins else (0, 0, 0)
+        inner = tuple(c - o // n for c, o, n in zip(coords, origin, windows.chunks[1:]))
+        grid = (-(-size // n) for size, n in zip(windows.shape[1:], windows.chunks[1:]))
+        if not all(0 <= c < g for c, g in zip(inner, grid)):
+            return None
+        chunk = windows.read_chunk((layer, *inner))
+        return None if chunk is None else chunk[0]
+
     @property
     def labels(self) -> ChunkedArray:
         """Lazy label volume with binary-layer organs painted over it (as :meth:`read_labels`)."""
@@ -112,10 +123,10 @@ class Case:
             chunk = labels.read_chunk(coords)
             for layer, name in layer_boxes:
                 if self._chunk_in_box(coords, self.info.stats[name].bbox):  # type: ignore[arg-type]
-                    layer_chunk = self._stored(BINARY_LAYERS).read_chunk((layer, *coords))
+                    layer_chunk = self._layer_chunk(layer, coords)
                     if layer_chunk is not None:
                         chunk = np.zeros(labels.chunks, labels.dtype) if chunk is None else chunk.copy()
-                        chunk[layer_chunk[0]] = self.info.mapping[name]
+                        chunk[layer_chunk] = self.info.mapping[name]
             return chunk
 
         return self._view(labels.dtype, read_chunk)
@@ -127,29 +138,36 @@ class Case:
 
     @property
     def stored_layers(self) -> ChunkedArray | None:
-        """Lazy binary layers (layer, i, j, k), one per ``info.layer_names`` organ; None if none."""
-        return self._stored(BINARY_LAYERS) if self.info.layer_names else None
+        """Lazy binary layers (layer, i, j, k) over the whole volume, one per ``info.layer_names`` organ
+        (its voxels that other organs hold in the label volume); None if no organ overlaps."""
+        if not self.info.layer_names:
+            return None
+        labels = self._stored(LABEL_VOLUME)
+
+        def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+            chunk = self._layer_chunk(coords[0], coords[1:])
+            return None if chunk is None else chunk[None]
+
+        shape = (len(self.info.layer_names), *labels.shape)
+        return ChunkedArray(shape, np.dtype(bool), (1, *labels.chunks), read_chunk, fill_value=False)
 
     def organ(self, name: str) -> ChunkedArray:
         """Lazy boolean view of one organ; reads only chunks inside its bounding box."""
         self._check_organ(name)
         bbox = self.info.stats[name].bbox
-        if name in self.info.layer_names:
-            layer = self.info.layer_names.index(name)
+        value = self.info.mapping[name]
+        layer = self.info.layer_names.index(name) if name in self.info.layer_names else None
 
-            def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
-                if bbox is None or not self._chunk_in_box(coords, bbox):
-                    return None
-                chunk = self._stored(BINARY_LAYERS).read_chunk((layer, *coords))
-                return None if chunk is None else chunk[0]
-        else:
-            value = self.info.mapping[name]
-
-            def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
-                if bbox is None or not self._chunk_in_box(coords, bbox):
-                    return None
-                chunk = self._stored(LABEL_VOLUME).read_chunk(coords)
-                return None if chunk is None else chunk == value
+        def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+            if bbox is None or not self._chunk_in_box(coords, bbox):
+                return None
+            labels = self._stored(LABEL_VOLUME).read_chunk(coords)
+            mask = None if labels is None else labels == value
+            if layer is not None:
+                layer_chunk = self._layer_chunk(layer, coords)
+                if layer_chunk is not None:
+                    mask = layer_chunk if mask is None else mask | layer_chunk
+            return mask
 
         return self._view(np.dtype(bool), read_chunk)
 

@@ -34,10 +34,10 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from medmask_store.codecs.chunks import chunk_decoder, encode_binary_chunk, encode_crackle_chunk, encode_label_chunk
+from medmask_store.codecs.chunks import chunk_decoder
 from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, InvalidArchive, ReadOnlyArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
-from medmask_store.storage.chunked import ChunkCoords, ChunkedArray, iter_chunks
+from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor
 
@@ -45,7 +45,6 @@ from medmask_store.storage.single_file import SingleFileEditor
 # and read here, and plain h5py reports an unknown filter instead of returning wrong data.
 FILTER_IDS = {"zstd": hdf5plugin.ZSTD_ID, "crackle_zstd": 32766, "packbits_zstd": 32767}
 CODECS_BY_FILTER = {filter_id: codec for codec, filter_id in FILTER_IDS.items()}
-ENCODERS = {"zstd": encode_label_chunk, "crackle_zstd": encode_crackle_chunk, "packbits_zstd": encode_binary_chunk}
 # HDF5 1.10 object and chunk-index formats: ~10 KB less metadata per case than 1.8's.
 LIBVER = ("v110", "latest")
 STAGING_GROUP = "staging"
@@ -131,10 +130,11 @@ class Hdf5Backend:
 
     def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
         self._check_writable()
-        data = np.frombuffer(build(self.read_index()), dtype=np.uint8)
+        data = build(self.read_index())
         if INDEX_DATASET in self._file:
             del self._file[INDEX_DATASET]
-        self._file.create_dataset(INDEX_DATASET, data=data)
+        if data:
+            self._file.create_dataset(INDEX_DATASET, data=np.frombuffer(data, dtype=np.uint8))
         self._dirty = True
 
     def _case_group(self, case_id: str) -> h5py.Group:
@@ -207,14 +207,8 @@ class Hdf5Backend:
         if array.codec != "zstd":
             codec = {"codec": array.codec, "checksum": "crc32c", "reader": "pip install medmask_store"}
             dataset.attrs["medmask_store"] = json.dumps(codec)
-        encode = ENCODERS[array.codec]
-        for coords, region in iter_chunks(data.shape, chunks):
-            block = data[region]
-            if block.any():
-                padded = np.zeros(chunks, dtype=data.dtype)
-                padded[tuple(slice(0, n) for n in block.shape)] = block
-                offset = tuple(c * n for c, n in zip(coords, chunks))
-                dataset.id.write_direct_chunk(offset, encode(padded, array.level))
+        for coords, encoded in array.encoded_chunks():
+            dataset.id.write_direct_chunk(tuple(c * n for c, n in zip(coords, chunks)), encoded)
 
     def delete_case(self, case_id: str) -> None:
         self._check_writable()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from medmask_store.codecs.chunks import ENCODERS
 from medmask_store.model.case_data import CaseData
+from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
 LABEL_VOLUME = "label_volume"
 BINARY_LAYERS = "binary_layers"
 CASES_GROUP = "cases"
 INDEX = "index.npz.zst"
+ENCODING_THREADS = min(4, os.cpu_count() or 1)
 
 
 LABEL_CODECS = ("zstd", "crackle_zstd")
@@ -63,20 +68,58 @@ class ArrayToWrite:
     codec: str  # "zstd" / "crackle_zstd" (label volume) or "packbits_zstd" (binary layers)
     level: int
 
-    @property
-    def is_binary(self) -> bool:
-        return self.data.dtype == np.bool_
+    def encoded_chunks(self) -> list[tuple[ChunkCoords, bytes]]:
+        """Every non-empty chunk, zero-padded to the chunk shape and encoded (``ENCODERS`` format).
+
+        Encoding runs on a thread pool: Zstd and Crackle release the GIL.
+        """
+        encode = ENCODERS[self.codec]
+        regions = [(coords, region) for coords, region in iter_chunks(self.data.shape, self.chunks)]
+
+        def encoded(region: tuple[slice, ...]) -> bytes | None:
+            block = self.data[region]
+            if not block.any():
+                return None
+            padded = np.zeros(self.chunks, dtype=self.data.dtype)
+            padded[tuple(slice(0, n) for n in block.shape)] = block
+            return encode(padded, self.level)
+
+        with ThreadPoolExecutor(ENCODING_THREADS) as pool:
+            results = list(pool.map(encoded, (region for _, region in regions)))
+        return [(coords, data) for (coords, _), data in zip(regions, results) if data is not None]
 
 
-def arrays_to_write(data: CaseData, settings: StorageSettings) -> list[ArrayToWrite]:
-    """The arrays of a case; the binary-layer array is omitted when no organ overlaps."""
+def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[ArrayToWrite], list[list[int]]]:
+    """The arrays of a case, and where each binary-layer window starts (voxels, chunk-aligned).
+
+    Binary layers are stored as windows: each layer keeps only the chunk-aligned
+    box around its voxels (all windows share the largest box's shape), so a
+    layer of a few overlap voxels costs one chunk index entry, not one per chunk
+    of the volume. The binary-layer array is omitted when no organ overlaps.
+    """
     cube = (settings.chunk_size,) * 3
     label_volume = ArrayToWrite(
         LABEL_VOLUME, data.label_volume, cube, ("i", "j", "k"), settings.label_codec, settings.label_level
     )
     if not data.layer_names:
-        return [label_volume]
+        return [label_volume], []
+    origins, windows = _layer_windows(data.binary_layers, settings.chunk_size)
     layers = ArrayToWrite(
-        BINARY_LAYERS, data.binary_layers, (1, *cube), ("layer", "i", "j", "k"), "packbits_zstd", settings.layer_level
+        BINARY_LAYERS, windows, (1, *cube), ("layer", "i", "j", "k"), "packbits_zstd", settings.layer_level
     )
-    return [label_volume, layers]
+    return [label_volume, layers], origins
+
+
+def _layer_windows(layers: np.ndarray, chunk: int) -> tuple[list[list[int]], np.ndarray]:
+    boxes = []
+    for layer in layers:
+        spans = [np.flatnonzero(layer.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        boxes.append([(int(s[0]) // chunk * chunk, int(s[-1]) + 1) if s.size else (0, 1) for s in spans])
+    grid = [-(-size // chunk) * chunk for size in layers.shape[1:]]
+    extent = [max(-(-(stop - start) // chunk) * chunk for start, stop in (box[axis] for box in boxes)) for axis in range(3)]
+    origins = [[min(start, g - e) for (start, _), g, e in zip(box, grid, extent)] for box in boxes]
+    windows = np.zeros((len(layers), *extent), dtype=bool)
+    for window, layer, origin in zip(windows, layers, origins):
+        part = layer[tuple(slice(o, o + e) for o, e in zip(origin, extent))]
+        window[tuple(slice(0, n) for n in part.shape)] = part
+    return origins, windows

@@ -8,7 +8,7 @@ import numpy as np
 
 from medmask_store.errors import MaskStoreError
 from medmask_store.query.index import ArchiveIndex
-from medmask_store.storage.archive import MaskArchive
+from medmask_store.storage.archive import INDEX_MIN_CASES, MaskArchive
 from medmask_store.storage.case import Case
 
 
@@ -22,8 +22,9 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
     problems: list[str] = []
     stored = archive.stored_index()
     case_ids = archive.case_ids()
+    indexed = stored is not None or len(case_ids) >= INDEX_MIN_CASES  # small archives store no index
     if stored is None:
-        if case_ids:
+        if indexed:
             problems.append("index: missing (run `medmask-store reindex`)")
         stored = ArchiveIndex.from_cases([])
     for case_id in sorted(set(stored.case_ids) - set(case_ids)):
@@ -34,9 +35,9 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
         except MaskStoreError as exc:
             problems.append(f"case {case_id!r}: unreadable attributes ({exc})")
             continue
-        if case_id not in stored.case_ids:
+        if indexed and case_id not in stored.case_ids:
             problems.append(f"index: case {case_id!r} has no entry")
-        elif not _same_entry(stored, ArchiveIndex.from_cases([(case.info, stored.tokens()[case_id])]), case_id):
+        elif indexed and not _same_entry(stored, ArchiveIndex.from_cases([(case.info, stored.tokens()[case_id])]), case_id):
             problems.append(f"index: entry of case {case_id!r} differs from its attributes")
         problems += [f"case {case_id!r}: {p}" for p in _check_voxels(case)]
     return problems
@@ -59,11 +60,10 @@ def _check_voxels(case: Case) -> list[str]:
     counts = np.bincount(labels.ravel(), minlength=max(info.mapping.values(), default=0) + 1)
     problems = []
     for organ, value in info.mapping.items():
+        found = int(counts[value])  # layer voxels are where other organs hold the label: disjoint
         if organ in info.layer_names:
             assert layers is not None
-            found = int(np.count_nonzero(layers[info.layer_names.index(organ)]))
-        else:
-            found = int(counts[value])
+            found += int(np.count_nonzero(layers[info.layer_names.index(organ)]))
         if found != info.stats[organ].voxels:
             problems.append(f"organ {organ!r} has {found} voxels, its statistics say {info.stats[organ].voxels}")
     return problems

@@ -94,10 +94,13 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         return str(os.stat(self.path / CASES_GROUP).st_mtime_ns)
 
     def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
-        """Rewrite the index file under an exclusive lock (other writers wait), by atomic rename."""
+        """Rewrite (or, given b"", remove) the index file under an exclusive lock, by atomic rename."""
         with open(self.path / ".index.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = build(self.read_index())
+            if not data:  # no index wanted
+                (self.path / INDEX).unlink(missing_ok=True)
+                return
             temporary = self._staging_path("index", "index")
             temporary.parent.mkdir(exist_ok=True)
             temporary.write_bytes(data)
