@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,14 @@ def real_case_dir() -> Path:
     if not REAL_CASE.is_dir():
         pytest.skip(f"real case not available at {REAL_CASE}")
     return REAL_CASE
+
+
+@pytest.fixture(scope="module")
+def index_every_archive() -> Iterator[None]:
+    """Store the index from the first case on (archives store none below INDEX_MIN_CASES), so
+    index behaviour is exercised with a few cases; module-scoped to cover module-scoped archives."""
+    import medmask_store.storage.archive as archive_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(archive_module, "INDEX_MIN_CASES", 1)
+        yield

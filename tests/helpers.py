@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -12,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 from click.testing import CliRunner, Result
 from hypothesis import strategies as st
 
 from medmask_store import Case
 from medmask_store.cli.main import main
+from medmask_store.storage.packed import CATALOG_DICTIONARY
 
 # -- masks and archives ----------------------------------------------------------------------
 
@@ -161,3 +165,29 @@ def selections(draw, shape: tuple[int, ...]):
     if len(items) == 1 and draw(st.booleans()):
         return items[0]  # a bare index, not a tuple
     return tuple(items)
+
+
+def read_packed(path: Path) -> tuple[dict, bytes]:
+    """The catalog and the data section of a packed ``.msk`` file, read without the library."""
+    raw = path.read_bytes()
+    magic, _version, length = struct.unpack("<4sBI", raw[:9])
+    assert magic == b"MSKP"
+    catalog = zstandard.ZstdDecompressor(dict_data=CATALOG_DICTIONARY).decompress(raw[9 : 9 + length])
+    return json.loads(catalog), raw[9 + length :]
+
+
+def write_packed(path: Path, catalog: dict, data: bytes) -> None:
+    """Write a packed file (behind the library's back) from a catalog and a data section."""
+    frame = zstandard.ZstdCompressor(dict_data=CATALOG_DICTIONARY).compress(json.dumps(catalog).encode())
+    path.write_bytes(struct.pack("<4sBI", b"MSKP", 1, len(frame)) + frame + data)
+
+
+def packed_index(path: Path) -> bytes | None:
+    catalog, data = read_packed(path)
+    return None if catalog["index"] is None else data[catalog["index"][0] : sum(catalog["index"])]
+
+
+def set_packed_index(path: Path, index: bytes | None) -> None:
+    catalog, data = read_packed(path)
+    catalog["index"] = None if index is None else [len(data), len(index)]
+    write_packed(path, catalog, data + (index or b""))

@@ -103,10 +103,17 @@ def chunk_decoder(codec: str, dtype: np.dtype, shape: tuple[int, ...], zarr: boo
     raise ValueError(f"unknown chunk codec {codec!r}")
 
 
-# Encoders of whole chunks, by chunk codec, in the format every backend but Zarr's label
-# volume stores (zarr-python writes that one: the Zstd frame plus a crc32c suffix).
-ENCODERS: dict[str, Callable[[np.ndarray, int], bytes]] = {
+def encode_zarr_label_chunk(chunk: np.ndarray, level: int) -> bytes:
+    """A Zstd frame and its crc32c: what Zarr's ``bytes -> zstd -> crc32c`` chain stores."""
+    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return append_crc32c(compressor.compress(np.ascontiguousarray(chunk).tobytes()))
+
+
+Encoder = Callable[[np.ndarray, int], bytes]
+# Encoders of whole chunks, by chunk codec: HDF5 and packed files, and Zarr.
+ENCODERS: dict[str, Encoder] = {
     "zstd": encode_label_chunk,
     "crackle_zstd": encode_crackle_chunk,
     "packbits_zstd": encode_binary_chunk,
 }
+ZARR_ENCODERS: dict[str, Encoder] = {**ENCODERS, "zstd": encode_zarr_label_chunk}

@@ -176,8 +176,15 @@ class MaskArchive:
 
     def _index_to_store(self, stored: bytes | None) -> bytes:
         """The reconciled index, or b"" (no index stored) below ``INDEX_MIN_CASES`` cases."""
-        index = self._reconciled(stored)
-        return index.to_bytes() if len(index.case_ids) >= INDEX_MIN_CASES else b""
+        return self._reconciled(stored).to_bytes() if self.stores_index else b""
+
+    @property
+    def stores_index(self) -> bool:
+        """Whether the archive keeps a stored index: from ``INDEX_MIN_CASES`` (32) cases on.
+
+        Smaller archives answer queries from their cases' attributes.
+        """
+        return len(self._backend.case_ids()) >= INDEX_MIN_CASES
 
     def index(self) -> ArchiveIndex:
         """The archive index (one read), reconciled with the cases present."""
@@ -200,7 +207,7 @@ class MaskArchive:
         tokens = self._backend.case_tokens()
         fresh = ArchiveIndex.from_cases((self._info(c), tokens[c]) for c in progress(sorted(tokens)))
         fresh.listing_version = version
-        self._backend.update_index(lambda _: fresh.to_bytes() if len(tokens) >= INDEX_MIN_CASES else b"")
+        self._backend.update_index(lambda _: fresh.to_bytes() if self.stores_index else b"")
         self._modified.clear()
         self._index = None
         self._backend.commit()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medmask_store.codecs.chunks import ENCODERS
+from medmask_store.codecs.chunks import ENCODERS, Encoder
 from medmask_store.model.case_data import CaseData
 from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
@@ -54,7 +54,7 @@ class StorageSettings:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-PRESETS = {"default": StorageSettings(), "compact": StorageSettings(label_codec="crackle_zstd")}
+PRESETS = {"default": StorageSettings(), "compact": StorageSettings(label_codec="crackle_zstd", label_level=15)}
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,12 @@ class ArrayToWrite:
     codec: str  # "zstd" / "crackle_zstd" (label volume) or "packbits_zstd" (binary layers)
     level: int
 
-    def encoded_chunks(self) -> list[tuple[ChunkCoords, bytes]]:
-        """Every non-empty chunk, zero-padded to the chunk shape and encoded (``ENCODERS`` format).
+    def encoded_chunks(self, encoders: dict[str, Encoder] = ENCODERS) -> list[tuple[ChunkCoords, bytes]]:
+        """Every non-empty chunk, zero-padded to the chunk shape and encoded, in chunk order.
 
         Encoding runs on a thread pool: Zstd and Crackle release the GIL.
         """
-        encode = ENCODERS[self.codec]
+        encode = encoders[self.codec]
         regions = [(coords, region) for coords, region in iter_chunks(self.data.shape, self.chunks)]
 
         def encoded(region: tuple[slice, ...]) -> bytes | None:

@@ -10,7 +10,8 @@ Layout (integers little-endian)::
     0       4     magic   b"MSKP"
     4       1     format version (1)
     5       4     n       byte length of the catalog
-    9       n     catalog one Zstd frame (with checksum) of a JSON document
+    9       n     catalog one Zstd frame (with checksum) of a JSON document, compressed
+                  with :data:`CATALOG_DICTIONARY` (raw content; a one-organ catalog: ~280 bytes)
     9 + n   ...   data    chunk bytes (and the archive index), located by the catalog
 
 The catalog holds the archive attributes and, per case, the case attributes
@@ -48,6 +49,19 @@ MAGIC = b"MSKP"
 VERSION = 1
 HEADER = struct.Struct("<4sBI")
 CATALOG_LEVEL = 19
+# Part of the format: a typical catalog, so small catalogs cost their values, not their keys.
+CATALOG_DICTIONARY = zstandard.ZstdCompressionDict(
+    b'{"attributes":{"medmask_store":{"format_version":2,"kind":"archive"}},"cases":{"mask":{"attributes":'
+    b'{"medmask_store":{"format_version":2,"space":{"shape":[512,512,300],"origin":[0.0,0.0,0.0],'
+    b'"spacing":[1.5,1.5,1.5],"x_orientation":[1.0,0.0,0.0],"y_orientation":[0.0,1.0,0.0],'
+    b'"z_orientation":[0.0,0.0,1.0]},"mapping":{"liver":1},"binary_layers":[],"layer_origins":[[0,0,0]],'
+    b'"stats":{"organs":["liver"],"voxels":[1000],"bbox":[[0,10,0,10,0,10]],"centroid_voxel":[[5.0,5.0,5.0]]},'
+    b'"meta":{"array_dtype":"uint8"},"organ_affines":{"affines":[],"organs":{}}}},"arrays":{"label_volume":'
+    b'{"shape":[512,512,300],"dtype":"|u1","chunks":[64,64,64],"codec":"zstd","stored":[[0,0,0,0,100]]},'
+    b'"binary_layers":{"shape":[1,64,64,64],"dtype":"|b1","chunks":[1,64,64,64],"codec":"packbits_zstd",'
+    b'"stored":[[0,0,0,0,0,100]]}}}},"index":null,"crackle_zstd"}',
+    dict_type=zstandard.DICT_TYPE_RAWCONTENT,
+)
 
 
 @dataclass
@@ -119,7 +133,7 @@ class PackedFileBackend:
             raise InvalidArchive(f"{self.path} is packed format version {version}; this medmask_store reads {VERSION}")
         frame = os.pread(self._descriptor, length, HEADER.size)
         try:
-            catalog = json.loads(zstandard.ZstdDecompressor().decompress(frame))
+            catalog = json.loads(zstandard.ZstdDecompressor(dict_data=CATALOG_DICTIONARY).decompress(frame))
         except (zstandard.ZstdError, ValueError) as exc:
             raise InvalidArchive(f"{self.path}: the catalog is corrupt ({exc})") from exc
         check_archive_attributes(catalog.get("attributes", {}), self.path)
@@ -250,7 +264,10 @@ class PackedFileBackend:
         index = place(self._index) if isinstance(self._index, bytes) else None
         catalog = {"attributes": ARCHIVE_ATTRIBUTES, "cases": cases, "index": index}
         text = json.dumps(catalog, separators=(",", ":")).encode()
-        frame = zstandard.ZstdCompressor(level=CATALOG_LEVEL, write_checksum=True).compress(text)
+        compressor = zstandard.ZstdCompressor(
+            level=CATALOG_LEVEL, dict_data=CATALOG_DICTIONARY, write_checksum=True, write_dict_id=False
+        )
+        frame = compressor.compress(text)
         with open(destination, "wb") as handle:
             handle.write(HEADER.pack(MAGIC, VERSION, len(frame)))
             handle.write(frame)

@@ -8,7 +8,7 @@ import numpy as np
 
 from medmask_store.errors import MaskStoreError
 from medmask_store.query.index import ArchiveIndex
-from medmask_store.storage.archive import INDEX_MIN_CASES, MaskArchive
+from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
 
 
@@ -22,7 +22,7 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
     problems: list[str] = []
     stored = archive.stored_index()
     case_ids = archive.case_ids()
-    indexed = stored is not None or len(case_ids) >= INDEX_MIN_CASES  # small archives store no index
+    indexed = stored is not None or archive.stores_index
     if stored is None:
         if indexed:
             problems.append("index: missing (run `medmask-store reindex`)")

@@ -112,7 +112,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         staging = self._staging_path("new", case_id)
         staging.mkdir(parents=True)
         try:
-            write_case_group(LocalStore(staging), attributes, arrays, self.settings)
+            write_case_group(staging, attributes, arrays)
             self._commit_case(staging, case_id, overwrite)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -19,13 +19,14 @@ import numpy as np
 import zarr
 from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.storage import LocalStore
 
-from medmask_store.codecs.chunks import chunk_decoder, strip_crc32c
+from medmask_store.codecs.chunks import ZARR_ENCODERS, append_crc32c, chunk_decoder, strip_crc32c
 from medmask_store.codecs.zarr3 import CrackleZstdCodec, PackBitsZstdCodec
 from medmask_store.errors import CaseNotFound, CorruptChunk, InvalidArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
-from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite, StorageSettings
+from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite
 
 COMPACT_JSON = {"json_indent": None}
 EMPTY_ENTRY = 2**64 - 1
@@ -45,10 +46,15 @@ def create_archive_root(store: Store) -> None:
         root.create_group(CASES_GROUP)
 
 
-def write_case_group(store: Store, attributes: dict[str, Any], arrays: list[ArrayToWrite], settings: StorageSettings) -> None:
-    """Write one case as the root group of ``store``: attributes, then each array as one shard."""
+def write_case_group(directory: Path, attributes: dict[str, Any], arrays: list[ArrayToWrite]) -> None:
+    """Write one case as a Zarr group in ``directory``: attributes, then each array as one shard.
+
+    zarr-python writes the metadata; the shard is assembled here from chunks
+    encoded in parallel (the bytes zarr-python would write: chunks in order,
+    then the index of (offset, length) pairs and its crc32c).
+    """
     with zarr.config.set(COMPACT_JSON):
-        group = zarr.create_group(store, attributes=attributes, zarr_format=3)
+        group = zarr.create_group(LocalStore(directory), attributes=attributes, zarr_format=3)
         for array in arrays:
             shard = tuple(-(-size // chunk) * chunk for size, chunk in zip(array.data.shape, array.chunks))
             serializer: Any = BytesCodec()
@@ -57,7 +63,7 @@ def write_case_group(store: Store, attributes: dict[str, Any], arrays: list[Arra
                 compressors.insert(0, ZstdCodec(level=array.level))
             else:
                 serializer = SERIALIZERS[array.codec](level=array.level)
-            stored = group.create_array(
+            group.create_array(
                 array.name,
                 shape=array.data.shape,
                 dtype=array.data.dtype,
@@ -69,7 +75,23 @@ def write_case_group(store: Store, attributes: dict[str, Any], arrays: list[Arra
                 dimension_names=array.dimension_names,
                 config={"write_empty_chunks": False},
             )
-            stored[...] = array.data
+            _write_shard(directory / array.name / "c" / "/".join("0" * array.data.ndim), array)
+
+
+def _write_shard(path: Path, array: ArrayToWrite) -> None:
+    encoded = array.encoded_chunks(ZARR_ENCODERS)
+    if not encoded:
+        return  # an empty shard is not stored
+    grid = tuple(-(-size // chunk) for size, chunk in zip(array.data.shape, array.chunks))
+    index = np.full((*grid, 2), EMPTY_ENTRY, dtype="<u8")
+    offset = 0
+    for coords, data in encoded:
+        index[coords] = offset, len(data)
+        offset += len(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.writelines(data for _, data in encoded)
+        handle.write(append_crc32c(index.tobytes()))
 
 
 class StoredObject(Protocol):

@@ -22,13 +22,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import BACKEND_SUFFIXES
-from helpers import flip_byte, ok, run, snapshot, suffix_of
+from helpers import flip_byte, ok, packed_index, read_packed, run, set_packed_index, snapshot, suffix_of, write_packed
 
 from medmask_store import MaskArchive
 from medmask_store.phantom import make_phantom
 from medmask_store.query import ArchiveIndex
 from medmask_store.storage.layout import INDEX
 from medmask_store.storage.verify import verify_archive
+
+pytestmark = pytest.mark.usefixtures("index_every_archive")
 
 SHAPE = (16, 16, 16)
 CASES = {  # id: (n_organs, n_empty, meta)
@@ -191,6 +193,8 @@ def test_reindex_then_verify(small):
 
 def read_index(path: Path) -> bytes | None:
     suffix = suffix_of(path)
+    if suffix == ".msk":
+        return packed_index(path)
     if suffix == ".zarr":
         return (path / INDEX).read_bytes() if (path / INDEX).exists() else None
     if suffix == ".h5":
@@ -229,6 +233,8 @@ def write_index(path: Path, data: bytes | None) -> None:
                 del f["index"]
             if data is not None:
                 f.create_dataset("index", data=np.frombuffer(data, dtype=np.uint8))
+    elif suffix == ".msk":
+        set_packed_index(path, data)
     else:
         rewrite_zip(path, {INDEX: data})
     assert read_index(path) == data
@@ -253,6 +259,10 @@ def chunk_position(path: Path, case_id: str) -> int:
         with h5py.File(path, "r") as f:
             info = f[f"cases/{case_id}/label_volume"].id.get_chunk_info(0)
             return info.byte_offset + info.size // 2
+    if suffix == ".msk":
+        catalog, data = read_packed(path)
+        *_, offset, nbytes = catalog["cases"][case_id]["arrays"]["label_volume"]["stored"][0]
+        return path.stat().st_size - len(data) + offset + nbytes // 2
     member = f"cases/{case_id}/label_volume/c/0/0/0"
     if suffix == ".zarr":
         shard, start = (path / member).read_bytes(), 0
@@ -337,6 +347,10 @@ def test_verify_reports_index_entry_of_a_case_not_stored(small):
     elif suffix == ".h5":
         with h5py.File(small, "r+") as f:
             del f["cases/k4"]
+    elif suffix == ".msk":
+        catalog, data = read_packed(small)
+        del catalog["cases"]["k4"]
+        write_packed(small, catalog, data)
     else:
         with zipfile.ZipFile(small) as zf:
             names = [n for n in zf.namelist() if n.startswith("cases/k4/")]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zstandard
-from helpers import suffix_of
+from helpers import packed_index, set_packed_index, suffix_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spacetransformer import Space
@@ -31,6 +31,8 @@ from medmask_store.model.validation import validate_case_id, validate_organ_name
 from medmask_store.phantom import make_phantom
 from medmask_store.query import ORGAN_FIELDS, ArchiveIndex
 from medmask_store.storage.layout import INDEX
+
+pytestmark = pytest.mark.usefixtures("index_every_archive")
 
 SHAPE = (16, 16, 16)
 
@@ -226,6 +228,8 @@ def test_pickled_npz_is_refused_and_never_unpickled(tmp_path):
 def stored_index_bytes(path: Path) -> bytes | None:
     """The raw stored index, read without the library."""
     suffix = suffix_of(path)
+    if suffix == ".msk":
+        return packed_index(path)
     if suffix == ".zarr":
         file = path / INDEX
         return file.read_bytes() if file.exists() else None
@@ -359,6 +363,8 @@ def remove_stored_index(path: Path) -> None:
     elif suffix == ".h5":
         with h5py.File(path, "r+") as f:
             del f["index"]
+    elif suffix == ".msk":
+        set_packed_index(path, None)
     else:
         with zipfile.ZipFile(path) as zf:
             members = {i.filename: zf.read(i) for i in zf.infolist() if i.filename != INDEX}
