@@ -13,6 +13,9 @@ import numpy as np
 from medmask_store.io.nifti import AFFINE_ATOL, export_mask_folder, load_mask_folder, mask_files
 from medmask_store.phantom import make_phantom
 from medmask_store.storage.archive import MaskArchive
+from medmask_store.storage.layout import PRESETS, StorageSettings
+
+COPIES = [(preset, suffix) for preset in PRESETS for suffix in (".zarr", ".zarr.zip", ".h5", ".msk")][1:]
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,9 @@ class DemoReport:
     nonempty_organs: int
     overlapping_organs: tuple[str, ...]
     nifti_bytes: int
-    archive_bytes: int
-    archive_files: int
     import_seconds: float
-    single_file_bytes: dict[str, int]
+    # (preset, suffix) -> (bytes, files) of the case in that archive format, the first one imported
+    archive_bytes: dict[tuple[str, str], tuple[int, int]]
     mismatches: tuple[str, ...]
 
     @property
@@ -68,7 +70,7 @@ def compare_mask_folders(original: Path, exported: Path) -> list[str]:
 
 def run_demo(workdir: Path, source: Path | None = None) -> DemoReport:
     """Import ``source`` (default: the phantom) into ``workdir/demo.zarr``, export it back, compare;
-    then convert to ``.zarr.zip`` and ``.h5`` and check every organ there too."""
+    then copy it to every backend with every preset and check every organ there too."""
     workdir = Path(workdir)
     source = Path(source) if source is not None else write_phantom_folder(workdir / "phantom")
     archive_path = workdir / "demo.zarr"
@@ -79,16 +81,16 @@ def run_demo(workdir: Path, source: Path | None = None) -> DemoReport:
         import_seconds = time.perf_counter() - start
         export_mask_folder(case, workdir / "exported")
     mismatches = compare_mask_folders(source, workdir / "exported")
-    single_file_bytes = {}
-    for suffix in (".zarr.zip", ".h5"):
+    sizes = {("default", ".zarr"): folder_bytes(archive_path)}
+    for preset, suffix in COPIES:
         with MaskArchive(archive_path) as archive:
-            converted = archive.copy_to(workdir / f"demo{suffix}", mode="w").path
-        single_file_bytes[suffix] = converted.stat().st_size
+            destination = workdir / f"demo-{preset}{suffix}"
+            converted = archive.copy_to(destination, mode="w", settings=StorageSettings.preset(preset)).path
+        sizes[preset, suffix] = folder_bytes(converted) if converted.is_dir() else (converted.stat().st_size, 1)
         with MaskArchive(converted) as archive:
             copy = archive[source.name]
-            mismatches += [f"{suffix}: {n} differs" for n in copy.organs if not np.array_equal(
+            mismatches += [f"{preset} {suffix}: {n} differs" for n in copy.organs if not np.array_equal(
                 copy.read_organ(n), case_data.organ_mask(n))]
-    archive_bytes, archive_files = folder_bytes(archive_path)
     return DemoReport(
         source=source,
         archive=archive_path,
@@ -96,9 +98,7 @@ def run_demo(workdir: Path, source: Path | None = None) -> DemoReport:
         nonempty_organs=sum(s.voxels > 0 for s in case.stats.values()),
         overlapping_organs=case.info.layer_names,
         nifti_bytes=sum(p.stat().st_size for p in mask_files(source)),
-        archive_bytes=archive_bytes,
-        archive_files=archive_files,
         import_seconds=import_seconds,
-        single_file_bytes=single_file_bytes,
+        archive_bytes=sizes,
         mismatches=tuple(mismatches),
     )

@@ -23,6 +23,7 @@ from medmask_store.model.region import WorldBox
 from medmask_store.model.validation import validate_meta
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
+from medmask_store.storage.layout import PRESETS, StorageSettings
 from medmask_store.storage.verify import verify_archive
 
 
@@ -36,10 +37,17 @@ class MaskStoreGroup(click.Group):
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
+PRESET_OPTION = click.option(
+    "--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
+    help="How new cases are stored: default (label volumes plain Zstd, read by any Zarr/HDF5 reader) "
+    "or compact (Crackle+Zstd label volumes, ~20% smaller, need medmask_store to read).",
+)
+
+
 @click.group(cls=MaskStoreGroup)
 @click.version_option(package_name="medmask_store")
 def main() -> None:
-    """Store segmentation masks losslessly in chunked Zarr v3 archives."""
+    """Store segmentation masks losslessly in chunked Zarr v3 / HDF5 archives."""
 
 
 @main.command("import")
@@ -51,10 +59,11 @@ def main() -> None:
 @click.option("--name-unmapped", is_flag=True, help="Name labels missing from the label map label_<value>.")
 @click.option("--overwrite", is_flag=True, help="Replace cases that already exist.")
 @click.option("--commit-every", default=50, show_default=True,
-              help="Single-file archives (.h5, .zarr.zip): publish after this many cases.")
+              help="Single-file archives (.h5, .zarr.zip, .msk): publish after this many cases.")
+@PRESET_OPTION
 def import_command(
     archive: Path, sources: tuple[Path, ...], labels: Path | None, case_id: str | None,
-    meta: str | None, name_unmapped: bool, overwrite: bool, commit_every: int,
+    meta: str | None, name_unmapped: bool, overwrite: bool, commit_every: int, preset: str,
 ) -> None:
     """Import case folders, multi-label NIfTI files or folders of case folders.
 
@@ -68,7 +77,7 @@ def import_command(
     if (case_id or meta) and len(cases) != 1:
         raise click.UsageError(f"--case and --meta need exactly one case, the sources hold {len(cases)}")
     user_meta = _parse_meta(meta)
-    with MaskArchive(archive, "a") as store, store.batch():
+    with MaskArchive(archive, "a", StorageSettings.preset(preset)) as store, store.batch():
         for done, case in enumerate(tqdm(cases, desc="import", unit="case", disable=len(cases) < 2), 1):
             data = case.load()
             data.meta.update(user_meta)
@@ -196,11 +205,13 @@ def read_command(archive: Path, case_id: str, organ: str | None, region: str | N
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("destination", type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it is an archive.")
-def convert_command(source: Path, destination: Path, overwrite: bool) -> None:
-    """Copy every case to an archive of another backend (.zarr, .zarr.zip, .h5), losslessly."""
+@PRESET_OPTION
+def convert_command(source: Path, destination: Path, overwrite: bool, preset: str) -> None:
+    """Copy every case to an archive of another backend (.zarr, .zarr.zip, .h5, .msk) or preset, losslessly."""
     with MaskArchive(source) as store:
         progress = partial(tqdm, desc="convert", unit="case")
-        store.copy_to(destination, mode="w" if overwrite else "w-", progress=progress)
+        settings = StorageSettings.preset(preset)
+        store.copy_to(destination, mode="w" if overwrite else "w-", settings=settings, progress=progress)
         click.echo(f"copied {len(store)} case(s) from {source} to {destination}")
 
 
@@ -263,12 +274,12 @@ def demo_command(source: Path | None, workdir: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report = run_demo(workdir or Path(tmp), source)
         click.echo(f"source       {report.source} ({report.organs} organs, {report.nonempty_organs} non-empty)")
-        click.echo(f"overlapping  {', '.join(report.overlapping_organs) or 'none'} (stored as binary layers)")
+        click.echo(f"overlapping  {', '.join(report.overlapping_organs) or 'none'} (their shared voxels go to binary layers)")
+        click.echo(f"imported     into {report.archive} in {report.import_seconds:.2f} s")
         click.echo(f"NIfTI        {report.nifti_bytes / 1024:10.1f} KB")
-        click.echo(f".zarr        {report.archive_bytes / 1024:10.1f} KB in {report.archive_files} files "
-                   f"({report.nifti_bytes / report.archive_bytes:.1f}x smaller), imported in {report.import_seconds:.2f} s")
-        for suffix, size in report.single_file_bytes.items():
-            click.echo(f"{suffix:12} {size / 1024:10.1f} KB in 1 file ({report.nifti_bytes / size:.1f}x smaller)")
+        for (preset, suffix), (size, files) in report.archive_bytes.items():
+            click.echo(f"{preset:8} {suffix:9} {size / 1024:6.1f} KB in {files} file(s) "
+                       f"({report.nifti_bytes / size:.1f}x smaller)")
         if report.lossless:
             click.echo(f"round trip   all {report.organs} organs bit-exact in every backend, NIfTI affines equal")
         else:
