@@ -8,7 +8,7 @@ file on disk), read-all time (open + every organ's mask) and read-one time
 (open + one organ). Formats: the NIfTI folder, medmask's ``.mska`` archive (when
 importable), crackle (when importable: one label volume, so overlapping organs
 are NOT kept; reported, not counted as a failure), and medmask_store archives
-(``.zarr``, ``.zarr.zip``, ``.h5``) × storage preset. Times are medians of
+(``.zarr``, ``.zarr.zip``, ``.h5``, ``.msk``) × storage preset. Times are medians of
 --repeats runs after one warm-up (time.perf_counter). Every organ is checked
 bit-exact once; the script exits 1 if a format that claims losslessness is not.
 
@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "s0000"
 NIFTI = ".nii.gz"
 CASE_ID = "s0000"
-BACKENDS = (".zarr", ".zarr.zip", ".h5")
+BACKENDS = (".zarr", ".zarr.zip", ".h5", ".msk")
 PRESETS = ("default", "compact")
 MEDMASK = "medmask .mska"
 CRACKLE = "crackle (label volume, overlaps lost)"

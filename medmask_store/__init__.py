@@ -1,6 +1,6 @@
 """medmask_store: lossless, chunked archives of medical segmentation masks."""
 
-from medmask_store.codecs import PackBitsZstd, PackBitsZstdCodec
+from medmask_store.codecs import CrackleZstd, CrackleZstdCodec, PackBitsZstd, PackBitsZstdCodec
 from medmask_store.errors import (
     ArchiveClosed,
     ArchiveLocked,
@@ -32,6 +32,8 @@ __all__ = [
     "CaseInfo",
     "CaseNotFound",
     "CorruptChunk",
+    "CrackleZstd",
+    "CrackleZstdCodec",
     "InvalidArchive",
     "InvalidCase",
     "InvalidQuery",

@@ -172,7 +172,7 @@ def _mask_indices(name: str, mask: np.ndarray, space: Space) -> np.ndarray:
         raise InvalidCase(f"mask {name!r} has dtype {mask.dtype}; binary masks must be bool or integer 0/1")
     order: Literal["C", "F"] = "F" if mask.flags.f_contiguous and not mask.flags.c_contiguous else "C"
     flat = mask.ravel(order=order)
-    indices = _flat_nonzero(flat)
+    indices = flat_nonzero(flat)
     if mask.dtype != np.bool_ and (flat[indices] != 1).any():
         raise InvalidCase(f"mask {name!r} holds values other than 0 and 1; pass mask > 0 if that is meant")
     if order == "F":
@@ -180,7 +180,7 @@ def _mask_indices(name: str, mask: np.ndarray, space: Space) -> np.ndarray:
     return indices
 
 
-def _flat_nonzero(flat: np.ndarray) -> np.ndarray:
+def flat_nonzero(flat: np.ndarray) -> np.ndarray:
     """``np.flatnonzero`` of a contiguous array, ~5x faster on sparse masks.
 
     Scans 8-byte words first and looks at single elements only inside non-zero

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medmask_store.codecs.chunks import ENCODERS, Encoder
-from medmask_store.model.case_data import CaseData
+from medmask_store.model.case_data import CaseData, flat_nonzero
 from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
 LABEL_VOLUME = "label_volume"
@@ -113,8 +113,8 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
 def _layer_windows(layers: np.ndarray, chunk: int) -> tuple[list[list[int]], np.ndarray]:
     boxes = []
     for layer in layers:
-        spans = [np.flatnonzero(layer.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        boxes.append([(int(s[0]) // chunk * chunk, int(s[-1]) + 1) if s.size else (0, 1) for s in spans])
+        coords = np.unravel_index(flat_nonzero(layer.reshape(-1)), layer.shape)
+        boxes.append([(int(c.min()) // chunk * chunk, int(c.max()) + 1) if c.size else (0, 1) for c in coords])
     grid = [-(-size // chunk) * chunk for size in layers.shape[1:]]
     extent = [max(-(-(stop - start) // chunk) * chunk for start, stop in (box[axis] for box in boxes)) for axis in range(3)]
     origins = [[min(start, g - e) for (start, _), g, e in zip(box, grid, extent)] for box in boxes]
