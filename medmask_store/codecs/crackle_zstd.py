@@ -37,8 +37,9 @@ RAW = 0
 SLICE_ORDERS = {1: (2, 1, 0), 2: (0, 2, 1), 3: (0, 1, 2)}
 MARKOV_MODEL_ORDER = 3  # smallest crack codes on TotalSegmentator masks (orders 0-7 measured)
 # Plain Zstd is tried only when Crackle is already this small: below it, the structures are
-# sparse enough for plain Zstd to win sometimes; above, it never did, and it costs 10x the time.
-RAW_CANDIDATE_BYTES = 1024
+# sparse enough for plain Zstd to win sometimes; above, it never did on TotalSegmentator
+# masks (1024 or 2048 gave the same bytes), and it costs 10x the time.
+RAW_CANDIDATE_BYTES = 512
 MAX_CRACKLE_EXPANSION = 16  # a Crackle stream is far smaller than its labels; cap decoding at 16x
 
 

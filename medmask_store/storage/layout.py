@@ -103,18 +103,24 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
     )
     if not data.layer_names:
         return [label_volume], []
-    origins, windows = _layer_windows(data.binary_layers, settings.chunk_size)
+    origins, windows = _layer_windows(data, settings.chunk_size)
     layers = ArrayToWrite(
         BINARY_LAYERS, windows, (1, *cube), ("layer", "i", "j", "k"), "packbits_zstd", settings.layer_level
     )
     return [label_volume, layers], origins
 
 
-def _layer_windows(layers: np.ndarray, chunk: int) -> tuple[list[list[int]], np.ndarray]:
+def _layer_windows(data: CaseData, chunk: int) -> tuple[list[list[int]], np.ndarray]:
     boxes = []
-    for layer in layers:
-        coords = np.unravel_index(flat_nonzero(layer.reshape(-1)), layer.shape)
-        boxes.append([(int(c.min()) // chunk * chunk, int(c.max()) + 1) if c.size else (0, 1) for c in coords])
+    for name, layer in zip(data.layer_names, data.binary_layers):
+        organ_box = data.stats[name].bbox or ((0, 0),) * 3  # a layer's voxels are the organ's
+        inside = layer[tuple(slice(start, stop) for start, stop in organ_box)]
+        coords = np.unravel_index(flat_nonzero(inside.reshape(-1)), inside.shape)
+        boxes.append([
+            ((int(c.min()) + start) // chunk * chunk, int(c.max()) + 1 + start) if c.size else (0, 1)
+            for c, (start, _) in zip(coords, organ_box)
+        ])
+    layers = data.binary_layers
     grid = [-(-size // chunk) * chunk for size in layers.shape[1:]]
     extent = [max(-(-(stop - start) // chunk) * chunk for start, stop in (box[axis] for box in boxes)) for axis in range(3)]
     origins = [[min(start, g - e) for (start, _), g, e in zip(box, grid, extent)] for box in boxes]
