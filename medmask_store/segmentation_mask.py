@@ -45,11 +45,12 @@ from pathlib import Path
 import numpy as np
 from spacetransformer import Space
 
-from medmask_store.errors import InvalidArchive, InvalidCase, OrganNotFound
+from medmask_store.errors import CorruptChunk, InvalidArchive, InvalidCase, OrganNotFound
 from medmask_store.model.case_data import CaseData
 from medmask_store.model.validation import MAX_LABEL_VALUE, validate_organ_name
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
+from medmask_store.storage.chunked import iter_chunks
 from medmask_store.storage.layout import StorageSettings
 
 __all__ = ["CASE_ID", "LabelMapping", "SegmentationMask"]
@@ -216,7 +217,8 @@ class SegmentationMask:
             raise InvalidCase(f"space must be a spacetransformer.Space, got {type(space).__name__}")
         elif tuple(array.shape) != tuple(space.shape):
             raise InvalidCase(f"mask array has shape {array.shape}, its Space has shape {tuple(space.shape)}")
-        self._mask_array = array
+        self._array: np.ndarray | None = array
+        self._chunks: _DecodedChunks | None = None
         self._space = space
         self._mapping = LabelMapping(mapping)
         for label in _present_labels(array):
@@ -230,6 +232,15 @@ class SegmentationMask:
                 self._mapping[name] = label
 
     # -- properties ----------------------------------------------------------
+    @property
+    def _mask_array(self) -> np.ndarray:
+        """The label array; a loaded mask assembles it from its decoded chunks on first use."""
+        if self._array is None:
+            assert self._chunks is not None
+            self._array = self._chunks.assemble()
+            self._chunks = None
+        return self._array
+
     @property
     def data(self) -> np.ndarray:
         """The label array as a read-only view (same axis order as given)."""
@@ -248,11 +259,11 @@ class SegmentationMask:
     @property
     def bit_depth(self) -> int:
         """1 (bool), 8, 16 or 32 bits per voxel."""
-        return _BIT_DEPTHS[self._mask_array.dtype]
+        return _BIT_DEPTHS[self._chunks.dtype if self._chunks is not None else self._mask_array.dtype]
 
     def __repr__(self) -> str:
         return (
-            f"SegmentationMask(shape={tuple(self._mask_array.shape)}, dtype={self._mask_array.dtype}, "
+            f"SegmentationMask(shape={tuple(self._space.shape)}, dtype={_DTYPES[self.bit_depth]}, "
             f"mapping={self._mapping.to_dict()!r})"
         )
 
@@ -293,18 +304,20 @@ class SegmentationMask:
         painted = self._mask_array.copy()
         painted[mask if mask.dtype == np.bool_ else mask > 0] = label
         self._mapping[name] = label
-        self._mask_array = painted
+        self._array = painted
 
     # -- queries -------------------------------------------------------------
     def get_binary_mask_by_names(self, names: str | Iterable[str]) -> np.ndarray:
         """Boolean mask of one organ, or of the union of several."""
         if isinstance(names, str):
-            return self._mask_array == self._mapping[names]
+            return self.get_binary_mask_by_labels(self._mapping[names])
         return self.get_binary_mask_by_labels([self._mapping[n] for n in names])
 
     def get_binary_mask_by_labels(self, labels: int | Iterable[int]) -> np.ndarray:
         """Boolean mask of the voxels holding ``labels`` (one label or several); unused labels match nothing."""
         if isinstance(labels, (int, np.integer)) and not isinstance(labels, (bool, np.bool_)):
+            if self._chunks is not None:  # loaded and not assembled: compare the stored chunks only
+                return self._chunks.equal_to(int(labels))
             return self._mask_array == int(labels)
         if isinstance(labels, (str, bytes, bool, np.bool_)) or not isinstance(labels, Iterable):
             raise InvalidCase(f"labels must be an integer or a list of integers, got {labels!r}")
@@ -363,19 +376,56 @@ class SegmentationMask:
                 f"case {case.case_id!r} has overlapping organs ({layered} overlap others); a SegmentationMask "
                 "holds one label per voxel and cannot represent them: read each organ with case.read_organ(name)"
             )
-        labels = case.read_labels()
-        stored = case.meta.get(DTYPE_KEY)
-        if stored is not None:
-            if stored not in {d.name for d in _BIT_DEPTHS}:
-                raise InvalidCase(f"case {case.case_id!r}: unsupported {DTYPE_KEY} {stored!r} in its metadata")
-            dtype = np.dtype(stored)
-            present = [v for n, v in case.mapping.items() if case.stats[n].voxels]  # from metadata: no scan
-            if max(present, default=0) > (1 if dtype == np.bool_ else np.iinfo(dtype).max):
-                raise InvalidCase(f"case {case.case_id!r}: its labels do not fit its {DTYPE_KEY} {stored!r}")
-            labels = labels.view(np.bool_) if dtype == np.bool_ else labels.astype(dtype, copy=False)
+        stored = case.meta.get(DTYPE_KEY, case.info.label_dtype.name)
+        if stored not in {d.name for d in _BIT_DEPTHS}:
+            raise InvalidCase(f"case {case.case_id!r}: unsupported {DTYPE_KEY} {stored!r} in its metadata")
+        dtype = np.dtype(stored)
+        present = [v for n, v in case.mapping.items() if case.stats[n].voxels]  # from metadata: no scan
+        if max(present, default=0) > (1 if dtype == np.bool_ else np.iinfo(dtype).max):
+            raise InvalidCase(f"case {case.case_id!r}: its labels do not fit its {DTYPE_KEY} {stored!r}")
+        chunks = _DecodedChunks.of(case, dtype)
+        expected = sum(s.voxels for s in case.stats.values())
+        if chunks.nonzero() != expected:
+            raise CorruptChunk(
+                f"case {case.case_id!r}: its label chunks hold {chunks.nonzero()} organ voxels, "
+                f"its statistics say {expected}: chunks are missing or damaged"
+            )
         # every stored label is named in the stored mapping: no need to look for unnamed ones
         mask = cls.__new__(cls)
-        mask._mask_array, mask._space, mask._mapping = labels, case.space, LabelMapping(case.mapping)
+        mask._array, mask._chunks = None, chunks
+        mask._space, mask._mapping = case.space, LabelMapping(case.mapping)
+        return mask
+
+
+class _DecodedChunks:
+    """The non-empty chunks of a loaded label volume: decoded at load, assembled only when needed."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, chunks: list[tuple[tuple[slice, ...], np.ndarray]]):
+        self.shape, self.dtype, self.chunks = shape, dtype, chunks  # (region of the volume, its voxels)
+
+    @classmethod
+    def of(cls, case: Case, dtype: np.dtype) -> _DecodedChunks:
+        labels = case.stored_labels
+        decoded = []
+        for coords, region in iter_chunks(labels.shape, labels.chunks):
+            chunk = labels.read_chunk(coords)
+            if chunk is not None:
+                decoded.append((region, chunk[tuple(slice(0, r.stop - r.start) for r in region)]))
+        return cls(tuple(labels.shape), dtype, decoded)
+
+    def nonzero(self) -> int:
+        return sum(int(np.count_nonzero(chunk)) for _, chunk in self.chunks)
+
+    def assemble(self) -> np.ndarray:
+        array = np.zeros(self.shape, dtype=self.dtype)
+        for region, chunk in self.chunks:
+            array[region] = chunk
+        return array
+
+    def equal_to(self, label: int) -> np.ndarray:
+        mask = np.zeros(self.shape, dtype=bool)
+        for region, chunk in self.chunks:
+            mask[region] = chunk == label
         return mask
 
 
