@@ -77,13 +77,28 @@ class CrackleZstd(Codec):
         return HEADER.pack(MAGIC, mode) + candidates[mode]
 
     def decode(self, buf: object, out: object = None) -> object:
-        """Decode to an array (Crackle modes) or bytes (plain mode); into ``out`` if given."""
+        """Decode to an array (Crackle modes) or bytes (plain mode); into ``out`` if given.
+
+        ``out`` of the chunk's shape is filled element by element (any memory
+        order); a flat ``out`` of the same byte size receives the C-order bytes.
+        """
         if out is None:
             mode, payload = _open_frame(ensure_bytes(buf), None)
             return payload if mode == RAW else _decrackle(payload, mode)
         target = ensure_ndarray(out)
-        decoded = decode_chunk(ensure_bytes(buf), target.shape, target.dtype)
-        return ndarray_copy(decoded, target)
+        mode, payload = _open_frame(ensure_bytes(buf), target.nbytes)
+        if mode == RAW:
+            if len(payload) != target.nbytes:
+                raise CorruptChunk(f"crackle_zstd chunk decoded to {len(payload)} bytes, expected {target.nbytes}")
+            decoded = np.frombuffer(payload, dtype=target.dtype).reshape(target.shape)
+        else:
+            decoded = _decrackle(payload, mode)
+        if decoded.shape == target.shape:
+            np.copyto(target, decoded, casting="unsafe")
+            return target
+        if target.ndim != 1 or decoded.nbytes != target.nbytes:
+            raise CorruptChunk(f"crackle_zstd chunk holds shape {decoded.shape}, expected {target.shape}")
+        return ndarray_copy(np.ascontiguousarray(decoded), target)
 
 
 def decode_chunk(data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -70,8 +70,7 @@ class MaskArchive:
     ----------
     path : str or Path
         Archive location; the suffix picks the backend: ``.zarr`` (Zarr v3
-        directory), ``.zarr.zip`` (single-file Zarr) or ``.h5`` / ``.hdf5``.
-    mode : {"r", "r+", "a", "w", "w-"}
+        directory), ``.zarr.zip`` (single-file Zarr), ``.h5`` / ``.hdf5``, or
         ``.msk`` (packed single file, for single masks and small collections);
         other suffixes: ``backend``, or the magic bytes of an existing file.
     mode : {"r", "r+", "a", "w", "w-"}

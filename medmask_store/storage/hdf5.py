@@ -3,7 +3,7 @@
 Layout::
 
     archive.h5
-      /                      attribute medmask_store = JSON {"format_version": 1, "kind": "archive"}
+      /                      attribute medmask_store = JSON {"format_version": 2, "kind": "archive"}
       /cases/<case_id>       attribute medmask_store = JSON case attributes (as in Zarr)
         label_volume         uint8|uint16, chunks 64^3, filter Zstd (hdf5plugin, id 32015);
                              each chunk a Zstd frame with its content checksum: any h5py

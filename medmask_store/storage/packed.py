@@ -112,12 +112,12 @@ class PackedFileBackend:
         self._index: tuple[int, int] | bytes | None = None
         self._dirty = False
         try:
-            if path.exists() and mode != "w":
-                self._load()
+            if path.exists():
+                self._load()  # also refuses to replace anything but a packed archive
             elif self.read_only:
                 raise InvalidArchive(f"{path} does not exist; open it with mode 'a' or 'w' to create one")
-            else:
-                self._dirty = True
+            if mode == "w" or not path.exists():
+                self._cases, self._index, self._dirty = {}, None, True
         except BaseException:
             self.close()
             raise
@@ -133,7 +133,11 @@ class PackedFileBackend:
             raise InvalidArchive(f"{self.path} is packed format version {version}; this medmask_store reads {VERSION}")
         frame = os.pread(self._descriptor, length, HEADER.size)
         try:
-            catalog = json.loads(zstandard.ZstdDecompressor(dict_data=CATALOG_DICTIONARY).decompress(frame))
+            decompressor = zstandard.ZstdDecompressor(dict_data=CATALOG_DICTIONARY).decompressobj()
+            text = decompressor.decompress(frame)
+            if not decompressor.eof or decompressor.unused_data:  # the frame must end where the header says
+                raise ValueError(f"the catalog frame does not end at byte {HEADER.size + length}")
+            catalog = json.loads(text)
         except (zstandard.ZstdError, ValueError) as exc:
             raise InvalidArchive(f"{self.path}: the catalog is corrupt ({exc})") from exc
         check_archive_attributes(catalog.get("attributes", {}), self.path)

@@ -1,5 +1,6 @@
-"""What is specific to the HDF5 and single-file Zarr backends: format choice, interoperability,
-byte-identical chunks, checksums, locking and copy-on-write publishing.
+"""What is specific to the HDF5, single-file Zarr and packed (.msk) backends: format choice,
+interoperability, chunk encodings (byte-identical binary-layer chunks), binary-layer windows,
+checksums, locking and copy-on-write publishing.
 
 Backend-neutral behaviour (round trips, modes, errors) is covered in test_archive.py.
 """
@@ -15,10 +16,21 @@ import sys
 import zipfile
 from pathlib import Path
 
+import google_crc32c
 import h5py
 import numpy as np
 import pytest
-from helpers import assert_case_matches, flip_byte, kill_writer_when_ready, side_files
+import zarr
+import zstandard
+from helpers import (
+    assert_case_matches,
+    box,
+    flip_byte,
+    kill_writer_when_ready,
+    read_packed,
+    side_files,
+    write_packed,
+)
 from spacetransformer import Space
 
 from medmask_store import CaseData, CorruptChunk, InvalidArchive, MaskArchive, StorageSettings
@@ -26,8 +38,8 @@ from medmask_store.errors import ArchiveClosed, ArchiveLocked
 from medmask_store.phantom import make_phantom
 
 S16 = StorageSettings(chunk_size=16, label_level=3, layer_level=3)
-SINGLE_FILE = [".h5", ".zarr.zip"]
-ALL_SUFFIXES = [".zarr", ".zarr.zip", ".h5", ".hdf5"]
+SINGLE_FILE = [".h5", ".zarr.zip", ".msk"]
+ALL_SUFFIXES = [".zarr", ".zarr.zip", ".h5", ".hdf5", ".msk"]
 EMPTY_ENTRY = 2**64 - 1
 
 
@@ -71,7 +83,7 @@ def shard_chunks(shard: bytes, inner_grid: tuple[int, ...]) -> dict[tuple[int, .
     """
     n = int(np.prod(inner_grid))
     assert len(shard) >= 16 * n + 4
-    pairs = struct.unpack(f"<{2 * n}Q", shard[-(16 * n + 4):-4])
+    pairs = struct.unpack(f"<{2 * n}Q", shard[-(16 * n + 4) : -4])
     stored = {}
     for i, coords in enumerate(itertools.product(*map(range, inner_grid))):
         offset, nbytes = pairs[2 * i], pairs[2 * i + 1]
@@ -91,6 +103,100 @@ def h5_chunks(dataset: h5py.Dataset) -> dict[tuple[int, ...], tuple[int, int]]:
         coords = tuple(o // c for o, c in zip(info.chunk_offset, dataset.chunks))
         stored[coords] = (info.byte_offset, info.size)
     return stored
+
+
+def zarr_document(path: Path, key: str) -> dict | None:
+    """A JSON document of a .zarr directory or .zarr.zip (None if absent)."""
+    if path.is_dir():
+        return json.loads((path / key).read_text()) if (path / key).is_file() else None
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read(key)) if key in zf.namelist() else None
+
+
+def zarr_object(path: Path, key: str) -> bytes | None:
+    if path.is_dir():
+        return (path / key).read_bytes() if (path / key).is_file() else None
+    with zipfile.ZipFile(path) as zf:
+        return zf.read(key) if key in zf.namelist() else None
+
+
+def stored_chunk_locations(
+    path: Path, case_id: str, name: str
+) -> tuple[tuple[int, ...], tuple[int, ...], dict[tuple[int, ...], tuple[int, int]]] | None:
+    """Shape, chunk shape and stored chunks (coords -> (file offset, nbytes)) of one case array, read
+    without medmask_store; None if the array is absent. Zarr: one shard covers the whole array (the
+    offsets are within the shard for a directory, within the zip file for a .zarr.zip)."""
+    if path.name.endswith(".msk"):
+        catalog, data = read_packed(path)
+        array = catalog["cases"][case_id]["arrays"].get(name)
+        if array is None:
+            return None
+        ndim = len(array["shape"])
+        start = path.stat().st_size - len(data)
+        stored = {tuple(e[:ndim]): (start + e[ndim], e[ndim + 1]) for e in array["stored"]}
+        return tuple(array["shape"]), tuple(array["chunks"]), stored
+    if path.name.endswith((".h5", ".hdf5")):
+        with h5py.File(path, "r") as f:
+            dataset = f[f"cases/{case_id}"].get(name)
+            if dataset is None:
+                return None
+            return dataset.shape, dataset.chunks, h5_chunks(dataset)
+    assert path.name.endswith((".zarr", ".zarr.zip")), path
+    metadata = zarr_document(path, f"cases/{case_id}/{name}/zarr.json")
+    if metadata is None:
+        return None
+    shape = tuple(metadata["shape"])
+    chunks = tuple(metadata["codecs"][0]["configuration"]["chunk_shape"])
+    assert tuple(metadata["chunk_grid"]["configuration"]["chunk_shape"]) == tuple(
+        -(-s // c) * c for s, c in zip(shape, chunks)
+    )  # one shard
+    member = f"cases/{case_id}/{name}/c/" + "/".join("0" * len(shape))
+    shard = zarr_object(path, member)
+    if shard is None:  # an array without any stored chunk has no shard
+        return shape, chunks, {}
+    base = 0 if path.is_dir() else zip_member_data_offset(path, member)
+    return shape, chunks, {c: (base + o, n) for c, (o, n) in shard_chunks(shard, grid_of(shape, chunks)).items()}
+
+
+def stored_chunk_bytes(path: Path, case_id: str, name: str) -> dict[tuple[int, ...], bytes]:
+    """The stored bytes of every chunk of one case array (see ``stored_chunk_locations``)."""
+    found = stored_chunk_locations(path, case_id, name)
+    assert found is not None, (path, case_id, name)
+    shape, chunks, stored = found
+    if path.name.endswith((".h5", ".hdf5")):
+        with h5py.File(path, "r") as f:
+            dataset = f[f"cases/{case_id}/{name}"]
+            result = {}
+            for coords in stored:
+                filter_mask, raw = dataset.id.read_direct_chunk(tuple(c * n for c, n in zip(coords, chunks)))
+                assert filter_mask == 0
+                result[coords] = bytes(raw)
+            return result
+    if path.is_dir():
+        raw = zarr_object(path, f"cases/{case_id}/{name}/c/" + "/".join("0" * len(shape)))
+        assert raw is not None
+        return {c: raw[o : o + n] for c, (o, n) in stored.items()}
+    raw = path.read_bytes()
+    return {c: raw[o : o + n] for c, (o, n) in stored.items()}
+
+
+def expected_windows(layers: np.ndarray, origins, extent: tuple[int, ...], chunk: int) -> np.ndarray:
+    """The stored windows, from the full-volume layers: each layer cut at its origin to ``extent``
+    (zero beyond the volume). Checks the documented rule: origins chunk-aligned, each window holds all of
+    its layer's voxels, and ``extent`` is the smallest chunk-aligned extent that holds every layer."""
+    assert len(origins) == len(layers)
+    spans = []
+    windows = np.zeros((len(layers), *extent), dtype=bool)
+    for window, layer, origin in zip(windows, layers, origins):
+        assert all(o % chunk == 0 for o in origin), origins
+        coords = np.argwhere(layer)
+        lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
+        spans.append([-(-h // chunk) * chunk - lo_ // chunk * chunk for lo_, h in zip(lo, hi)])
+        part = layer[tuple(slice(o, o + e) for o, e in zip(origin, extent))]
+        window[tuple(slice(0, n) for n in part.shape)] = part
+        assert np.count_nonzero(window) == np.count_nonzero(layer), origin  # the whole layer is inside
+    assert list(extent) == np.max(spans, axis=0).tolist()
+    return windows
 
 
 def zip_member_data_offset(path: Path, member: str) -> int:
@@ -140,6 +246,11 @@ def test_each_suffix_selects_its_backend(tmp_path, suffix):
         with zipfile.ZipFile(path) as zf:
             assert "zarr.json" in zf.namelist()
             assert all(info.compress_type == zipfile.ZIP_STORED for info in zf.infolist())
+    elif suffix == ".msk":
+        assert path.is_file() and path.read_bytes()[:4] == b"MSKP" and not h5py.is_hdf5(path)
+        catalog, _ = read_packed(path)
+        assert catalog["attributes"] == {"medmask_store": {"format_version": 2, "kind": "archive"}}
+        assert list(catalog["cases"]) == ["c1"]
     else:
         assert path.is_file() and h5py.is_hdf5(path)
     assert side_files(path) == []
@@ -234,16 +345,23 @@ def test_plain_h5py_reads_label_volume_and_attributes(tmp_path, suffix):
     assert result["equal"], result["dtype"]
     assert result["stored_chunks"] == len(nonempty_chunks(expected.label_volume, (16, 16, 16)))
     content = result["attributes"]
-    assert result["root"] == {"format_version": 1, "kind": "archive"}
-    assert content["format_version"] == 1
+    assert result["root"] == {"format_version": 2, "kind": "archive"}
+    assert content["format_version"] == 2
     assert content["space"]["shape"] == [70, 60, 50]
     assert content["space"]["spacing"] == [1.5, 1.5, 2.0]
     assert Space.from_dict(content["space"]) == space
     assert content["mapping"] == expected.mapping
     assert list(content["mapping"]) == list(masks)  # order kept
     assert content["binary_layers"] == list(expected.layer_names)
+    # binary layers are windows: one chunk-aligned voxel origin per layer, the window shape in the dataset
+    with h5py.File(path, "r") as f:
+        windows = f["cases/ct 1/binary_layers"]
+        assert windows.shape[0] == len(expected.layer_names) and windows.chunks == (1, 16, 16, 16)
+        extent = windows.shape[1:]
+    assert len(content["layer_origins"]) == len(expected.layer_names)
+    expected_windows(expected.binary_layers, content["layer_origins"], extent, 16)
     assert content["meta"] == {"age": 61}
-    assert {n for n, s in content["stats"].items()} == {n for n, m in masks.items() if m.any()}
+    assert set(content["stats"]["organs"]) == {n for n, m in masks.items() if m.any()}  # columns, non-empty organs
 
 
 @pytest.mark.parametrize("plugin", ["with-plugin", "without-plugin"])
@@ -258,38 +376,180 @@ def test_plain_h5py_refuses_binary_layers(tmp_path, plugin):
         assert result[name]["raised"] == "OSError", result[name]  # never data, never another error
 
 
-# -- 3. binary-layer chunks are byte-identical in Zarr and HDF5 -----------------------------------
+# -- 3. chunk encodings: binary-layer chunks byte-identical everywhere; label chunks per backend ------------
 
 
-def test_binary_layer_chunks_are_byte_identical_in_zarr_and_hdf5(tmp_path):
+def test_binary_layer_chunks_are_byte_identical_in_zarr_hdf5_and_msk(tmp_path):
     settings = StorageSettings(chunk_size=16)
     masks, space = make_phantom(shape=(70, 60, 50), n_organs=6, n_empty=2, seed=3)
     expected = CaseData.from_masks(masks, space=space)
     assert expected.layer_names
-    for suffix in (".zarr", ".h5"):
+    suffixes = (".zarr", ".zarr.zip", ".h5", ".msk")
+    for suffix in suffixes:
         with MaskArchive(tmp_path / f"archive{suffix}", "w", settings) as archive:
             archive.add_case("p", masks, space=space)
+            origins = archive["p"].info.layer_origins
     chunks = (1, 16, 16, 16)
-    layers = expected.binary_layers
-    inner_grid = grid_of(layers.shape, chunks)  # one shard covers the whole array
-    shard = (tmp_path / "archive.zarr" / "cases" / "p" / "binary_layers" / "c" / "0" / "0" / "0" / "0").read_bytes()
-    zarr_chunks = shard_chunks(shard, inner_grid)
+    layouts = {
+        suffix: stored_chunk_locations(tmp_path / f"archive{suffix}", "p", "binary_layers") for suffix in suffixes
+    }
+    shape = layouts[".zarr"][0]
+    assert all(layout[:2] == (shape, chunks) for layout in layouts.values()), layouts
+    assert shape[0] == len(expected.layer_names)
+    windows = expected_windows(expected.binary_layers, origins, shape[1:], 16)
+    assert shape[1:] != tuple(space.shape)  # windows, not the whole volume
+    expected_set = nonempty_chunks(windows, chunks)
+    assert len(expected_set) > 4  # several chunks, else the comparison says little
+    stored = {suffix: stored_chunk_bytes(tmp_path / f"archive{suffix}", "p", "binary_layers") for suffix in suffixes}
+    for suffix in suffixes:
+        assert set(stored[suffix]) == expected_set, suffix
+        for coords, raw in stored[suffix].items():
+            assert raw == stored[".zarr"][coords], (suffix, coords)
+            # a PackBits+Zstd frame, then its crc32c
+            assert raw[:4] == b"PBZ1" and raw[-4:] == struct.pack("<I", google_crc32c.value(raw[:-4])), coords
+
+
+def test_label_chunk_encodings_per_backend(tmp_path):
+    """Zarr: a Zstd frame (content size, no frame checksum) + crc32c, as the zstd -> crc32c chain of its
+    zarr.json says; HDF5 and .msk: a Zstd frame with its content checksum (filter 32015), byte-identical."""
+    masks, space = make_phantom(shape=(70, 60, 50), n_organs=6, n_empty=2, seed=3)
+    expected = CaseData.from_masks(masks, space=space)
+    suffixes = (".zarr", ".zarr.zip", ".h5", ".msk")
+    for suffix in suffixes:
+        with MaskArchive(tmp_path / f"archive{suffix}", "w", S16) as archive:
+            archive.add_case("p", masks, space=space)
+    stored = {suffix: stored_chunk_bytes(tmp_path / f"archive{suffix}", "p", "label_volume") for suffix in suffixes}
+    expected_set = nonempty_chunks(expected.label_volume, (16, 16, 16))
+    decompressor = zstandard.ZstdDecompressor()
+    for suffix, chunks in stored.items():
+        assert set(chunks) == expected_set, suffix
+        for coords, raw in chunks.items():
+            if suffix.startswith(".zarr"):
+                frame = raw[:-4]
+                assert raw[-4:] == struct.pack("<I", google_crc32c.value(frame)), (suffix, coords)
+            else:
+                frame = raw
+            parameters = zstandard.get_frame_parameters(frame)
+            assert parameters.content_size == 16**3, (suffix, coords)
+            assert parameters.has_checksum == (not suffix.startswith(".zarr")), (suffix, coords)
+            block = np.zeros((16, 16, 16), np.uint8)
+            part = expected.label_volume[tuple(slice(c * 16, (c + 1) * 16) for c in coords)]
+            block[tuple(slice(0, n) for n in part.shape)] = part
+            assert decompressor.decompress(frame) == block.tobytes(), (suffix, coords)
+    assert stored[".zarr"] == stored[".zarr.zip"]
+    assert stored[".h5"] == stored[".msk"]
     with h5py.File(tmp_path / "archive.h5", "r") as f:
-        dataset = f["cases/p/binary_layers"]
-        assert dataset.chunks == chunks and dataset.shape == layers.shape
-        stored = h5_chunks(dataset)
-        hdf5_bytes = {coords: dataset.id.read_direct_chunk(tuple(c * n for c, n in zip(coords, chunks)))
-                      for coords in stored}
-    assert len(stored) > 4  # several chunks, else the comparison says little
-    expected_set = nonempty_chunks(layers, chunks)
-    assert set(zarr_chunks) == set(stored) == expected_set
-    for coords, (filter_mask, raw) in hdf5_bytes.items():
-        offset, nbytes = zarr_chunks[coords]
-        assert filter_mask == 0
-        assert bytes(raw) == shard[offset:offset + nbytes], coords
+        plist = f["cases/p/label_volume"].id.get_create_plist()
+        assert [plist.get_filter(i)[0] for i in range(plist.get_nfilters())] == [32015]
+    metadata = zarr_document(tmp_path / "archive.zarr", "cases/p/label_volume/zarr.json")
+    assert metadata is not None
+    inner = metadata["codecs"][0]["configuration"]["codecs"]
+    assert [c["name"] for c in inner] == ["bytes", "zstd", "crc32c"]  # the chain the frames above follow
+    assert inner[1]["configuration"] == {"level": 3, "checksum": False}
 
 
-# -- 4. empty chunks are never stored ----------------------------------------------------------------
+ZARR_LABELS_READER = r"""
+import json
+import os
+import sys
+
+import numpy
+import tensorstore
+import zarr
+from zarr.storage import ZipStore
+
+path, expected_file = sys.argv[1:3]
+expected = numpy.load(expected_file)
+key = "cases/p/label_volume"
+if path.endswith(".zip"):
+    by_zarr = zarr.open_array(ZipStore(path, mode="r"), path=key, mode="r")[...]
+    kvstore = {"driver": "zip", "base": {"driver": "file", "path": path}, "path": key + "/"}
+else:
+    by_zarr = zarr.open_array(os.path.join(path, key), mode="r")[...]
+    kvstore = {"driver": "file", "path": os.path.join(path, key)}
+by_tensorstore = tensorstore.open({"driver": "zarr3", "kvstore": kvstore}, read=True).result().read().result()
+
+
+def same(array):
+    return bool(array.dtype == expected.dtype and array.shape == expected.shape and (array == expected).all())
+
+
+print(json.dumps({
+    "zarr": same(by_zarr),
+    "tensorstore": same(by_tensorstore),
+    "imported": sorted(m for m in sys.modules if m.split(".")[0] == "medmask_store"),
+}))
+"""
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".zarr.zip"], ids=lambda s: s.strip("."))
+def test_zarr_shards_read_with_zarr_python_and_tensorstore(tmp_path, suffix):
+    """Shards assembled by medmask_store: plain zarr-python and tensorstore read the label volume
+    (without medmask_store); zarr-python with medmask_store installed reads the binary-layer windows."""
+    masks, space = make_phantom(shape=(70, 60, 50), n_organs=6, n_empty=2, seed=3)
+    expected = CaseData.from_masks(masks, space=space)
+    path = tmp_path / f"archive{suffix}"
+    with MaskArchive(path, "w", S16) as archive:
+        archive.add_case("p", masks, space=space)
+        origins = archive["p"].info.layer_origins
+    expected_file = tmp_path / "expected.npy"
+    np.save(expected_file, expected.label_volume)
+    result = last_json_line(run_python(ZARR_LABELS_READER, path, expected_file))
+    assert result == {"zarr": True, "tensorstore": True, "imported": []}
+    key = "cases/p/binary_layers"
+    if suffix == ".zarr":
+        layers = zarr.open_array(str(path / key), mode="r")[...]
+    else:
+        layers = zarr.open_array(zarr.storage.ZipStore(path, mode="r"), path=key, mode="r")[...]
+    assert layers.dtype == np.bool_
+    np.testing.assert_array_equal(layers, expected_windows(expected.binary_layers, origins, layers.shape[1:], 16))
+
+
+# -- 4. binary layers are stored as windows -------------------------------------------------------------
+
+CORNER_SHAPE = (200, 150, 130)  # chunk grid 4 x 3 x 3 of 64; the corner chunk (3, 2, 2) starts at (192, 128, 128)
+
+
+def corner_overlap_case() -> tuple[dict[str, np.ndarray], Space]:
+    """All overlap voxels in the far corner chunk of a large volume: ``inner`` lies wholly inside ``big``
+    (a layer only); ``spread`` has 40 voxels inside ``big`` there (its layer) and a cube at the origin
+    (label volume), so its bounding box is the whole volume while its layer is one chunk."""
+    big = box(CORNER_SHAPE, (150, 200), (100, 150), (100, 130))
+    inner = box(CORNER_SHAPE, (192, 200), (128, 150), (128, 130))
+    spread = box(CORNER_SHAPE, (196, 200), (145, 150), (128, 130)) | box(CORNER_SHAPE, (0, 10), (0, 10), (0, 10))
+    space = Space(shape=CORNER_SHAPE, spacing=(0.8, 0.8, 2.5))
+    return {"big": big, "inner": inner, "spread": spread}, space
+
+
+def test_binary_layers_are_windows_around_their_voxels(archive_path):
+    masks, space = corner_overlap_case()
+    settings = StorageSettings(chunk_size=64, label_level=3, layer_level=3)
+    with MaskArchive(archive_path, "w", settings) as archive:
+        archive.add_case("corner", masks, space=space)
+    with MaskArchive(archive_path) as archive:
+        case = archive["corner"]
+        # placed largest first: big, spread (1040 voxels), inner (352)
+        assert case.info.layer_names == ("spread", "inner")
+        assert case.representation("big") == "label_volume"
+        assert case.representation("spread") == case.representation("inner") == "binary_layer"
+        assert case.info.layer_origins == ((192, 128, 128), (192, 128, 128))
+        assert_case_matches(case, masks)
+        assert case.stored_layers is not None and case.stored_layers.shape == (2, *CORNER_SHAPE)
+        layers = case.stored_layers[...]
+        stored = case.read_labels(include_layers=False)
+    np.testing.assert_array_equal(layers[0], masks["spread"] & masks["big"])
+    np.testing.assert_array_equal(layers[1], masks["inner"])
+    np.testing.assert_array_equal(stored == 3, masks["spread"] & ~masks["big"])
+    # on disk: one (2, 64, 64, 64) window array holding one chunk per layer, at window chunk (0, 0, 0)
+    shape, chunks, stored_chunks = stored_chunk_locations(archive_path, "corner", "binary_layers")
+    assert (shape, chunks) == ((2, 64, 64, 64), (1, 64, 64, 64))
+    assert set(stored_chunks) == {(0, 0, 0, 0), (1, 0, 0, 0)}
+    label_shape, _, label_chunks = stored_chunk_locations(archive_path, "corner", "label_volume")
+    assert label_shape == CORNER_SHAPE
+    assert set(label_chunks) == nonempty_chunks(stored, (64, 64, 64))
+
+
+# -- 5. empty chunks are never stored ----------------------------------------------------------------
 
 
 def sparse_case() -> tuple[dict[str, np.ndarray], Space]:
@@ -304,54 +564,34 @@ def sparse_case() -> tuple[dict[str, np.ndarray], Space]:
     return {"a": a, "b": b, "inner": inner, "none": np.zeros(shape, bool)}, Space(shape=shape)
 
 
-def test_h5_stores_only_nonempty_chunks(tmp_path):
+@pytest.mark.parametrize("suffix", SINGLE_FILE, ids=lambda s: s.strip("."))
+def test_single_file_archives_store_only_nonempty_chunks(tmp_path, suffix):
     masks, space = sparse_case()
     expected = CaseData.from_masks(masks, space=space)
-    path = tmp_path / "archive.h5"
+    path = tmp_path / f"archive{suffix}"
     with MaskArchive(path, "w", S16) as archive:
         archive.add_case("sparse", masks, space=space)
         archive.add_case("empty", {"x": np.zeros((20, 20, 20), bool)})
-    with h5py.File(path, "r") as f:
-        labels = f["cases/sparse/label_volume"]
-        layers = f["cases/sparse/binary_layers"]
-        label_expected = nonempty_chunks(expected.label_volume, (16, 16, 16))
-        layer_expected = nonempty_chunks(expected.binary_layers, (1, 16, 16, 16))
-        assert labels.id.get_num_chunks() == len(label_expected) < int(np.prod(grid_of(space.shape, (16,) * 3)))
-        assert layers.id.get_num_chunks() == len(layer_expected) == 1
-        assert set(h5_chunks(labels)) == label_expected
-        assert set(h5_chunks(layers)) == layer_expected
-        assert f["cases/empty/label_volume"].id.get_num_chunks() == 0
-        assert "binary_layers" not in f["cases/empty"]
+        origins = archive["sparse"].info.layer_origins
+    label_shape, _, labels = stored_chunk_locations(path, "sparse", "label_volume")
+    layer_shape, _, layers = stored_chunk_locations(path, "sparse", "binary_layers")
+    label_expected = nonempty_chunks(expected.label_volume, (16, 16, 16))
+    assert label_shape == space.shape
+    assert set(labels) == label_expected
+    assert len(label_expected) < int(np.prod(grid_of(space.shape, (16,) * 3)))
+    # one layer of 27 voxels: a window of one chunk at the volume's first chunk
+    assert expected.layer_names == ["inner"] and origins == ((0, 0, 0),)
+    assert layer_shape == (1, 16, 16, 16)
+    assert set(layers) == {(0, 0, 0, 0)}
+    empty_shape, _, empty_labels = stored_chunk_locations(path, "empty", "label_volume")
+    assert empty_shape == (20, 20, 20) and empty_labels == {}  # an all-empty case stores no chunk
+    assert stored_chunk_locations(path, "empty", "binary_layers") is None
     with MaskArchive(path, "r") as archive:
         assert_case_matches(archive["sparse"], masks)
         assert not archive["empty"].read_labels().any()
 
 
-def test_zarr_zip_stores_only_nonempty_chunks(tmp_path):
-    masks, space = sparse_case()
-    expected = CaseData.from_masks(masks, space=space)
-    path = tmp_path / "archive.zarr.zip"
-    with MaskArchive(path, "w", S16) as archive:
-        archive.add_case("sparse", masks, space=space)
-        archive.add_case("empty", {"x": np.zeros((20, 20, 20), bool)})
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        label_shard = zf.read("cases/sparse/label_volume/c/0/0/0")
-        layer_shard = zf.read("cases/sparse/binary_layers/c/0/0/0/0")
-        empty_shards = [n for n in names if n.startswith("cases/empty/label_volume/c/")]
-        empty_indexes = [shard_chunks(zf.read(n), (2, 2, 2)) for n in empty_shards]
-    label_stored = shard_chunks(label_shard, grid_of(space.shape, (16, 16, 16)))
-    layer_stored = shard_chunks(layer_shard, grid_of(expected.binary_layers.shape, (1, 16, 16, 16)))
-    assert set(label_stored) == nonempty_chunks(expected.label_volume, (16, 16, 16))
-    assert set(layer_stored) == nonempty_chunks(expected.binary_layers, (1, 16, 16, 16))
-    assert len(layer_stored) == 1
-    assert all(index == {} for index in empty_indexes)  # an all-empty case stores no chunk
-    with MaskArchive(path, "r") as archive:
-        assert_case_matches(archive["sparse"], masks)
-        assert not archive["empty"].read_labels().any()
-
-
-# -- 5. checksums: a flipped byte raises CorruptChunk in every backend ----------------------------------
+# -- 6. checksums: a flipped byte raises CorruptChunk in every backend ----------------------------------
 
 
 def affected_organ(info, expected: CaseData, array: str, coords: tuple[int, ...]) -> str:
@@ -360,7 +600,7 @@ def affected_organ(info, expected: CaseData, array: str, coords: tuple[int, ...]
         return info.layer_names[coords[0]]
     block = expected.label_volume[tuple(slice(c * 16, (c + 1) * 16) for c in coords)]
     values = set(np.unique(block).tolist()) - {0}
-    names = [n for n, v in info.mapping.items() if v in values and n not in info.layer_names]
+    names = [n for n, v in info.mapping.items() if v in values]
     assert names, coords
     return names[0]
 
@@ -386,44 +626,26 @@ def assert_corruption_detected(path: Path, array: str, organ: str, masks: dict[s
             np.testing.assert_array_equal(got, mask, err_msg=name)
 
 
+@pytest.mark.parametrize("which", ["first", "middle"])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 @pytest.mark.parametrize("array", ["label_volume", "binary_layers"])
-def test_h5_flipped_byte_raises_corrupt_chunk(tmp_path, array, where):
-    path = tmp_path / "archive.h5"
+@pytest.mark.parametrize("suffix", SINGLE_FILE, ids=lambda s: s.strip("."))
+def test_flipped_byte_raises_corrupt_chunk(tmp_path, suffix, array, where, which):
+    """A byte flipped in a stored chunk (the first one in the file, or the middle one in chunk order)."""
+    path = tmp_path / f"archive{suffix}"
     masks, space, info = write_phantom_case(path)
     expected = CaseData.from_masks(masks, space=space)
-    with h5py.File(path, "r") as f:
-        dataset = f[f"cases/p/{array}"]
-        if array == "label_volume":
-            plist = dataset.id.get_create_plist()
-            filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-            assert filters == [32015]  # Zstd; each chunk is a Zstd frame carrying its content checksum
-        stored = h5_chunks(dataset)
-    coords, (offset, nbytes) = sorted(stored.items())[len(stored) // 2]
+    _, _, stored = stored_chunk_locations(path, "p", array)
+    if which == "first":
+        coords, (offset, nbytes) = min(stored.items(), key=lambda item: item[1][0])
+    else:
+        coords, (offset, nbytes) = sorted(stored.items())[len(stored) // 2]
     organ = affected_organ(info, expected, array, coords)
     flip_byte(path, byte_in(offset, nbytes, where))
     assert_corruption_detected(path, array, organ, masks)
 
 
-@pytest.mark.parametrize("where", ["first", "middle", "last"])
-@pytest.mark.parametrize("array", ["label_volume", "binary_layers"])
-def test_zarr_zip_flipped_byte_raises_corrupt_chunk(tmp_path, array, where):
-    path = tmp_path / "archive.zarr.zip"
-    masks, space, info = write_phantom_case(path)
-    expected = CaseData.from_masks(masks, space=space)
-    shape = expected.label_volume.shape if array == "label_volume" else expected.binary_layers.shape
-    chunks = (16, 16, 16) if array == "label_volume" else (1, 16, 16, 16)
-    member = f"cases/p/{array}/c/" + "/".join("0" * len(shape))
-    with zipfile.ZipFile(path) as zf:
-        shard = zf.read(member)
-    stored = shard_chunks(shard, grid_of(shape, chunks))
-    coords, (offset, nbytes) = min(stored.items(), key=lambda item: item[1][0])  # the shard's first chunk
-    organ = affected_organ(info, expected, array, coords)
-    flip_byte(path, zip_member_data_offset(path, member) + byte_in(offset, nbytes, where))
-    assert_corruption_detected(path, array, organ, masks)
-
-
-# -- 6. one writer at a time for single-file archives -----------------------------------------------
+# -- 7. one writer at a time for single-file archives -----------------------------------------------
 
 TRY_WRITER = r"""
 import json
@@ -507,7 +729,7 @@ def test_zarr_directory_allows_two_writers(tmp_path):
         assert_case_matches(archive["two"], masks_b)
 
 
-# -- 7. copy-on-write publishing -------------------------------------------------------------------
+# -- 8. copy-on-write publishing -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("suffix", SINGLE_FILE, ids=lambda s: s.strip("."))
@@ -568,8 +790,11 @@ def run_killed_writer(path: Path) -> int:
     """Start a writer that adds "a", then "b" inside a batch; SIGKILL it inside the batch."""
 
     def inside_the_batch(proc: subprocess.Popen[str]) -> None:
-        # while it sits in its batch: its working copy and lock exist, readers see only "a"
-        assert any(f".{proc.pid}.working" in name for name in side_files(path)), side_files(path)
+        # while it sits in its batch: its lock exists, readers see only "a"; its working copy is a file
+        # beside the archive (.msk: in memory until the commit writes a snapshot)
+        working = [name for name in side_files(path) if f".{proc.pid}.working" in name]
+        assert working if not path.name.endswith(".msk") else working == [], side_files(path)
+        assert f".{path.name}.lock" in side_files(path)
         with MaskArchive(path, "r") as reader:
             assert reader.case_ids() == ["a"]
 
@@ -583,6 +808,8 @@ def test_killed_writer_keeps_committed_cases_and_leftovers_are_cleaned(tmp_path,
     path = tmp_path / f"archive{suffix}"
     pid = run_killed_writer(path)
     masks_a, _ = small_phantom(1)
+    if suffix == ".msk":  # its batch was in memory: leave what a writer killed while publishing leaves
+        (path.parent / f".{path.name}.{pid}.working-snapshot").write_bytes(b"MSKP partial snapshot")
     leftovers = [name for name in side_files(path) if f".{pid}.working" in name]
     assert leftovers  # the dead writer's working copy is still there
     assert f".{path.name}.lock" in side_files(path)
@@ -623,11 +850,24 @@ NON_ARCHIVES = {
     "no_attributes.h5": lambda p: make_foreign_hdf5(p, {}),
     "other_kind.hdf5": lambda p: make_foreign_hdf5(p, {"medmask_store": json.dumps({"kind": "case"})}),
     "newer_version.h5": lambda p: make_foreign_hdf5(
-        p, {"medmask_store": json.dumps({"format_version": 99, "kind": "archive"})}),
+        p, {"medmask_store": json.dumps({"format_version": 99, "kind": "archive"})}
+    ),
     "hdf5_file.zarr.zip": lambda p: make_foreign_hdf5(p, {}),
     "zip_file.h5": make_foreign_zip,
     "empty.h5": lambda p: p.write_bytes(b""),
     "empty.zarr.zip": lambda p: p.write_bytes(b""),
+    # archives of format version 1 (binary layers held whole organs, no windows) are refused, never misread
+    "version_1.h5": lambda p: make_foreign_hdf5(
+        p, {"medmask_store": json.dumps({"format_version": 1, "kind": "archive"})}
+    ),
+    "text.msk": lambda p: p.write_text("just text\n"),
+    "empty.msk": lambda p: p.write_bytes(b""),
+    "hdf5_file.msk": lambda p: make_foreign_hdf5(p, {}),
+    "zip_file.msk": make_foreign_zip,
+    "version_1.msk": lambda p: write_packed(
+        p, {"attributes": {"medmask_store": {"format_version": 1, "kind": "archive"}}, "cases": {}, "index": None}, b""
+    ),
+    "newer_packing.msk": lambda p: p.write_bytes(struct.pack("<4sBI", b"MSKP", 2, 0)),
 }
 
 
@@ -760,7 +1000,7 @@ def test_h5_delete_and_overwrite_are_compacted_on_publish(tmp_path):
 
 @pytest.mark.parametrize(
     "suffix",
-    [".zarr", ".zarr.zip", ".h5"],
+    [".zarr", ".zarr.zip", ".h5", ".msk"],
     ids=lambda s: s.strip("."),
 )
 def test_case_read_after_its_writer_closed_is_never_silently_wrong(tmp_path, suffix):
@@ -777,7 +1017,7 @@ def test_case_read_after_its_writer_closed_is_never_silently_wrong(tmp_path, suf
 
 @pytest.mark.parametrize(
     "suffix",
-    [".zarr.zip", ".h5"],
+    SINGLE_FILE,
     ids=lambda s: s.strip("."),
 )
 def test_writers_of_two_archives_with_related_names_do_not_interfere(tmp_path, suffix):

@@ -8,10 +8,16 @@ Two kinds of checks:
   to the region / bounding box; the full reads equal the masks that were written;
 * chunk reads, counted exactly: the raw chunk reads of the backend are
   instrumented (``ShardedChunks.fetch`` for .zarr / .zarr.zip, the ``os.pread``
-  calls of ``medmask_store.storage.hdf5`` for .h5) and each read must decode
-  exactly the stored chunks its selection intersects (an organ: only those
-  inside its bounding box), each once. The expected chunks always come from
-  numpy on the arrays that were written, never from the code under test.
+  calls of ``medmask_store.storage.hdf5`` for .h5 and of
+  ``medmask_store.storage.packed`` for .msk) and each read must decode exactly
+  the stored chunks its selection intersects (an organ: only those inside its
+  bounding box: label chunks, and for an organ with a binary layer also the
+  layer chunks), each once. The expected chunks always come from numpy on the
+  masks that were written (placed by the documented rule: organs largest
+  first, each voxel to the first organ placed there, an organ's other voxels
+  in its binary layer), never from the code under test. Binary layers are
+  stored as chunk-aligned windows: volume chunk ``c`` of layer ``l`` is stored
+  chunk ``(l, *(c - origin // chunk))``, ``origin`` from ``info.layer_origins``.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import BACKEND_SUFFIXES
-from helpers import selections
+from helpers import read_packed, selections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spacetransformer import Space
 
 import medmask_store.storage.hdf5 as hdf5_module
+import medmask_store.storage.packed as packed_module
 from medmask_store import MaskArchive, StorageSettings
 from medmask_store.io.nifti import load_mask_folder
 from medmask_store.storage.zarr_store import ShardedChunks
@@ -99,14 +106,46 @@ def assert_same(got: np.ndarray, expected, what: object) -> None:
     np.testing.assert_array_equal(got, expected, err_msg=repr(what))
 
 
+def placed(masks: dict[str, np.ndarray], mapping: dict[str, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The stored label volume and binary layers the documented rule gives, computed with numpy.
+
+    Organs are placed largest first (equal sizes in the order the masks were given); a voxel goes to
+    the first organ placed there, and an organ's voxels already taken go to its binary layer. The
+    layers come in placement order (the order of ``info.layer_names``).
+    """
+    shape = next(iter(masks.values())).shape
+    volume = np.zeros(shape, np.uint16 if max(mapping.values()) > 255 else np.uint8)
+    layers: dict[str, np.ndarray] = {}
+    for name in sorted(masks, key=lambda n: -int(np.count_nonzero(masks[n]))):
+        taken = masks[name] & (volume != 0)
+        if taken.any():
+            layers[name] = taken
+        volume[masks[name] & ~taken] = mapping[name]
+    return volume, layers
+
+
+def painted(volume: np.ndarray, layers: dict[str, np.ndarray], mapping: dict[str, int]) -> np.ndarray:
+    """``read_labels()``: the label volume with each layer painted over it, in layer order."""
+    out = volume.copy()
+    for name, layer in layers.items():
+        out[layer] = mapping[name]
+    return out
+
+
 # -- random phantom-like cases ------------------------------------------------------------
 
 
 def oblique(spacing: tuple[float, float, float], origin: tuple[float, float, float], shape) -> Space:
     angle = np.deg2rad(17.0)
     c, s = float(np.cos(angle)), float(np.sin(angle))
-    return Space(shape=shape, origin=origin, spacing=spacing,
-                 x_orientation=(c, s, 0.0), y_orientation=(-s, c, 0.0), z_orientation=(0.0, 0.0, 1.0))
+    return Space(
+        shape=shape,
+        origin=origin,
+        spacing=spacing,
+        x_orientation=(c, s, 0.0),
+        y_orientation=(-s, c, 0.0),
+        z_orientation=(0.0, 0.0, 1.0),
+    )
 
 
 @st.composite
@@ -183,9 +222,10 @@ def test_views_regions_and_crops_equal_numpy_on_full_reads(suffix, spec, data):
     chunk = spec["chunk"]
     shape = tuple(space.shape)
     label_dtype = np.dtype(np.uint16 if max(mapping.values()) > 255 else np.uint8)
-    with tempfile.TemporaryDirectory() as tmp, stored_case(
-        Path(tmp) / f"archive{suffix}", masks, chunk, space=space, mapping=mapping
-    ) as case:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        stored_case(Path(tmp) / f"archive{suffix}", masks, chunk, space=space, mapping=mapping) as case,
+    ):
         assert case.info.layer_names, "the case must have binary layers"
         full = case.read_labels()
         stored = case.read_labels(include_layers=False)
@@ -199,8 +239,20 @@ def test_views_regions_and_crops_equal_numpy_on_full_reads(suffix, spec, data):
         for name, mask in masks.items():  # voxels of exactly one organ show that organ
             assert (full[mask & (covering == 1)] == mapping[name]).all(), name
         assert (full[covering == 0] == 0).all() and (stored[covering == 0] == 0).all()
-        for name in case.info.layer_names:  # stored labels never show a layer organ's own value
-            assert not (stored == mapping[name]).any(), name
+
+        # the split: the label volume holds each voxel's first-placed organ, the layers the overlap voxels
+        volume, layers = placed(masks, mapping)
+        assert case.info.layer_names == tuple(layers)
+        assert_same(stored, volume, "stored label volume")
+        assert_same(full, painted(volume, layers, mapping), "painted label volume")
+        assert case.stored_layers is not None
+        stored_layers = case.stored_layers[...]
+        assert_same(stored_layers, np.stack(list(layers.values())), "stored_layers")
+        for name, mask in masks.items():  # every organ is exactly (label volume == value) | layer
+            assert case.representation(name) == ("binary_layer" if name in layers else "label_volume"), name
+            layer = stored_layers[list(layers).index(name)] if name in layers else np.zeros(shape, bool)
+            assert_same((stored == mapping[name]) | layer, mask, ("label volume | layer", name))
+            assert not (layer & (stored == mapping[name])).any(), name  # a layer holds only voxels others took
 
         # the views' array attributes
         views = {"labels": case.labels, "stored_labels": case.stored_labels}
@@ -246,10 +298,12 @@ def test_views_regions_and_crops_equal_numpy_on_full_reads(suffix, spec, data):
 
 # -- 2. chunk reads, counted exactly ---------------------------------------------------------
 
+ChunkTable = dict[int, tuple[str, tuple[int, ...], int]]
 
-def h5_chunk_table(path: Path) -> dict[int, tuple[str, tuple[int, ...], int]]:
+
+def h5_chunk_table(path: Path) -> ChunkTable:
     """Byte offset of every stored chunk of every case array -> (array name, chunk coords, size)."""
-    table: dict[int, tuple[str, tuple[int, ...], int]] = {}
+    table: ChunkTable = {}
     with h5py.File(path, "r") as file:
         for case_id in file["cases"]:
             for name, dataset in file["cases"][case_id].items():
@@ -263,26 +317,42 @@ def h5_chunk_table(path: Path) -> dict[int, tuple[str, tuple[int, ...], int]]:
     return table
 
 
+def msk_chunk_table(path: Path) -> ChunkTable:
+    """The same for a packed .msk file, from its catalog (read without the library): chunk offsets
+    in the catalog count from the start of the data section, which follows the catalog."""
+    catalog, data = read_packed(path)
+    data_start = path.stat().st_size - len(data)
+    table: ChunkTable = {}
+    for entry in catalog["cases"].values():
+        for name, array in entry["arrays"].items():
+            ndim = len(array["shape"])
+            for stored in array["stored"]:
+                coords, (offset, length) = tuple(stored[:ndim]), stored[ndim:]
+                table[data_start + offset] = (name, coords, length)
+    return table
+
+
 @contextmanager
 def counting_chunk_reads(path: Path) -> Iterator[list[tuple[str, tuple[int, ...]]]]:
     """Record (array name, chunk coords) of every stored chunk read from the archive at ``path``."""
     reads: list[tuple[str, tuple[int, ...]]] = []
     with pytest.MonkeyPatch.context() as mp:
-        if path.name.endswith(".h5"):
-            # the hdf5 module reads chunk bytes through the os module's pread
-            assert hdf5_module.os is os
-            table = h5_chunk_table(path)
+        if path.name.endswith((".h5", ".msk")):
+            # the hdf5 and packed modules read chunk bytes through the os module's pread
+            module = hdf5_module if path.name.endswith(".h5") else packed_module
+            assert module.os is os
+            table = h5_chunk_table(path) if module is hdf5_module else msk_chunk_table(path)
             original_pread = os.pread
 
             def pread(fd: int, length: int, offset: int) -> bytes:
                 result = original_pread(fd, length, offset)
-                if sys._getframe(1).f_globals.get("__name__") == hdf5_module.__name__:
+                if sys._getframe(1).f_globals.get("__name__") == module.__name__:
                     name, coords, size = table.get(offset, (f"not a chunk: offset {offset}", (), -1))
                     assert length == size, (name, coords, length, size)
                     reads.append((name, coords))
                 return result
 
-            mp.setattr(hdf5_module.os, "pread", pread)
+            mp.setattr(module.os, "pread", pread)
         else:
             original_fetch = ShardedChunks.fetch
 
@@ -301,6 +371,16 @@ def expect(*groups: tuple[str, set[tuple[int, ...]]]) -> Counter:
     return Counter((array, coords) for array, chunk_set in groups for coords in chunk_set)
 
 
+def layer_reads(case, name: str, volume_chunks: set[tuple[int, ...]], chunks: tuple[int, ...]) -> Counter:
+    """Each of the given volume chunks of ``name``'s binary layer read once, under the coordinates it is
+    stored at: ``(layer, *(c - origin // chunk))`` in the layer's window (origin: ``info.layer_origins``)."""
+    layer = case.info.layer_names.index(name)
+    origin = case.info.layer_origins[layer]
+    return Counter(
+        (LAYERS, (layer, *(c - o // n for c, o, n in zip(coords, origin, chunks)))) for coords in volume_chunks
+    )
+
+
 COUNT_SHAPE = (37, 30, 21)
 COUNT_CHUNKS = (8, 8, 8)  # a grid of 5 x 4 x 3 = 60 chunks
 ALL_CHUNKS = {(i, j, k) for i in range(5) for j in range(4) for k in range(3)}
@@ -315,15 +395,26 @@ def dense_labels() -> np.ndarray:
 
 
 def layered_masks() -> dict[str, np.ndarray]:
-    """``body`` fills the volume (label volume, every chunk stored); ``core`` (two blobs far apart:
-    a large bounding box with few stored chunks) and ``spot`` overlap it, so they are binary layers."""
+    """``body`` fills the volume but a slab at i >= 34 (label volume; every label chunk stays stored).
+    ``core`` (two blobs far apart inside body: a large bounding box with few layer chunks) overlaps it
+    wholly, so it lives in its binary layer only; ``spot`` straddles the slab: its voxels inside body are
+    its layer, the others are in the label volume."""
     body = np.ones(COUNT_SHAPE, bool)
+    body[34:] = False
     core = np.zeros(COUNT_SHAPE, bool)
     core[2:5, 3:6, 1:4] = True
     core[25:27, 17:20, 14:17] = True
     spot = np.zeros(COUNT_SHAPE, bool)
-    spot[30:33, 5:7, 6:10] = True
+    spot[31:36, 5:7, 6:10] = True
     return {"body": body, "core": core, "spot": spot}
+
+
+LAYERED_MAPPING = {"body": 1, "core": 2, "spot": 3}  # the default mapping: 1, 2, ... in the order given
+
+
+def layered_layout() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The layered case's label volume and binary layers (full-volume shape), by the documented rule."""
+    return placed(layered_masks(), LAYERED_MAPPING)
 
 
 @pytest.fixture(scope="module", params=BACKEND_SUFFIXES, ids=lambda s: s.strip("."))
@@ -347,11 +438,26 @@ def bbox_chunks(mask: np.ndarray) -> set[tuple[int, ...]]:
 
 
 def test_layered_case_has_the_intended_layout(counting_archive: Path) -> None:
-    with fresh_case(counting_archive, "layered") as case:
-        assert case.representation("body") == "label_volume"
-        assert sorted(case.info.layer_names) == ["core", "spot"]
     masks = layered_masks()
-    assert len(nonempty_chunks(masks["core"], COUNT_CHUNKS)) < len(bbox_chunks(masks["core"]))
+    volume, layers = layered_layout()
+    with fresh_case(counting_archive, "layered") as case:
+        assert case.mapping == LAYERED_MAPPING
+        assert case.representation("body") == "label_volume"
+        assert case.representation("core") == case.representation("spot") == "binary_layer"
+        assert case.info.layer_names == ("core", "spot") == tuple(layers)  # placement order: core is larger
+        origins = case.info.layer_origins
+        assert_same(case.stored_labels[...], volume, "stored labels")
+        assert_same(case.stored_layers[...], np.stack(list(layers.values())), "stored layers")
+    # core is only in its layer; spot is in both; the label volume keeps every chunk stored
+    assert np.array_equal(layers["core"], masks["core"]) and not (volume == 2).any()
+    assert 0 < np.count_nonzero(layers["spot"]) < np.count_nonzero(masks["spot"])
+    assert np.array_equal((volume == 3) | layers["spot"], masks["spot"])
+    assert nonempty_chunks(volume, COUNT_CHUNKS) == ALL_CHUNKS
+    assert len(nonempty_chunks(layers["core"], COUNT_CHUNKS)) < len(bbox_chunks(masks["core"]))
+    # each window starts on a chunk boundary (stored_layers above: it holds all of its layer's voxels)
+    assert len(origins) == 2
+    for origin in origins:
+        assert all(o % n == 0 and 0 <= o < n * g for o, n, g in zip(origin, COUNT_CHUNKS, (5, 4, 3))), origins
 
 
 def test_full_label_read_reads_every_chunk_once(counting_archive: Path) -> None:
@@ -359,6 +465,26 @@ def test_full_label_read_reads_every_chunk_once(counting_archive: Path) -> None:
         labels = case.read_labels()
     np.testing.assert_array_equal(labels, dense_labels())
     assert Counter(reads) == expect((LABELS, ALL_CHUNKS))
+
+
+def test_full_painted_read_of_a_layered_case_reads_each_chunk_once(counting_archive: Path) -> None:
+    """read_labels(): every stored label chunk once, plus every stored layer chunk (all lie in their
+    organ's bounding box) once; stored_layers: every stored layer chunk once, at its window position."""
+    volume, layers = layered_layout()
+    with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
+        got = case.read_labels()
+        expected = expect((LABELS, nonempty_chunks(volume, COUNT_CHUNKS)))
+        for name, layer in layers.items():
+            expected += layer_reads(case, name, nonempty_chunks(layer, COUNT_CHUNKS), COUNT_CHUNKS)
+    assert_same(got, painted(volume, layers, LAYERED_MAPPING), "read_labels")
+    assert Counter(reads) == expected
+    with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
+        got = case.stored_layers[...]
+        expected = Counter()
+        for name, layer in layers.items():
+            expected += layer_reads(case, name, nonempty_chunks(layer, COUNT_CHUNKS), COUNT_CHUNKS)
+    assert_same(got, np.stack(list(layers.values())), "stored_layers")
+    assert Counter(reads) == expected
 
 
 @COUNTS
@@ -433,30 +559,39 @@ def test_organ_region_read_reads_only_region_chunks_inside_the_bbox(counting_arc
 
 @pytest.mark.parametrize("name", ["core", "spot"])
 @pytest.mark.parametrize("how", ["read_organ", "crop"])
-def test_binary_layer_organ_reads_only_its_stored_layer_chunks_in_its_bbox(
+def test_binary_layer_organ_reads_label_and_stored_layer_chunks_in_its_bbox(
     counting_archive: Path, name: str, how: str
 ) -> None:
+    """A layer organ is (label volume == value) | layer: it reads the stored label chunks of its bbox and
+    its layer's stored chunks there (those inside its window), each once; no other layer's chunk."""
     mask = layered_masks()[name]
+    volume, layers = layered_layout()
     with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
-        layer = case.info.layer_names.index(name)
         got = case.read_organ(name) if how == "read_organ" else case.read_organ(name, crop=True)[0]
+        layer_stored = nonempty_chunks(layers[name], COUNT_CHUNKS)
+        expected = expect((LABELS, bbox_chunks(mask) & nonempty_chunks(volume, COUNT_CHUNKS)))
+        expected += layer_reads(case, name, bbox_chunks(mask) & layer_stored, COUNT_CHUNKS)
     assert_same(got, mask if how == "read_organ" else mask[bbox_of(mask)], (name, how))
-    stored = nonempty_chunks(mask, COUNT_CHUNKS)
-    assert stored <= bbox_chunks(mask)
-    assert Counter(reads) == Counter((LAYERS, (layer, *c)) for c in stored), (name, how)
+    assert layer_stored <= bbox_chunks(mask)
+    assert Counter(reads) == expected, (name, how)
 
 
 @COUNTS
-@given(data=st.data(), name=st.sampled_from(["core", "spot"]))
-def test_binary_layer_organ_view_reads_only_layer_chunks(counting_archive: Path, data, name: str) -> None:
+@given(data=st.data(), name=st.sampled_from(["core", "spot", "body"]))
+def test_binary_layer_organ_view_reads_label_and_layer_chunks_of_the_selection_in_its_bbox(
+    counting_archive: Path, data, name: str
+) -> None:
     sel = data.draw(selections(COUNT_SHAPE), label="selection")
     mask = layered_masks()[name]
-    expected_chunks = touched(COUNT_SHAPE, COUNT_CHUNKS, sel) & bbox_chunks(mask) & nonempty_chunks(mask, COUNT_CHUNKS)
+    volume, layers = layered_layout()
+    in_view = touched(COUNT_SHAPE, COUNT_CHUNKS, sel) & bbox_chunks(mask)
     with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
-        layer = case.info.layer_names.index(name)
         got = case.organ(name)[sel]
+        expected = expect((LABELS, in_view & nonempty_chunks(volume, COUNT_CHUNKS)))
+        if name in layers:
+            expected += layer_reads(case, name, in_view & nonempty_chunks(layers[name], COUNT_CHUNKS), COUNT_CHUNKS)
     assert_same(got, mask[sel], (name, sel))
-    assert Counter(reads) == Counter((LAYERS, (layer, *c)) for c in expected_chunks), (name, sel)
+    assert Counter(reads) == expected, (name, sel)
 
 
 @COUNTS
@@ -464,34 +599,56 @@ def test_binary_layer_organ_view_reads_only_layer_chunks(counting_archive: Path,
 def test_painted_label_view_reads_label_chunks_and_layer_chunks_in_each_bbox(counting_archive: Path, data) -> None:
     sel = data.draw(selections(COUNT_SHAPE), label="selection")
     masks = layered_masks()
+    volume, layers = layered_layout()
     selected = touched(COUNT_SHAPE, COUNT_CHUNKS, sel)
     with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
-        layers = list(case.info.layer_names)
-        values = case.mapping
         got = case.labels[sel]
-    painted = np.where(masks["body"], values["body"], 0).astype(np.uint8)
-    for name in layers:
-        painted[masks[name]] = values[name]
-    assert_same(got, painted[sel], sel)
-    expected = Counter((LABELS, c) for c in selected)
-    for layer, name in enumerate(layers):
-        chunk_set = selected & bbox_chunks(masks[name]) & nonempty_chunks(masks[name], COUNT_CHUNKS)
-        expected.update((LAYERS, (layer, *c)) for c in chunk_set)
+        expected = expect((LABELS, selected & nonempty_chunks(volume, COUNT_CHUNKS)))
+        for name, layer in layers.items():
+            chunk_set = selected & bbox_chunks(masks[name]) & nonempty_chunks(layer, COUNT_CHUNKS)
+            expected += layer_reads(case, name, chunk_set, COUNT_CHUNKS)
+    assert_same(got, painted(volume, layers, LAYERED_MAPPING)[sel], sel)
     assert Counter(reads) == expected, sel
+
+
+def test_read_organs_reads_each_chunk_of_the_union_once(counting_archive: Path) -> None:
+    """read_organs: the label chunks of the union of the bounding boxes once, and each layer organ's
+    stored layer chunks in its bbox once."""
+    masks = layered_masks()
+    volume, layers = layered_layout()
+    names = ["core", "spot"]
+    union = tuple(
+        slice(min(bbox_of(masks[n])[a].start for n in names), max(bbox_of(masks[n])[a].stop for n in names))
+        for a in range(3)
+    )
+    with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
+        got = case.read_organs(names)
+        expected = expect((LABELS, touched(COUNT_SHAPE, COUNT_CHUNKS, union) & nonempty_chunks(volume, COUNT_CHUNKS)))
+        for name in names:
+            expected += layer_reads(case, name, nonempty_chunks(layers[name], COUNT_CHUNKS), COUNT_CHUNKS)
+    for name in names:
+        assert_same(got[name], masks[name], name)
+    assert Counter(reads) == expected
 
 
 def test_stored_labels_of_a_layered_case_never_read_layers(counting_archive: Path) -> None:
     with fresh_case(counting_archive, "layered") as case, counting_chunk_reads(counting_archive) as reads:
         case.stored_labels[10:30, ::-3, 5]
     assert {array for array, _ in reads} == {LABELS}
-    assert Counter(reads) == expect((LABELS, touched(COUNT_SHAPE, COUNT_CHUNKS, (slice(10, 30), slice(None, None, -3), 5))))
+    assert Counter(reads) == expect(
+        (LABELS, touched(COUNT_SHAPE, COUNT_CHUNKS, (slice(10, 30), slice(None, None, -3), 5)))
+    )
 
 
 # -- 5. the real case ------------------------------------------------------------------------
 
 REAL_ORGAN = "iliac_artery_left"
 REAL_CHUNKS = (32, 32, 32)
-_REAL: dict[str, object] = {}  # imported once per module: {suffix: archive path, "labels_stored": chunk set}
+# organs of s0000 with a binary layer: rib_right_12 lies inside sacrum (layer only, 13 voxels),
+# gluteus_medius_right shares 6 voxels with femur_right (layer and label volume)
+REAL_LAYER_ORGANS = ["rib_right_12", "gluteus_medius_right"]
+# imported once per module: {suffix: archive path, "labels_stored": chunk set, "layers_stored": {organ: chunk set}}
+_REAL: dict[str, object] = {}
 
 
 @pytest.fixture
@@ -501,10 +658,15 @@ def real_archives(real_case_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         data = load_mask_folder(real_case_dir)
         root = tmp_path_factory.mktemp("real_partial")
         for suffix in BACKEND_SUFFIXES:
-            with MaskArchive(root / f"archive{suffix}", "w", StorageSettings(chunk_size=32, label_level=3, layer_level=3)) as a:
+            with MaskArchive(
+                root / f"archive{suffix}", "w", StorageSettings(chunk_size=32, label_level=3, layer_level=3)
+            ) as a:
                 a.add_case("s0000", data)
             _REAL[suffix] = root / f"archive{suffix}"
         _REAL["labels_stored"] = nonempty_chunks(data.label_volume, REAL_CHUNKS)
+        _REAL["layers_stored"] = {
+            name: nonempty_chunks(layer, REAL_CHUNKS) for name, layer in zip(data.layer_names, data.binary_layers)
+        }
     return _REAL
 
 
@@ -543,3 +705,27 @@ def test_real_organ_reads_only_the_chunks_of_its_bbox(real_archives, suffix: str
             got = case.read_organ(REAL_ORGAN, crop=True)[0] if how == "crop" else case.read_organ(REAL_ORGAN)
         assert int(got.sum()) == 1155
         assert Counter(reads) == expect((LABELS, expected_chunks)), how
+
+
+@pytest.mark.parametrize("organ", REAL_LAYER_ORGANS)
+@pytest.mark.parametrize("suffix", BACKEND_SUFFIXES)
+def test_real_layer_organ_reads_label_and_layer_chunks_of_its_bbox(
+    real_archives, real_case_dir: Path, suffix: str, organ: str
+) -> None:
+    path = real_archives[suffix]
+    layer_stored = real_archives["layers_stored"][organ]
+    with fresh_case(path, "s0000") as case:
+        bbox = case.stats[organ].bbox
+        voxels = case.stats[organ].voxels
+        assert case.representation(organ) == "binary_layer"
+    box = tuple(slice(a, b) for a, b in bbox)
+    assert 0 < len(layer_stored) and layer_stored <= box_chunks(box, REAL_CHUNKS)
+    for how in ("crop", "read_organ"):
+        with fresh_case(path, "s0000") as case, counting_chunk_reads(path) as reads:
+            got = case.read_organ(organ, crop=True)[0] if how == "crop" else case.read_organ(organ)
+            expected = expect((LABELS, box_chunks(box, REAL_CHUNKS) & real_archives["labels_stored"]))
+            expected += layer_reads(case, organ, layer_stored, REAL_CHUNKS)
+        assert int(got.sum()) == voxels
+        assert Counter(reads) == expected, how
+    source = np.asanyarray(nib.load(real_case_dir / f"{organ}.nii.gz").dataobj) > 0
+    np.testing.assert_array_equal(got, source)
