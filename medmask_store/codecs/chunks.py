@@ -66,12 +66,9 @@ def decode_label_chunk(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], crc3
         declared = zstandard.get_frame_parameters(frame).content_size
         if declared != size:  # checked before decoding: a damaged header must not allocate its claim
             raise CorruptChunk(f"label chunk declares {declared} bytes, the chunk holds {size}")
-        decompressor = _decompressor().decompressobj()
-        data = decompressor.decompress(frame)
+        data = _decompressor().decompress(frame, allow_extra_data=False)  # refuses stray bytes too
     except zstandard.ZstdError as exc:
         raise CorruptChunk(f"label chunk does not decode: {exc}") from exc
-    if not decompressor.eof or decompressor.unused_data:
-        raise CorruptChunk("label chunk is truncated or followed by stray bytes")
     if len(data) != size:
         raise CorruptChunk(f"label chunk decoded to {len(data)} bytes, expected {size}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
