@@ -59,8 +59,8 @@ def backend_name(path: Path, backend: str | None = None) -> str:
             magic = handle.read(4)
         if magic in MAGIC_BYTES:
             return MAGIC_BYTES[magic]
-    suffixes = ", ".join(s for names, _ in BACKENDS.values() for s in names)
-    raise InvalidArchive(f"cannot tell the archive format of {path}: use one of the suffixes {suffixes}, or pass backend=")
+    known = ", ".join(s for names, _ in BACKENDS.values() for s in names)
+    raise InvalidArchive(f"cannot tell the archive format of {path}: use one of the suffixes {known}, or pass backend=")
 
 
 class MaskArchive:
@@ -86,7 +86,7 @@ class MaskArchive:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | os.PathLike[str],
         mode: str = "r",
         settings: StorageSettings | None = None,
         backend: str | None = None,

@@ -231,26 +231,26 @@ class Case:
         names = list(self.organs if names is None else names)
         for name in names:
             self._check_organ(name)
-        boxes = [self.info.stats[n].bbox for n in names if self.info.stats[n].bbox]
+        boxes: list[BBox] = [b for n in names if (b := self.info.stats[n].bbox) is not None]
         if len(boxes) < 2:
             return {name: self.read_organ(name) for name in names}
         union = tuple(slice(min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)) for a in range(3))
         labels = self.stored_labels[union]  # one decode per chunk for all organs
-        offset = [s.start for s in union]
+        layers = self.stored_layers
         masks = {}
         for name in names:
             masks[name] = mask = np.zeros(self.space.shape, dtype=bool)
             bbox = self.info.stats[name].bbox
             if bbox is None:
                 continue
-            box = _bbox_slices(bbox)
-            inner = tuple(slice(s.start - o, s.stop - o) for s, o in zip(box, offset))
-            mask[box] = labels[inner] == self.info.mapping[name]
-            if name in self.info.layer_names:
-                mask[box] |= self.stored_layers[(self.info.layer_names.index(name), *box)]  # type: ignore[index]
-            if np.count_nonzero(mask[box]) != self.info.stats[name].voxels:
+            region = _bbox_slices(bbox)
+            inner = tuple(slice(r.start - u.start, r.stop - u.start) for r, u in zip(region, union))
+            mask[region] = labels[inner] == self.info.mapping[name]
+            if layers is not None and name in self.info.layer_names:
+                mask[region] |= layers[(self.info.layer_names.index(name), *region)]
+            if np.count_nonzero(mask[region]) != self.info.stats[name].voxels:
                 raise CorruptChunk(
-                    f"case {self.case_id!r}: organ {name!r} reads {np.count_nonzero(mask[box])} voxels, "
+                    f"case {self.case_id!r}: organ {name!r} reads {np.count_nonzero(mask[region])} voxels, "
                     f"its statistics say {self.info.stats[name].voxels}: chunks are missing or damaged"
                 )
         return masks

@@ -50,8 +50,8 @@ def write_case_group(directory: Path, attributes: dict[str, Any], arrays: list[A
     """Write one case as a Zarr group in ``directory``: attributes, then each array as one shard.
 
     zarr-python writes the metadata; the shard is assembled here from chunks
-    encoded in parallel (the bytes zarr-python would write: chunks in order,
-    then the index of (offset, length) pairs and its crc32c).
+    encoded in parallel, in the ``sharding_indexed`` layout: the chunks, then
+    the index of (offset, length) pairs and its crc32c.
     """
     with zarr.config.set(COMPACT_JSON):
         group = zarr.create_group(LocalStore(directory), attributes=attributes, zarr_format=3)
