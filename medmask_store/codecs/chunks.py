@@ -1,6 +1,6 @@
 """Encoding and decoding of single stored chunks, for backends that move chunk bytes themselves.
 
-Byte formats (identical to what zarr-python writes for our codec chains):
+Byte formats (what our Zarr codec chains, HDF5 filters and packed files hold):
 
 - Zarr label chunk: ``bytes -> zstd -> crc32c``: a Zstd frame of the C-order
   chunk, then its crc32c (uint32, little-endian).

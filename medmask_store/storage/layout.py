@@ -16,10 +16,8 @@ LABEL_VOLUME = "label_volume"
 BINARY_LAYERS = "binary_layers"
 CASES_GROUP = "cases"
 INDEX = "index.npz.zst"
-ENCODING_THREADS = min(4, os.cpu_count() or 1)
-
-
 LABEL_CODECS = ("zstd", "crackle_zstd")
+ENCODING_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
