@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from medmask_store.errors import CorruptChunk
+
 ChunkCoords = tuple[int, ...]
 # One axis of a selection inside one chunk: (chunk index, index within the chunk, output index).
 AxisPiece = tuple[int, "slice | int", "slice | None"]
@@ -122,6 +124,30 @@ class ChunkedArray:
         self.chunks = tuple(chunks)
         self._read_chunk = read_chunk
         self._fill_value = fill_value
+
+    @classmethod
+    def of_stored(
+        cls,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        fetch: Callable[[ChunkCoords], bytes | None],
+        decode: Callable[[bytes], np.ndarray],
+        where: str,
+    ) -> ChunkedArray:
+        """An array over stored chunks: ``fetch`` gives a chunk's bytes (None: not stored), ``decode`` decodes
+        them; a :class:`CorruptChunk` names ``where`` (the archive and array) and the chunk."""
+
+        def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+            raw = fetch(coords)
+            if raw is None:
+                return None
+            try:
+                return decode(raw)
+            except CorruptChunk as exc:
+                raise CorruptChunk(f"{where}: chunk {coords}: {exc}") from exc
+
+        return cls(shape, dtype, chunks, read_chunk, fill_value=0)
 
     @property
     def ndim(self) -> int:

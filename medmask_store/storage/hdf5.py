@@ -35,7 +35,7 @@ import hdf5plugin
 import numpy as np
 
 from medmask_store.codecs.chunks import chunk_decoder
-from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, InvalidArchive, ReadOnlyArchive
+from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive, ReadOnlyArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
@@ -260,15 +260,9 @@ def _chunked_reader(
         raise InvalidArchive(f"{where}: unsupported filter id {filter_id}")
     decode = chunk_decoder(CODECS_BY_FILTER[filter_id], dtype, chunks, zarr=False)
 
-    def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+    def fetch(coords: ChunkCoords) -> bytes | None:
         check_current()
         location = locations.get(coords)
-        if location is None:
-            return None
-        offset, size = location
-        try:
-            return decode(os.pread(descriptor, size, offset))
-        except CorruptChunk as exc:
-            raise CorruptChunk(f"{where}: chunk {coords}: {exc}") from exc
+        return None if location is None else os.pread(descriptor, location[1], location[0])
 
-    return ChunkedArray(tuple(dataset.shape), dtype, chunks, read_chunk, fill_value=0)
+    return ChunkedArray.of_stored(tuple(dataset.shape), dtype, chunks, fetch, decode, where)

@@ -191,20 +191,14 @@ class PackedFileBackend:
         decode = chunk_decoder(array.codec, array.dtype, array.chunks, zarr=False)
         where = f"{self.path}:{case_id}/{name}"
 
-        def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
+        def fetch(coords: ChunkCoords) -> bytes | None:
             if self._cases.get(case_id) is not case:
                 raise CaseNotFound(f"case {case_id!r} was replaced or deleted since it was opened; open it again")
-            raw = array.in_memory.get(coords)
-            if raw is None and coords in array.locations:
-                raw = self._read(*array.locations[coords])
-            if raw is None:
-                return None
-            try:
-                return decode(raw)
-            except CorruptChunk as exc:
-                raise CorruptChunk(f"{where}: chunk {coords}: {exc}") from exc
+            if coords in array.locations:
+                return self._read(*array.locations[coords])
+            return array.in_memory.get(coords)
 
-        return ChunkedArray(array.shape, array.dtype, array.chunks, read_chunk, fill_value=0)
+        return ChunkedArray.of_stored(array.shape, array.dtype, array.chunks, fetch, decode, where)
 
     def read_index(self) -> bytes | None:
         if isinstance(self._index, tuple):

@@ -250,17 +250,7 @@ def open_sharded_array(source: ByteSource, path: str, metadata: dict[str, Any], 
     if codec is None:
         raise InvalidArchive(f"{where}: unsupported codec chain {metadata.get('codecs')}")
     decode = chunk_decoder(codec, dtype, chunks_reader.chunks, zarr=True)
-
-    def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
-        raw = chunks_reader.fetch(coords)
-        if raw is None:
-            return None
-        try:
-            return decode(raw)
-        except CorruptChunk as exc:
-            raise CorruptChunk(f"{where}: chunk {coords}: {exc}") from exc
-
-    return ChunkedArray(tuple(metadata["shape"]), dtype, chunks_reader.chunks, read_chunk, fill_value=0)
+    return ChunkedArray.of_stored(tuple(metadata["shape"]), dtype, chunks_reader.chunks, chunks_reader.fetch, decode, where)
 
 
 class ZarrCaseReader:
