@@ -19,10 +19,8 @@ over it, work the peers do not do.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import hdf5plugin
 import numpy as np
 import tensorstore as ts
 import zarr
+from common import median_ms, publish
 from zarr.codecs import BytesCodec, ZstdCodec
 
 from medmask_store import CaseData, MaskArchive
@@ -42,16 +41,6 @@ FULL_SHAPE = (512, 512, 450)
 SMALL_ORGAN = "iliac_artery_left"
 BACKENDS = (".zarr", ".zarr.zip", ".h5")
 REGION = 64
-
-
-def median_ms(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up: file handles, metadata, thread pool
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 class UpsampledMasks(Mapping[str, np.ndarray]):
@@ -187,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     report = (f"# Partial reads\n\n`python benchmarks/partial_reads.py --repeats {args.repeats}`; medians of "
               f"{args.repeats} repeats; 64³ regions: mean over 16 random unaligned boxes.\n\n"
               f"{table(rows)}\n\nTargets:\n\n{verdicts(rows)}\n")
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    publish(report, args.out)
     return 0
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import publish
 
 from medmask_store import MaskArchive
 from medmask_store.phantom import make_phantom
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{t['stats'][0]:.0f} ({t['stats'][1]:,} rows) | {t['case_ids'][0]:.0f} | {verdict} |"
         )
     report = "\n".join(lines) + "\n"
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    publish(report, args.out)
     return 0
 
 

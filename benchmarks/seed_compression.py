@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.metadata
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +33,7 @@ import matplotlib
 import nibabel as nib
 import numpy as np
 import zstandard
+from common import disk_bytes, package_versions, publish, remove, timed_ms
 from spacetransformer import Space
 
 from medmask_store import MaskArchive, PackBitsZstd, SegmentationMask, StorageSettings
@@ -52,6 +50,7 @@ except ImportError:  # optional peer
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "s0000"
 NIFTI = ".nii.gz"
+PACKAGES = ("medmask_store", "numpy", "nibabel", "zstandard", "medmask", "crackle-codec")
 SEED_BINARY = (
     "gluteus_maximus_right",
     "urinary_bladder",
@@ -114,18 +113,6 @@ Table = dict[str, dict[str, Result]]  # row name -> format label -> result
 
 
 # -- formats ---------------------------------------------------------------
-def disk_bytes(path: Path) -> int:
-    """Bytes of a file, or of every file under a directory."""
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def file_size(row: Row, path: Path) -> int:
     return disk_bytes(path)
 
@@ -218,12 +205,6 @@ def is_lossless(row: Row, decoded: Decoded) -> bool:
             np.array_equal(decoded[name], row.data == value) for name, value in row.mapping.items()
         )
     return decoded.shape == row.data.shape and np.array_equal(decoded, row.data)
-
-
-def timed_ms(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    run()
-    return (time.perf_counter() - start) * 1000
 
 
 def measure(fmt: Format, row: Row, workdir: Path, repeats: int) -> Result:
@@ -428,17 +409,6 @@ def section4_text(organ: str, sizes: list[tuple[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def versions() -> str:
-    names = ["medmask_store", "numpy", "nibabel", "zstandard", "medmask", "crackle-codec"]
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found)
-
-
 def header(argv: Sequence[str], case_dir: Path, nonempty: list[str], total: int) -> str:
     command = shlex.join(["python", "benchmarks/seed_compression.py", *argv])
     return "\n".join(
@@ -448,7 +418,7 @@ def header(argv: Sequence[str], case_dir: Path, nonempty: list[str], total: int)
             f"`{command}`",
             "",
             f"Machine: Python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs; "
-            f"{datetime.now().astimezone().isoformat(timespec='seconds')}. Packages: {versions()}.",
+            f"{datetime.now().astimezone().isoformat(timespec='seconds')}. Packages: {package_versions(PACKAGES)}.",
             "",
             f"Case `{case_dir.name}`: {total} masks, {len(nonempty)} non-empty (derived from the voxels): "
             f"{', '.join(nonempty)}.",
@@ -564,9 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f"FAILED round trips: {', '.join(failures)}" if failures else "Every round trip above was bit-exact."),
     ]
     report = "\n\n".join(parts) + "\n"
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    publish(report, args.out)
     args.chart.parent.mkdir(parents=True, exist_ok=True)
     chart_backend = ".zarr" if ".zarr" in args.backends else args.backends[0]
     archives = [f"ours {chart_backend} {preset}" for preset in args.presets]

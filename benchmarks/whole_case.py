@@ -18,15 +18,12 @@ bit-exact once; the script exits 1 if a format that claims losslessness is not.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +32,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from common import disk_bytes, median_ms, package_versions, publish, remove, timed_ms
 from spacetransformer import Space
 
 from medmask_store import MaskArchive, StorageSettings
@@ -53,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "s0000"
 NIFTI = ".nii.gz"
 CASE_ID = "s0000"
+PACKAGES = ("medmask_store", "numpy", "nibabel", "zarr", "h5py", "medmask", "crackle-codec")
 BACKENDS = (".zarr", ".zarr.zip", ".h5", ".msk")
 PRESETS = ("default", "compact")
 MEDMASK = "medmask .mska"
@@ -102,19 +101,8 @@ def load_case(case_dir: Path) -> LoadedCase:
     return LoadedCase(files, masks, images, Space.from_nifti(next(iter(images.values()))))
 
 
-def disk_bytes(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def file_count(path: Path) -> int:
     return 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.is_file())
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 # -- formats ---------------------------------------------------------------
@@ -213,17 +201,6 @@ def all_formats(case: LoadedCase, presets: Sequence[str], backends: Sequence[str
 
 
 # -- measuring -------------------------------------------------------------
-def timed_ms(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    run()
-    return (time.perf_counter() - start) * 1000
-
-
-def median_ms(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    return statistics.median(timed_ms(run) for _ in range(repeats))
-
-
 def inexact_organs(case: LoadedCase, read: dict[str, Any], one: Any, organ: str) -> list[str]:
     """Organs whose read-back differs from the input (a missing organ counts), checking read-one too."""
     bad = [name for name, mask in case.masks.items() if name not in read or not np.array_equal(read[name], mask)]
@@ -334,16 +311,6 @@ def write_targets(formats: list[Format], results: dict[str, Result]) -> list[str
     return lines
 
 
-def versions() -> str:
-    found = []
-    for name in ("medmask_store", "numpy", "nibabel", "zarr", "h5py", "medmask", "crackle-codec"):
-        try:
-            found.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found)
-
-
 def report(
     argv: Sequence[str], args: argparse.Namespace, case: LoadedCase, formats: list[Format], results: dict[str, Result]
 ) -> str:
@@ -357,7 +324,7 @@ def report(
         f"`{shlex.join(['python', 'benchmarks/whole_case.py', *argv])}`",
         "",
         f"Machine: Python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs; "
-        f"{datetime.now().astimezone().isoformat(timespec='seconds')}. Packages: {versions()}.",
+        f"{datetime.now().astimezone().isoformat(timespec='seconds')}. Packages: {package_versions(PACKAGES)}.",
         "",
         f"Case `{args.case_dir.name}`: {total} masks ({nonempty} non-empty), {shape} voxels. Times: medians of "
         f"{args.repeats} runs after a warm-up; write = in-memory masks to a closed file on disk; read-all = open + "
@@ -411,9 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if failures:
         text += "\n## Losslessness\n\nNOT bit-exact: " + "; ".join(failures) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(text, args.out)
     return 1 if failures else 0
 
 
