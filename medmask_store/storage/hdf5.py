@@ -39,7 +39,7 @@ from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive, ReadO
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
-from medmask_store.storage.single_file import SingleFileEditor
+from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 
 # Filter ids by chunk codec. Ours (32766, 32767) are unregistered ids: chunks are written
 # and read here, and plain h5py reports an unknown filter instead of returning wrong data.
@@ -64,10 +64,8 @@ def _read_json_attributes(node: h5py.Group) -> dict[str, Any]:
         raise InvalidArchive(f"{node.file.filename}:{node.name} has attributes that are not JSON text ({exc})") from exc
 
 
-class Hdf5Backend:
+class Hdf5Backend(SingleWriter):
     """Cases as HDF5 groups under ``/cases``."""
-
-    concurrent_writers = False
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
@@ -116,13 +114,6 @@ class Hdf5Backend:
     # -- reading ---------------------------------------------------------
     def case_ids(self) -> list[str]:
         return sorted(self._file[CASES_GROUP].keys())
-
-    def case_tokens(self) -> dict[str, str]:
-        """The sole writer keeps the index exact, so cases carry no version token."""
-        return dict.fromkeys(self.case_ids(), "")
-
-    def listing_version(self) -> str:
-        return ""
 
     def read_index(self) -> bytes | None:
         dataset = self._file.get(INDEX_DATASET)
@@ -216,12 +207,6 @@ class Hdf5Backend:
         del self._file[CASES_GROUP][case_id]
         self._versions[case_id] = self._versions.get(case_id, 0) + 1
         self._dirty = True
-
-    def commit(self) -> None:
-        if self._editor is None or not self._dirty:
-            return
-        self._editor.publish(self._write_snapshot)
-        self._dirty = False
 
     def _write_snapshot(self, destination: Path) -> None:
         """Copy the live objects into a fresh file: compact (no space left by deletes) and closed."""

@@ -43,7 +43,7 @@ from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, Invalid
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import ArrayToWrite, StorageSettings
-from medmask_store.storage.single_file import SingleFileEditor
+from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 
 MAGIC = b"MSKP"
 VERSION = 1
@@ -97,10 +97,8 @@ class PackedCase:
     arrays: dict[str, PackedArray]
 
 
-class PackedFileBackend:
+class PackedFileBackend(SingleWriter):
     """Cases of a ``.msk`` file: catalog in memory, chunks read with ``os.pread``."""
-
-    concurrent_writers = False
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
@@ -168,13 +166,6 @@ class PackedFileBackend:
     def case_ids(self) -> list[str]:
         return sorted(self._cases)
 
-    def case_tokens(self) -> dict[str, str]:
-        """The sole writer keeps the index exact, so cases carry no version token."""
-        return dict.fromkeys(self._cases, "")
-
-    def listing_version(self) -> str:
-        return ""
-
     def read_case_attributes(self, case_id: str) -> dict[str, Any]:
         return self._case(case_id).attributes
 
@@ -236,13 +227,7 @@ class PackedFileBackend:
         self._index = build(self.read_index()) or None
         self._dirty = True
 
-    def commit(self) -> None:
-        if self._editor is None or not self._dirty:
-            return
-        self._editor.publish(self._write_file)
-        self._dirty = False
-
-    def _write_file(self, destination: Path) -> None:
+    def _write_snapshot(self, destination: Path) -> None:
         blobs: list[bytes] = []
         offset = 0
 

@@ -15,9 +15,38 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from medmask_store.errors import ArchiveLocked, InvalidArchive
+
+
+class SingleWriter:
+    """What single-file backends share: one writer at a time keeps the index exact (no version
+    tokens, no listing version), and ``commit`` publishes a snapshot written by ``_write_snapshot``."""
+
+    concurrent_writers = False
+    _editor: SingleFileEditor | None
+    _dirty: bool
+
+    if TYPE_CHECKING:
+
+        def case_ids(self) -> list[str]: ...
+
+    def case_tokens(self) -> dict[str, str]:
+        return dict.fromkeys(self.case_ids(), "")
+
+    def listing_version(self) -> str:
+        return ""
+
+    def commit(self) -> None:
+        if self._editor is None or not self._dirty:
+            return
+        self._editor.publish(self._write_snapshot)
+        self._dirty = False
+
+    def _write_snapshot(self, destination: Path) -> None:
+        """Write the whole archive, as it should be published, to ``destination``."""
+        raise NotImplementedError
 
 
 class SingleFileEditor:

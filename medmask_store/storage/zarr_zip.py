@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medmask_store.errors import InvalidArchive, ReadOnlyArchive
 from medmask_store.storage.layout import CASES_GROUP, StorageSettings
-from medmask_store.storage.single_file import SingleFileEditor
+from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
 from medmask_store.storage.zarr_store import ZarrCaseReader, ZipBytes, check_archive_root
 
@@ -50,11 +50,10 @@ def _extract_without_crc_check(path: Path, destination: Path) -> None:
         source.close()
 
 
-class ZarrZipReader(ZarrCaseReader):
+class ZarrZipReader(SingleWriter, ZarrCaseReader):
     """Read-only access to a ``.zarr.zip`` archive."""
 
     read_only = True
-    concurrent_writers = False
 
     def __init__(self, path: Path) -> None:
         self.closed = False
@@ -72,12 +71,6 @@ class ZarrZipReader(ZarrCaseReader):
     def case_ids(self) -> list[str]:
         return list(self._case_ids)
 
-    def case_tokens(self) -> dict[str, str]:
-        return dict.fromkeys(self._case_ids, "")
-
-    def listing_version(self) -> str:
-        return ""
-
     def write_case(self, *args: object, **kwargs: object) -> None:
         raise ReadOnlyArchive(f"{self._where} is open read-only (mode 'r')")
 
@@ -92,17 +85,10 @@ class ZarrZipReader(ZarrCaseReader):
         self._source.close()
 
 
-class ZarrZipWriter(ZarrDirectoryBackend):
+class ZarrZipWriter(SingleWriter, ZarrDirectoryBackend):
     """Edits an extracted working copy; ``commit`` publishes it as the new zip."""
 
-    concurrent_writers = False
-
-    def case_tokens(self) -> dict[str, str]:
-        """The sole writer keeps the index exact, so cases carry no version token."""
-        return dict.fromkeys(self.case_ids(), "")
-
-    def listing_version(self) -> str:
-        return ""
+    _editor: SingleFileEditor
 
     def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
         super().update_index(build)
@@ -130,12 +116,7 @@ class ZarrZipWriter(ZarrDirectoryBackend):
         super().delete_case(case_id)
         self._dirty = True
 
-    def commit(self) -> None:
-        if self._dirty:
-            self._editor.publish(self._write_zip)
-            self._dirty = False
-
-    def _write_zip(self, destination: Path) -> None:
+    def _write_snapshot(self, destination: Path) -> None:
         with zipfile.ZipFile(destination, "w", compression=zipfile.ZIP_STORED) as archive:
             for path in sorted(self.path.rglob("*")):
                 relative = path.relative_to(self.path)
