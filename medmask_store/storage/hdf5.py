@@ -35,7 +35,7 @@ import hdf5plugin
 import numpy as np
 
 from medmask_store.codecs.chunks import chunk_decoder
-from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive, ReadOnlyArchive
+from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
@@ -154,10 +154,6 @@ class Hdf5Backend(SingleWriter):
         return _chunked_reader(dataset, self._descriptor, f"{self.path}:{dataset.name}", check_current)
 
     # -- writing ---------------------------------------------------------
-    def _check_writable(self) -> None:
-        if self.read_only:
-            raise ReadOnlyArchive(f"{self.path} is open read-only (mode 'r')")
-
     def write_case(
         self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
     ) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 import zstandard
 
 from medmask_store.codecs.chunks import chunk_decoder
-from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, InvalidArchive, ReadOnlyArchive
+from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, InvalidArchive
 from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import ArrayToWrite, StorageSettings
@@ -197,10 +197,6 @@ class PackedFileBackend(SingleWriter):
         return self._index
 
     # -- Backend: writing ----------------------------------------------------
-    def _check_writable(self) -> None:
-        if self.read_only:
-            raise ReadOnlyArchive(f"{self.path} is open read-only (mode 'r')")
-
     def write_case(
         self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
     ) -> None:

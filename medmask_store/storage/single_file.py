@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from medmask_store.errors import ArchiveLocked, InvalidArchive
+from medmask_store.errors import ArchiveLocked, InvalidArchive, ReadOnlyArchive
 
 
 class SingleWriter:
@@ -25,6 +25,8 @@ class SingleWriter:
     tokens, no listing version), and ``commit`` publishes a snapshot written by ``_write_snapshot``."""
 
     concurrent_writers = False
+    path: Path
+    read_only: bool
     _editor: SingleFileEditor | None
     _dirty: bool
 
@@ -37,6 +39,10 @@ class SingleWriter:
 
     def listing_version(self) -> str:
         return ""
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyArchive(f"{self.path} is open read-only (mode 'r')")
 
     def commit(self) -> None:
         if self._editor is None or not self._dirty:
