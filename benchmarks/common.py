@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "s0000"  # ../shared beside the repo
+
 
 def timed_ms(run: Callable[[], object]) -> float:
     """Milliseconds one call takes (time.perf_counter)."""

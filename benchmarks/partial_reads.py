@@ -29,14 +29,12 @@ import hdf5plugin
 import numpy as np
 import tensorstore as ts
 import zarr
-from common import median_ms, publish
+from common import DEFAULT_CASE, RESULTS, median_ms, publish
 from zarr.codecs import BytesCodec, ZstdCodec
 
 from medmask_store import CaseData, MaskArchive
 from medmask_store.io.nifti import load_mask_folder
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CASE = REPO.parent / "shared" / "data" / "s0000"
 FULL_SHAPE = (512, 512, 450)
 SMALL_ORGAN = "iliac_artery_left"
 BACKENDS = (".zarr", ".zarr.zip", ".h5")
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="a TotalSegmentator-style mask folder")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--full-shape", default="x".join(map(str, FULL_SHAPE)), help="upsampled shape, e.g. 512x512x450")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "partial_reads.md")
+    parser.add_argument("--out", type=Path, default=RESULTS / "partial_reads.md")
     args = parser.parse_args(argv)
     case = load_mask_folder(args.case)
     full_shape = tuple(int(s) for s in args.full_shape.split("x"))

@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import publish
+from common import RESULTS, publish
 
 from medmask_store import MaskArchive
 from medmask_store.phantom import make_phantom
 
-REPO = Path(__file__).resolve().parents[1]
 QUERY = "liver.volume_ml > 3 and kidney_left.voxels > 0 and age >= 60"
 TARGET_MS = 200.0
 MEASURE = r"""
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="32x32x32")
     parser.add_argument("--workdir", type=Path, help="keep the archives here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="measure archives already in --workdir (no build)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "query_scale.md")
+    parser.add_argument("--out", type=Path, default=RESULTS / "query_scale.md")
     args = parser.parse_args(argv)
     shape = tuple(int(s) for s in args.shape.split("x"))
     rows = []

@@ -33,7 +33,7 @@ import matplotlib
 import nibabel as nib
 import numpy as np
 import zstandard
-from common import disk_bytes, package_versions, publish, remove, timed_ms
+from common import DEFAULT_CASE, RESULTS, disk_bytes, package_versions, publish, remove, timed_ms
 from spacetransformer import Space
 
 from medmask_store import MaskArchive, PackBitsZstd, SegmentationMask, StorageSettings
@@ -47,8 +47,6 @@ try:
 except ImportError:  # optional peer
     crackle = None
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CASE = REPO.parent / "shared" / "data" / "s0000"
 NIFTI = ".nii.gz"
 PACKAGES = ("medmask_store", "numpy", "nibabel", "zstandard", "medmask", "crackle-codec")
 SEED_BINARY = (
@@ -491,8 +489,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--backends", nargs="+", default=list(BACKENDS), help="archive suffixes for our archives (also: .msk)"
     )
     parser.add_argument("--section4-organ", default="urinary_bladder")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "seed_compression.md")
-    parser.add_argument("--chart", type=Path, default=REPO / "benchmarks" / "results" / "seed_compression.png")
+    parser.add_argument("--out", type=Path, default=RESULTS / "seed_compression.md")
+    parser.add_argument("--chart", type=Path, default=RESULTS / "seed_compression.png")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")

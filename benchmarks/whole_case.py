@@ -32,7 +32,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from common import disk_bytes, median_ms, package_versions, publish, remove, timed_ms
+from common import DEFAULT_CASE, RESULTS, disk_bytes, median_ms, package_versions, publish, remove, timed_ms
 from spacetransformer import Space
 
 from medmask_store import MaskArchive, StorageSettings
@@ -47,8 +47,6 @@ try:
 except ImportError:  # optional peer
     crackle = None
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CASE = REPO.parent / "shared" / "data" / "s0000"
 NIFTI = ".nii.gz"
 CASE_ID = "s0000"
 PACKAGES = ("medmask_store", "numpy", "nibabel", "zarr", "h5py", "medmask", "crackle-codec")
@@ -361,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--backends", nargs="+", default=list(BACKENDS), help="archive suffixes for our archives (also: .msk)"
     )
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "whole_case.md")
+    parser.add_argument("--out", type=Path, default=RESULTS / "whole_case.md")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
