@@ -105,7 +105,7 @@ class Case:
     def _layer_chunk(self, layer: int, coords: ChunkCoords) -> np.ndarray | None:
         """One chunk of a binary layer in volume chunk coordinates (None outside its stored window)."""
         windows = self._stored(BINARY_LAYERS)
-        origin = self.info.layer_origins[layer] if self.info.layer_origins else (0, 0, 0)
+        origin = self.info.layer_origins[layer]
         inner = tuple(c - o // n for c, o, n in zip(coords, origin, windows.chunks[1:]))
         grid = (-(-size // n) for size, n in zip(windows.shape[1:], windows.chunks[1:]))
         if not all(0 <= c < g for c, g in zip(inner, grid)):

@@ -116,6 +116,8 @@ class PackedFileBackend(SingleWriter):
                 raise InvalidArchive(f"{path} does not exist; open it with mode 'a' or 'w' to create one")
             if mode == "w" or not path.exists():
                 self._cases, self._index, self._dirty = {}, None, True
+            elif not self.read_only:
+                self._hold_in_memory()
         except BaseException:
             self.close()
             raise
@@ -147,13 +149,15 @@ class PackedFileBackend(SingleWriter):
             for case_id, entry in catalog["cases"].items()
         }
         self._index = tuple(catalog["index"]) if catalog.get("index") else None  # type: ignore[assignment]
-        if not self.read_only:  # writers keep everything in memory: the file is rewritten on commit
-            for case in self._cases.values():
-                for array in case.arrays.values():
-                    array.in_memory = {c: self._read(*where) for c, where in array.locations.items()}
-                    array.locations = {}
-            if isinstance(self._index, tuple):
-                self._index = self._read(*self._index)
+
+    def _hold_in_memory(self) -> None:
+        """Writers keep every chunk in memory: the file is rewritten on commit."""
+        for case in self._cases.values():
+            for array in case.arrays.values():
+                array.in_memory = {c: self._read(*where) for c, where in array.locations.items()}
+                array.locations = {}
+        if isinstance(self._index, tuple):
+            self._index = self._read(*self._index)
 
     def _read(self, offset: int, length: int) -> bytes:
         assert self._descriptor is not None
