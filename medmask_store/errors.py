@@ -37,8 +37,16 @@ class OrganNotFound(MaskStoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class CorruptChunk(MaskStoreError, ValueError):
-    """Stored bytes fail their checksum or do not decode to the expected chunk."""
+class CorruptArchive(MaskStoreError, ValueError):
+    """Stored bytes are damaged, missing or inconsistent: the archive cannot be trusted where they are used."""
+
+
+class CorruptChunk(CorruptArchive):
+    """Stored chunk bytes fail their checksum or do not decode to the expected chunk."""
+
+
+class CorruptMetadata(CorruptArchive):
+    """Metadata (attributes, array manifest, chunk list, listing, index) fails its checksum or its checks."""
 
 
 class NiftiError(MaskStoreError, ValueError):
@@ -59,3 +67,7 @@ class InvalidRegion(MaskStoreError, ValueError):
 
 class InvalidQuery(MaskStoreError, ValueError):
     """A query expression is malformed, unsafe, or names unknown organs or fields."""
+
+
+class DamagedDataWarning(UserWarning):
+    """A damaged case or index was skipped (``skip_damaged=True``) or rebuilt by a writer."""

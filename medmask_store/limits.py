@@ -10,8 +10,9 @@ from __future__ import annotations
 
 #: Voxels of one case volume (a 1024³ volume); also the largest NIfTI image imported.
 MAX_VOXELS = 2**30
-#: Voxels of one stored chunk (a 256³ chunk: 32 MiB decoded at uint16).
-MAX_CHUNK_VOXELS = 256**3
+#: Edge of a cubic chunk, and voxels of one stored chunk (a 256³ chunk: 32 MiB decoded at uint16).
+MAX_CHUNK_EDGE = 256
+MAX_CHUNK_VOXELS = MAX_CHUNK_EDGE**3
 #: Chunks of one stored array (its Zarr shard index is then at most 16 MiB).
 MAX_CHUNKS_PER_ARRAY = 2**20
 #: Bytes of one JSON metadata document (a case's ``zarr.json``, an HDF5 attribute).

@@ -179,7 +179,7 @@ def read_packed(path: Path) -> tuple[dict, bytes]:
 def write_packed(path: Path, catalog: dict, data: bytes) -> None:
     """Write a packed file (behind the library's back) from a catalog and a data section."""
     frame = zstandard.ZstdCompressor(dict_data=CATALOG_DICTIONARY).compress(json.dumps(catalog).encode())
-    path.write_bytes(struct.pack("<4sBI", b"MSKP", 1, len(frame)) + frame + data)
+    path.write_bytes(struct.pack("<4sBI", b"MSKP", 2, len(frame)) + frame + data)
 
 
 def packed_index(path: Path) -> bytes | None:
@@ -191,3 +191,99 @@ def set_packed_index(path: Path, index: bytes | None) -> None:
     catalog, data = read_packed(path)
     catalog["index"] = None if index is None else [len(data), len(index)]
     write_packed(path, catalog, data + (index or b""))
+
+
+def packed_manifest(catalog: dict, case_id: str, array: str) -> dict:
+    """The manifest entry of one array of a case in a packed catalog (shape, dtype, chunks, codec, ...)."""
+    return catalog["cases"][case_id]["attributes"]["medmask_store"]["arrays"][array]
+
+
+def packed_chunks(catalog: dict, case_id: str, array: str) -> list[list[int]]:
+    """``[coords..., offset, length]`` of every stored chunk of one array of a case in a packed catalog."""
+    return catalog["cases"][case_id]["chunks"].get(array, [])
+
+
+def reseal(sealed: dict) -> dict:
+    """A sealed attributes content with its checksum recomputed, as an attacker editing an archive would."""
+    from medmask_store.model.manifest import seal
+
+    return seal({key: value for key, value in sealed.items() if key != "checksum"})
+
+
+def reseal_packed_case(catalog: dict, case_id: str) -> None:
+    """Make a packed case's manifest (chunk counts and digests) agree with its chunk rows again, and reseal
+    its attributes: a crafted archive that passes every checksum."""
+    from medmask_store.model.manifest import chunk_list_digest
+
+    case = catalog["cases"][case_id]
+    content = case["attributes"]["medmask_store"]
+    for name, manifest in content["arrays"].items():
+        rows = case["chunks"].get(name, [])
+        lengths = {tuple(row[:-2]): row[-1] for row in rows}
+        manifest["stored"], manifest["chunks_crc32c"] = len(lengths), chunk_list_digest(lengths)
+    case["attributes"]["medmask_store"] = reseal(content)
+
+
+def _zip_members(path: Path) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        return {info.filename: zf.read(info) for info in zf.infolist()}
+
+
+def write_zip_members(path: Path, members: dict[str, bytes]) -> None:
+    """Rewrite a stored (uncompressed) zip with exactly these members."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def case_content(path: Path, case_id: str) -> dict:
+    """The sealed ``medmask_store`` attributes of a stored case, read without the library (any backend)."""
+    import h5py
+
+    suffix = suffix_of_path(path)
+    if suffix == ".msk":
+        return read_packed(path)[0]["cases"][case_id]["attributes"]["medmask_store"]
+    if suffix in (".h5", ".hdf5"):
+        with h5py.File(path, "r") as f:
+            return json.loads(f[f"cases/{case_id}"].attrs["medmask_store"])
+    key = f"cases/{case_id}/zarr.json"
+    raw = (path / key).read_bytes() if suffix == ".zarr" else _zip_members(path)[key]
+    return json.loads(raw)["attributes"]["medmask_store"]
+
+
+def write_case_content(path: Path, case_id: str, content: dict, sealed: bool = True) -> None:
+    """Replace a stored case's attributes behind the library's back; ``sealed``: with a valid checksum
+    (a crafted archive), else as given (damage)."""
+    import h5py
+
+    content = reseal(content) if sealed else content
+    suffix = suffix_of_path(path)
+    if suffix == ".msk":
+        catalog, data = read_packed(path)
+        catalog["cases"][case_id]["attributes"]["medmask_store"] = content
+        write_packed(path, catalog, data)
+    elif suffix in (".h5", ".hdf5"):
+        with h5py.File(path, "r+") as f:
+            f[f"cases/{case_id}"].attrs["medmask_store"] = json.dumps(content)
+    else:
+        key = f"cases/{case_id}/zarr.json"
+        document = json.loads((path / key).read_bytes() if suffix == ".zarr" else _zip_members(path)[key])
+        document["attributes"]["medmask_store"] = content
+        if suffix == ".zarr":
+            (path / key).write_text(json.dumps(document))
+        else:
+            members = _zip_members(path)
+            members[key] = json.dumps(document).encode()
+            write_zip_members(path, members)
+
+
+def suffix_of_path(path: Path) -> str:
+    """The backend suffix of an archive path."""
+    for suffix in (".zarr.zip", ".zarr", ".hdf5", ".h5", ".msk"):
+        if path.name.endswith(suffix):
+            return suffix
+    raise ValueError(path)

@@ -35,10 +35,10 @@ def append_crc32c(data: bytes) -> bytes:
 def strip_crc32c(data: bytes) -> bytes:
     """The payload, after checking its crc32c suffix."""
     if len(data) < CRC.size:
-        raise CorruptChunk(f"chunk of {len(data)} bytes is too short to hold its crc32c")
+        raise CorruptChunk(f"{len(data)} bytes are too short to hold a crc32c")
     payload, (stored,) = data[: -CRC.size], CRC.unpack(data[-CRC.size :])
     if google_crc32c.value(payload) != stored:
-        raise CorruptChunk("chunk fails its crc32c checksum")
+        raise CorruptChunk("fails its crc32c checksum")
     return payload
 
 

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+from spacetransformer import Space
+
 from medmask_store.errors import InvalidCase
+from medmask_store.limits import MAX_CASE_ID_BYTES, MAX_ORGAN_NAME_BYTES, MAX_VOXELS
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
 # Names that stores use for their own metadata next to case groups.
 RESERVED_CASE_IDS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray"})
 MAX_LABEL_VALUE = 65535
+
+
+def _utf8(name: str, what: str) -> bytes:
+    try:
+        return name.encode()
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from an undecodable file name
+        raise InvalidCase(f"{what} {name!r} is not valid UTF-8") from exc
 
 
 def validate_case_id(case_id: object) -> str:
@@ -26,15 +38,20 @@ def validate_case_id(case_id: object) -> str:
         )
     if case_id.lower() in RESERVED_CASE_IDS:
         raise InvalidCase(f"case id {case_id!r} is reserved for store metadata")
-    if len(case_id.encode()) > 200:
-        raise InvalidCase(f"case id {case_id[:40]!r}... is longer than 200 bytes")
+    if len(_utf8(case_id, "case id")) > MAX_CASE_ID_BYTES:
+        raise InvalidCase(f"case id {case_id[:40]!r}... is longer than {MAX_CASE_ID_BYTES} bytes")
     return case_id
 
 
 def validate_organ_name(name: object) -> str:
-    """Organ names become file names on export, so they follow case-id rules."""
+    """Organ names become file names on export (``<organ>.nii.gz``), so they follow case-id rules."""
     if not isinstance(name, str) or not name or _FORBIDDEN.search(name) or name in (".", ".."):
         raise InvalidCase(f"invalid organ name {name!r}: need a non-empty name without '/', '\\' or control characters")
+    if len(_utf8(name, "organ name")) > MAX_ORGAN_NAME_BYTES:
+        raise InvalidCase(
+            f"organ name {name[:40]!r}... is longer than {MAX_ORGAN_NAME_BYTES} bytes: "
+            "export writes <organ>.nii.gz, and file names hold 255 bytes"
+        )
     return name
 
 
@@ -66,3 +83,22 @@ def validate_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
         return json.loads(json.dumps(dict(meta), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidCase(f"case metadata is not JSON-serializable: {exc}") from exc
+
+
+def validate_space(space: object) -> Space:
+    """A Space whose geometry is usable: finite origin and orientation, finite positive spacing,
+    at most ``MAX_VOXELS`` voxels."""
+    if not isinstance(space, Space):
+        raise InvalidCase(f"space must be a spacetransformer.Space, got {type(space).__name__}")
+    shape = tuple(space.shape)
+    if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape):
+        raise InvalidCase(f"space shape must be 3 positive integers, got {shape}")
+    if math.prod(int(n) for n in shape) > MAX_VOXELS:
+        raise InvalidCase(f"space shape {shape} exceeds the limit of {MAX_VOXELS} voxels")
+    for name in ("origin", "spacing", "x_orientation", "y_orientation", "z_orientation"):
+        values = np.asarray(getattr(space, name), dtype=float)
+        if values.shape != (3,) or not np.isfinite(values).all():
+            raise InvalidCase(f"space {name} must be 3 finite numbers, got {getattr(space, name)}")
+    if not (np.asarray(space.spacing, dtype=float) > 0).all():
+        raise InvalidCase(f"space spacing must be positive, got {space.spacing}")
+    return space

@@ -2,7 +2,7 @@
 
 Stored as one ``.npz`` of numeric and fixed-width text columns (loaded with
 ``allow_pickle=False``; Zstd-compressed when small, where size matters, stored
-plain when large, where decode time does), so a 10,000-case index is one read
+plain when large, where decode time does) followed by its crc32c, so a 10,000-case index is one read
 and becomes a DataFrame without per-row Python work. Each case carries the
 backend's version token of the stored case, and the index records the version
 of the case listing it was built from; readers whose listing changed since
@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import zstandard
 
-from medmask_store.errors import InvalidArchive
+from medmask_store.codecs.chunks import append_crc32c, strip_crc32c
+from medmask_store.errors import CorruptChunk, CorruptMetadata
 from medmask_store.model.attributes import CaseInfo
 
 AXES = ("i", "j", "k")
@@ -87,11 +88,15 @@ class ArchiveIndex:
         return dict(zip(self.cases["case_id"], self.cases["token"]))
 
     # -- consistency -------------------------------------------------------------
-    def reconcile(self, live_tokens: dict[str, str], read_info: Callable[[str], CaseInfo]) -> bool:
-        """Drop cases that are gone, (re)read cases that are new or changed; return whether any was."""
+    def reconcile(self, live_tokens: dict[str, str], read_info: Callable[[str], CaseInfo | None]) -> bool:
+        """Drop cases that are gone, (re)read cases that are new or changed; return whether any was.
+
+        ``read_info`` returns None for a case to leave out (a damaged one).
+        """
         known = self.tokens()
         stale = {c for c, token in known.items() if live_tokens.get(c) != token}
-        fresh = [(read_info(c), token) for c, token in live_tokens.items() if known.get(c) != token]
+        read = ((read_info(c), token) for c, token in live_tokens.items() if known.get(c) != token)
+        fresh = [(info, token) for info, token in read if info is not None]
         if not stale and not fresh:
             return False
         self.replace(stale, fresh)
@@ -129,16 +134,32 @@ class ArchiveIndex:
         )
         raw = buffer.getvalue()
         # One TotalSegmentator case: 31 KB -> 3 KB. Large indexes stay plain: decoding 30 MB costs 75 ms.
-        if len(raw) >= SMALL_INDEX_BYTES:
-            return raw
-        return zstandard.ZstdCompressor(level=19, write_checksum=True).compress(raw)
+        if len(raw) < SMALL_INDEX_BYTES:
+            raw = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(raw)
+        return append_crc32c(raw)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ArchiveIndex:
+    def from_bytes(cls, data: bytes, where: object = "the archive index") -> ArchiveIndex:
+        """Decode a stored index after checking its crc32c; :class:`CorruptMetadata` names ``where``."""
+        fix = "run `medmask-store reindex` to rebuild it from the cases"
         try:
-            raw = data if data[:4] == ZIP_MAGIC else zstandard.ZstdDecompressor().decompress(data)
-        except zstandard.ZstdError as exc:
-            raise InvalidArchive(f"the archive index is corrupt ({exc}); run `medmask-store reindex`") from exc
+            payload = strip_crc32c(data)
+        except CorruptChunk:
+            raise CorruptMetadata(f"{where} fails its checksum: it was changed or damaged; {fix}") from None
+        try:
+            return cls._from_npz(payload)
+        except Exception as exc:  # only a crafted index gets here, and numpy/zipfile raise many types on one
+            raise CorruptMetadata(f"{where} is malformed ({type(exc).__name__}: {exc}); {fix}") from exc
+
+    @classmethod
+    def _from_npz(cls, payload: bytes) -> ArchiveIndex:
+        if payload[:4] == ZIP_MAGIC:
+            raw = payload
+        else:
+            declared = zstandard.get_frame_parameters(payload).content_size
+            if not 0 <= declared < SMALL_INDEX_BYTES:  # larger indexes are stored plain
+                raise ValueError(f"a compressed index declares {declared} bytes")
+            raw = zstandard.ZstdDecompressor().decompress(payload)
         with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
             c = {key: stored[key] for key in stored.files}
         organs = pd.DataFrame(c["numbers"].reshape(-1, len(ORGAN_FIELDS)), columns=list(ORGAN_FIELDS))
@@ -146,6 +167,8 @@ class ArchiveIndex:
         organs.insert(1, "organ", pd.Categorical.from_codes(c["row_organ"], c["organ_names"].astype(object)))
         metas = json.loads(str(c["meta"]))
         cases = pd.DataFrame({"case_id": c["case_ids"].tolist(), "token": c["tokens"].tolist(), "meta": metas}, dtype=object)
+        if not all(isinstance(meta, dict) for meta in metas) or not set(organs["case_id"]) <= set(cases["case_id"]):
+            raise ValueError("its case rows and organ rows disagree")
         return cls(_typed(organs), cases, str(c["listing_version"]))
 
     # -- tables -----------------------------------------------------------------

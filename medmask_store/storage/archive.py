@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,15 @@ import numpy as np
 import pandas as pd
 from spacetransformer import Space
 
-from medmask_store.errors import CaseExists, InvalidArchive, InvalidCase, ReadOnlyArchive
+from medmask_store.errors import (
+    CaseExists,
+    CorruptArchive,
+    CorruptMetadata,
+    DamagedDataWarning,
+    InvalidArchive,
+    InvalidCase,
+    ReadOnlyArchive,
+)
 from medmask_store.model.attributes import CaseInfo, case_attributes
 from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import validate_case_id
@@ -151,21 +160,39 @@ class MaskArchive:
 
     # -- index and queries -------------------------------------------------
     def _info(self, case_id: str) -> CaseInfo:
-        return CaseInfo.from_attributes(case_id, self._backend.read_case_attributes(case_id))
+        return self[case_id].info
 
-    def _reconciled(self, stored: bytes | None) -> ArchiveIndex:
+    def _skipping_damaged(self, case_id: str) -> CaseInfo | None:
+        """The case's metadata, or None with a warning if it is damaged."""
+        try:
+            return self._info(case_id)
+        except (CorruptArchive, InvalidArchive) as exc:
+            warnings.warn(f"skipped damaged case {case_id!r}: {exc}", DamagedDataWarning, stacklevel=4)
+            return None
+
+    def _reconciled(self, stored: bytes | None, skip_damaged: bool) -> ArchiveIndex:
         """The stored index, completed with cases added, replaced or deleted since it was written.
 
         When the index lists exactly the stored cases and the backend's listing
         version still equals the one it was built from (and this process wrote
-        nothing since), no case is looked at.
+        nothing since), no case is looked at. With ``skip_damaged``, damaged
+        cases are left out and a damaged index is rebuilt from the cases, with
+        a :class:`DamagedDataWarning` each; otherwise they raise.
         """
         version = self._backend.listing_version()
-        index = ArchiveIndex.from_bytes(stored) if stored else ArchiveIndex.from_cases([])
-        listed = set(self._backend.case_ids())
+        listed = set(self.case_ids(skip_damaged))
+        index = ArchiveIndex.from_cases([])
+        if stored:
+            try:
+                index = ArchiveIndex.from_bytes(stored, f"{self.path}: the query index")
+            except CorruptMetadata as exc:
+                if not skip_damaged:
+                    raise
+                warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=3)
         if not stored or self._modified or index.listing_version != version or set(index.case_ids) != listed:
             index.replace(self._modified, [])
-            index.reconcile(self._backend.case_tokens(), self._info)
+            tokens = {c: t for c, t in self._backend.case_tokens().items() if c in listed}
+            index.reconcile(tokens, self._skipping_damaged if skip_damaged else self._info)
         index.listing_version = version
         return index
 
@@ -174,8 +201,12 @@ class MaskArchive:
         self._modified.clear()
 
     def _index_to_store(self, stored: bytes | None) -> bytes:
-        """The reconciled index, or b"" (no index stored) below ``INDEX_MIN_CASES`` cases."""
-        return self._reconciled(stored).to_bytes() if self.stores_index else b""
+        """The reconciled index, or b"" (no index stored) below ``INDEX_MIN_CASES`` cases.
+
+        A writer leaves damaged cases out (with a warning) and rebuilds a damaged
+        index, rather than fail a write over a case it did not touch.
+        """
+        return self._reconciled(stored, skip_damaged=True).to_bytes() if self.stores_index else b""
 
     @property
     def stores_index(self) -> bool:
@@ -185,26 +216,33 @@ class MaskArchive:
         """
         return len(self._backend.case_ids()) >= INDEX_MIN_CASES
 
-    def index(self) -> ArchiveIndex:
-        """The archive index (one read), reconciled with the cases present."""
+    def index(self, skip_damaged: bool = False) -> ArchiveIndex:
+        """The archive index (one read), reconciled with the cases present.
+
+        A damaged index or case raises a :class:`CorruptArchive` naming it, or with
+        ``skip_damaged=True`` is left out with a :class:`DamagedDataWarning`.
+        """
+        if skip_damaged:
+            return self._reconciled(self._backend.read_index(), skip_damaged=True)
         if self._index is None:
-            self._index = self._reconciled(self._backend.read_index())
+            self._index = self._reconciled(self._backend.read_index(), skip_damaged=False)
         return self._index
 
-    def stats(self) -> pd.DataFrame:
+    def stats(self, skip_damaged: bool = False) -> pd.DataFrame:
         """Long-format statistics: one row per case × organ, with the case's scalar metadata."""
-        return self.index().stats_frame()
+        return self.index(skip_damaged).stats_frame()
 
-    def query(self, expression: str) -> list[str]:
+    def query(self, expression: str, skip_damaged: bool = False) -> list[str]:
         """Ids of the cases matching an expression such as ``"liver.volume_ml > 2000 and age >= 60"``."""
-        return evaluate_query(expression, self.index())
+        return evaluate_query(expression, self.index(skip_damaged))
 
     def reindex(self, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> None:
-        """Rebuild the stored index from every case's attributes."""
+        """Rebuild the stored index from every case's attributes (damaged cases left out, with a warning)."""
         self._check_writable()
         version = self._backend.listing_version()
         tokens = self._backend.case_tokens()
-        fresh = ArchiveIndex.from_cases((self._info(c), tokens[c]) for c in progress(sorted(tokens)))
+        infos = ((self._skipping_damaged(c), tokens[c]) for c in progress(self.case_ids(skip_damaged=True)))
+        fresh = ArchiveIndex.from_cases((info, token) for info, token in infos if info is not None)
         fresh.listing_version = version
         self._backend.update_index(lambda _: fresh.to_bytes() if self.stores_index else b"")
         self._modified.clear()
@@ -214,28 +252,54 @@ class MaskArchive:
     def stored_index(self) -> ArchiveIndex | None:
         """The index as stored, without reconciliation (None if none was written)."""
         stored = self._backend.read_index()
-        return ArchiveIndex.from_bytes(stored) if stored else None
+        return ArchiveIndex.from_bytes(stored, f"{self.path}: the query index") if stored else None
 
     def __repr__(self) -> str:
         return f"<MaskArchive {str(self.path)!r} mode={self.mode!r}>"
 
     # -- reading ---------------------------------------------------------
-    def case_ids(self) -> list[str]:
-        """Ids of all complete cases, sorted."""
-        return self._backend.case_ids()
+    def listing(self) -> tuple[list[str], list[str]]:
+        """The stored case ids (sorted) and one problem line per listed name that is not a valid case id.
+
+        Names come from the store (folders, zip members, groups, a catalog) and
+        are validated like ids given to :meth:`add_case`: a crafted name such as
+        ``../x`` is reported, never used to build a path.
+        """
+        valid, problems = [], []
+        for name in self._backend.case_ids():
+            try:
+                valid.append(validate_case_id(name))
+            except InvalidCase as exc:
+                problems.append(f"{self.path}: listed case name is refused: {exc}")
+        return sorted(valid), problems
+
+    def case_ids(self, skip_damaged: bool = False) -> list[str]:
+        """Ids of all complete cases, sorted.
+
+        A listed name that is not a valid case id raises :class:`CorruptMetadata`,
+        or with ``skip_damaged=True`` is left out with a :class:`DamagedDataWarning`.
+        """
+        valid, problems = self.listing()
+        if problems and not skip_damaged:
+            raise CorruptMetadata(f"{problems[0]} ({len(problems)} such names; run `medmask-store verify`)")
+        for problem in problems:
+            warnings.warn(problem, DamagedDataWarning, stacklevel=2)
+        return valid
 
     def __contains__(self, case_id: object) -> bool:
         return isinstance(case_id, str) and case_id in self._backend.case_ids()
 
     def __len__(self) -> int:
-        return len(self._backend.case_ids())
+        return len(self.case_ids())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.case_ids())
 
     def __getitem__(self, case_id: str) -> Case:
         validate_case_id(case_id)
-        return Case(self._backend, self._info(case_id))
+        stored = self._backend.open_case(case_id)
+        where = f"{self.path}: case {case_id!r}"
+        return Case(stored, CaseInfo.from_attributes(case_id, stored.attributes, self.path), where)
 
     # -- writing ---------------------------------------------------------
     def _check_writable(self) -> None:

@@ -1,12 +1,75 @@
-"""What a storage backend must do; everything else lives in the backend-neutral core."""
+"""What a storage backend must do; everything else lives in the backend-neutral core.
+
+Backends move bytes: they list cases, hand out a case's attributes and arrays
+(:class:`StoredCase`, :class:`StoredArray`) and write whole cases. The core
+checks everything a backend hands out against the case's checksummed manifest
+(:meth:`StoredArray.checked`), so no backend can return wrong data silently.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from medmask_store.storage.chunked import ChunkedArray
+from medmask_store.codecs.chunks import chunk_decoder
+from medmask_store.errors import CorruptChunk, CorruptMetadata
+from medmask_store.model.manifest import ArrayManifest, chunk_list_digest
+from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import ArrayToWrite
+
+# (shape, dtype string, chunk shape, chunk codec) of an array, as its own metadata describes it.
+ArrayLayout = tuple[tuple[int, ...], str, tuple[int, ...], str]
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """One array as a backend found it: its stored chunks and, where the store describes arrays, its layout."""
+
+    lengths: dict[ChunkCoords, int]  # byte length of every stored chunk
+    fetch: Callable[[ChunkCoords], bytes]  # the bytes of one stored chunk
+    zarr_chunks: bool  # Zstd label chunks carry Zarr's crc32c suffix (else a Zstd frame checksum)
+    layout: ArrayLayout | None = None  # None where the store keeps no description of its own (.msk)
+    metadata_crc32c: int | None = None  # crc32c of the array's metadata document, where it has one
+
+    def checked(self, manifest: ArrayManifest, where: str) -> ChunkedArray:
+        """A lazy array over these chunks, once they agree with the case's manifest.
+
+        ``where`` names the archive, case and array in every error.
+        """
+        fix = "restore the archive from a copy, or delete the case and import it again"
+        expected = (manifest.shape, manifest.dtype.str, manifest.chunks, manifest.codec)
+        if self.layout is not None and self.layout != expected:
+            raise CorruptMetadata(f"{where}: stored as {self.layout}, its manifest says {expected}; {fix}")
+        if manifest.metadata_crc32c is not None and self.metadata_crc32c != manifest.metadata_crc32c:
+            raise CorruptMetadata(f"{where}: its metadata document was changed or damaged (checksum mismatch); {fix}")
+        if len(self.lengths) != manifest.stored or chunk_list_digest(self.lengths) != manifest.chunks_crc32c:
+            raise CorruptMetadata(
+                f"{where}: {len(self.lengths)} stored chunks do not match the {manifest.stored} of its manifest "
+                f"(chunks or files are missing, added or damaged); {fix}"
+            )
+        lengths, fetch = self.lengths, self.fetch
+
+        def fetch_stored(coords: ChunkCoords) -> bytes | None:
+            length = lengths.get(coords)
+            if length is None:
+                return None
+            data = fetch(coords)
+            if len(data) != length:
+                raise CorruptChunk(f"truncated: {len(data)} of {length} bytes")
+            return data
+
+        decode = chunk_decoder(manifest.codec, manifest.dtype, manifest.chunks, zarr=self.zarr_chunks)
+        return ChunkedArray.of_stored(manifest.shape, manifest.dtype, manifest.chunks, fetch_stored, decode, where)
+
+
+@dataclass(frozen=True)
+class StoredCase:
+    """One case as a backend holds it, opened: attributes and arrays of one version of the case."""
+
+    attributes: dict[str, Any]
+    open_array: Callable[[str], StoredArray | None]  # None when the case stores no such array
+    closed: Callable[[], bool]  # whether the archive was closed since
 
 
 class Backend(Protocol):
@@ -18,20 +81,19 @@ class Backend(Protocol):
     # and is reconciled through version tokens. Single-file archives have one writer.
     concurrent_writers: bool
 
-    def case_ids(self) -> list[str]: ...
-
-    def read_case_attributes(self, case_id: str) -> dict[str, Any]:
-        """The case's attributes; raises :class:`CaseNotFound` if absent."""
+    def case_ids(self) -> list[str]:
+        """The names of the stored cases, as listed (the core validates them)."""
         ...
 
-    def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
-        """The named array of a case, or None when the case does not store it."""
+    def open_case(self, case_id: str) -> StoredCase:
+        """The case's attributes and arrays; :class:`CaseNotFound` if it is not stored."""
         ...
 
     def write_case(
-        self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
+        self, case_id: str, content: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
     ) -> None:
-        """Write a whole case: afterwards it is listed complete, or not at all."""
+        """Write a whole case (``content``: its unsealed attributes, see :func:`case_document`):
+        afterwards it is listed complete, or not at all."""
         ...
 
     def delete_case(self, case_id: str) -> None: ...

@@ -14,14 +14,14 @@ from typing import Any, Literal, overload
 import numpy as np
 from spacetransformer import Space
 
-from medmask_store.errors import ArchiveClosed, CorruptChunk, InvalidRegion, OrganNotFound
+from medmask_store.errors import ArchiveClosed, CorruptChunk, CorruptMetadata, InvalidRegion, OrganNotFound
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData
+from medmask_store.model.manifest import BINARY_LAYERS, LABEL_VOLUME
 from medmask_store.model.region import VoxelBox, box_space, voxel_box
 from medmask_store.model.stats import BBox, OrganStats
-from medmask_store.storage.backend import Backend
+from medmask_store.storage.backend import StoredCase
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
-from medmask_store.storage.layout import BINARY_LAYERS, LABEL_VOLUME
 
 
 def _bbox_slices(bbox: BBox) -> VoxelBox:
@@ -31,10 +31,11 @@ def _bbox_slices(bbox: BBox) -> VoxelBox:
 class Case:
     """One case of an archive. Metadata is read at once, voxels only on request."""
 
-    def __init__(self, backend: Backend, info: CaseInfo) -> None:
-        self._backend = backend
+    def __init__(self, stored: StoredCase, info: CaseInfo, where: str) -> None:
+        self._stored_case = stored
         self.info = info
-        self._arrays: dict[str, ChunkedArray | None] = {}
+        self.where = where  # the archive and case, for messages
+        self._arrays: dict[str, ChunkedArray] = {}
 
     def __repr__(self) -> str:
         return f"<Case {self.case_id!r} shape={tuple(self.space.shape)} organs={len(self.mapping)}>"
@@ -84,14 +85,19 @@ class Case:
 
     # -- stored arrays -------------------------------------------------------
     def _stored(self, name: str) -> ChunkedArray:
-        if self._backend.closed:
+        """A stored array, opened once and checked against the case's manifest."""
+        if self._stored_case.closed():
             raise ArchiveClosed(f"case {self.case_id!r}: its archive is closed; read it inside `with MaskArchive(...)`")
         if name not in self._arrays:
-            self._arrays[name] = self._backend.open_array(self.case_id, name)
-        array = self._arrays[name]
-        if array is None:
-            raise CorruptChunk(f"case {self.case_id!r} has no {name} array although its attributes need one")
-        return array
+            manifest = (self.info.arrays or {})[name]
+            array = self._stored_case.open_array(name)
+            if array is None:
+                raise CorruptMetadata(
+                    f"{self.where}: its {name} array is missing (the manifest lists {manifest.stored} stored chunks); "
+                    "restore the archive from a copy, or delete the case and import it again"
+                )
+            self._arrays[name] = array.checked(manifest, f"{self.where}/{name}")
+        return self._arrays[name]
 
     def _chunk_in_box(self, coords: ChunkCoords, bbox: BBox) -> bool:
         chunks = self._stored(LABEL_VOLUME).chunks
@@ -178,10 +184,7 @@ class Case:
         Where a layer organ overlaps a label-volume organ, the voxel shows the
         layer organ: use :meth:`read_organ` for every organ exactly.
         """
-        labels = (self.labels if include_layers else self.stored_labels)[...]
-        if not labels.any() and any(s.voxels for s in self.info.stats.values()):
-            raise CorruptChunk(f"case {self.case_id!r}: its label chunks are missing although organs have voxels")
-        return labels
+        return (self.labels if include_layers else self.stored_labels)[...]
 
     def read_region(self, region: Any) -> np.ndarray:
         """Labels (layers painted) of a region: voxel slices / (start, stop) pairs, or a :class:`WorldBox`."""
@@ -217,7 +220,7 @@ class Case:
         cropped = view[box]
         if np.count_nonzero(cropped) != stats.voxels:
             raise CorruptChunk(
-                f"case {self.case_id!r}: organ {name!r} reads {np.count_nonzero(cropped)} voxels, "
+                f"{self.where}: organ {name!r} reads {np.count_nonzero(cropped)} voxels, "
                 f"its statistics say {stats.voxels}: chunks are missing or damaged"
             )
         if crop:
@@ -250,7 +253,7 @@ class Case:
                 mask[region] |= layers[(self.info.layer_names.index(name), *region)]
             if np.count_nonzero(mask[region]) != self.info.stats[name].voxels:
                 raise CorruptChunk(
-                    f"case {self.case_id!r}: organ {name!r} reads {np.count_nonzero(mask[region])} voxels, "
+                    f"{self.where}: organ {name!r} reads {np.count_nonzero(mask[region])} voxels, "
                     f"its statistics say {self.info.stats[name].voxels}: chunks are missing or damaged"
                 )
         return masks

@@ -3,8 +3,9 @@
 Layout::
 
     archive.h5
-      /                      attribute medmask_store = JSON {"format_version": 2, "kind": "archive"}
-      /cases/<case_id>       attribute medmask_store = JSON case attributes (as in Zarr)
+      /                      attribute medmask_store = JSON {"format_version": 3, "kind": "archive", "checksum": ...}
+      /cases/<case_id>       attribute medmask_store = JSON case attributes, sealed, with the array
+                             manifest (as in Zarr)
         label_volume         uint8|uint16, chunks 64^3, filter Zstd (hdf5plugin, id 32015);
                              each chunk a Zstd frame with its content checksum: any h5py
                              reader with hdf5plugin decodes (and verifies) it
@@ -22,22 +23,25 @@ Writers work on a copy and publish it on commit (see :mod:`.single_file`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import hdf5plugin
 import numpy as np
 
-from medmask_store.codecs.chunks import chunk_decoder
-from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
-from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
-from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
+from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, CorruptMetadata, InvalidArchive, MaskStoreError
+from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
+from medmask_store.model.attributes import ATTRIBUTE_KEY, archive_attributes, case_document, check_archive_attributes
+from medmask_store.model.manifest import ArrayManifest
+from medmask_store.storage.backend import StoredArray, StoredCase
+from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 
@@ -45,10 +49,27 @@ from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 # and read here, and plain h5py reports an unknown filter instead of returning wrong data.
 FILTER_IDS = {"zstd": hdf5plugin.ZSTD_ID, "crackle_zstd": 32766, "packbits_zstd": 32767}
 CODECS_BY_FILTER = {filter_id: codec for codec, filter_id in FILTER_IDS.items()}
-# HDF5 1.10 object and chunk-index formats: ~10 KB less metadata per case than 1.8's.
+# HDF5 1.10 object and chunk-index formats: ~10 KB less metadata per case than 1.8's,
+# and checksums on every object header and chunk index (HDF5 verifies them on read).
 LIBVER = ("v110", "latest")
 STAGING_GROUP = "staging"
 INDEX_DATASET = "index"  # the archive index (.npz bytes), see medmask_store.query.index
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _hdf5_errors(method: Method) -> Method:
+    """Turn the errors h5py raises on a damaged file (OSError, RuntimeError, KeyError...) into ours."""
+
+    @functools.wraps(method)
+    def translated(self: Hdf5Backend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except MaskStoreError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CorruptMetadata(f"{self.path}: the HDF5 structure is damaged ({type(exc).__name__}: {exc})") from exc
+
+    return translated  # type: ignore[return-value]
 
 
 def _write_json_attributes(node: h5py.Group | h5py.Dataset, attributes: dict[str, Any]) -> None:
@@ -56,12 +77,20 @@ def _write_json_attributes(node: h5py.Group | h5py.Dataset, attributes: dict[str
         node.attrs[key] = json.dumps(value, separators=(",", ":"))
 
 
-def _read_json_attributes(node: h5py.Group) -> dict[str, Any]:
+def _read_json_attributes(node: h5py.Group, what: str, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The node's attributes (or only ``keys``), each a JSON text of at most ``MAX_DOCUMENT_BYTES``."""
     raw = dict(node.attrs.items())  # materialized first: a failing decode must not hold h5py's lock
-    try:
-        return {key: json.loads(value) for key, value in raw.items()}
-    except (TypeError, ValueError) as exc:
-        raise InvalidArchive(f"{node.file.filename}:{node.name} has attributes that are not JSON text ({exc})") from exc
+    attributes = {}
+    for key, value in raw.items():
+        if keys is not None and key not in keys:
+            continue
+        if not isinstance(value, str) or len(value) > MAX_DOCUMENT_BYTES:
+            raise CorruptMetadata(f"{what}: attribute {key!r} is not a JSON text of at most {MAX_DOCUMENT_BYTES} bytes")
+        try:
+            attributes[key] = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            raise CorruptMetadata(f"{what}: attribute {key!r} is not valid JSON ({exc})") from exc
+    return attributes
 
 
 class Hdf5Backend(SingleWriter):
@@ -71,7 +100,6 @@ class Hdf5Backend(SingleWriter):
         self.path = path
         self.read_only = mode == "r"
         self.closed = False
-        self._descriptor: int | None = None
         # Bumped when a case is replaced or deleted: HDF5 reuses freed space, so readers
         # opened before must stop rather than read bytes now belonging to other chunks.
         self._versions: dict[str, int] = {}
@@ -79,22 +107,29 @@ class Hdf5Backend(SingleWriter):
         self._editor: SingleFileEditor | None = None
         if self.read_only:
             self._file = self._open_existing(path, "r")
-            return
-        self._editor = SingleFileEditor(path, mode, ".h5")
-        try:
-            if path.exists():
-                self._open_existing(path, "r").close()  # refuse to replace or extend anything but an archive
-            if path.exists() and mode != "w":
-                shutil.copyfile(path, self._editor.working)
-                self._file = h5py.File(self._editor.working, "r+", libver=LIBVER)
-            else:
-                self._file = h5py.File(self._editor.working, "w", libver=LIBVER)
-                _write_json_attributes(self._file, ARCHIVE_ATTRIBUTES)
-                self._file.create_group(CASES_GROUP)
-        except BaseException:
-            self._editor.close()
-            raise
-        self._dirty = not path.exists() or mode == "w"
+        else:
+            self._editor = SingleFileEditor(path, mode, ".h5")
+            try:
+                self._file = self._open_working_copy(path, mode)
+            except BaseException:
+                self._editor.close()
+                raise
+            self._dirty = not path.exists() or mode == "w"
+        # Chunks are read through HDF5's own descriptor (duplicated): the very file HDF5
+        # opened, even if the path has since been replaced by a writer's commit.
+        self._descriptor = os.dup(self._file.id.get_vfd_handle())
+
+    def _open_working_copy(self, path: Path, mode: str) -> h5py.File:
+        assert self._editor is not None
+        if path.exists():
+            self._open_existing(path, "r").close()  # refuse to replace or extend anything but an archive
+        if path.exists() and mode != "w":
+            shutil.copyfile(path, self._editor.working)
+            return h5py.File(self._editor.working, "r+", libver=LIBVER)
+        file = h5py.File(self._editor.working, "w", libver=LIBVER)
+        _write_json_attributes(file, archive_attributes())
+        file.create_group(CASES_GROUP)
+        return file
 
     @staticmethod
     def _open_existing(path: Path, mode: str) -> h5py.File:
@@ -105,20 +140,31 @@ class Hdf5Backend(SingleWriter):
         except OSError as exc:
             raise InvalidArchive(f"{path} cannot be opened as an HDF5 archive: {exc}") from exc
         try:
-            check_archive_attributes(_read_json_attributes(file), path)
-        except InvalidArchive:
+            try:  # other tools' files have attributes of their own: only ours must be JSON
+                root = _read_json_attributes(file, f"{path}: root", keys=(ATTRIBUTE_KEY,))
+            except CorruptMetadata as exc:
+                raise InvalidArchive(f"{path} is not a medmask_store archive ({exc})") from exc
+            check_archive_attributes(root, path)
+            if not isinstance(file.get(CASES_GROUP), h5py.Group):
+                raise CorruptMetadata(f"{path}: has no /{CASES_GROUP} group")
+        except BaseException as exc:
             file.close()
-            raise
+            if isinstance(exc, MaskStoreError):
+                raise
+            raise CorruptMetadata(f"{path}: the HDF5 structure is damaged ({type(exc).__name__}: {exc})") from exc
         return file
 
     # -- reading ---------------------------------------------------------
+    @_hdf5_errors
     def case_ids(self) -> list[str]:
         return sorted(self._file[CASES_GROUP].keys())
 
+    @_hdf5_errors
     def read_index(self) -> bytes | None:
         dataset = self._file.get(INDEX_DATASET)
         return None if dataset is None else dataset[...].tobytes()
 
+    @_hdf5_errors
     def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
         self._check_writable()
         data = build(self.read_index())
@@ -132,30 +178,68 @@ class Hdf5Backend(SingleWriter):
         group = self._file[CASES_GROUP].get(case_id)
         if group is None:
             raise CaseNotFound(f"no case {case_id!r} in {self.path}")
+        if not isinstance(group, h5py.Group):
+            raise CorruptMetadata(f"{self.path}: case {case_id!r} is not an HDF5 group")
         return group
 
-    def read_case_attributes(self, case_id: str) -> dict[str, Any]:
-        return _read_json_attributes(self._case_group(case_id))
-
-    def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
-        dataset = self._case_group(case_id).get(name)
-        if dataset is None:
-            return None
-        if not self.read_only:
-            self._file.flush()  # chunk bytes are read from the file itself
-        if self._descriptor is None:
-            self._descriptor = os.open(self._file.filename, os.O_RDONLY)
+    @_hdf5_errors
+    def open_case(self, case_id: str) -> StoredCase:
+        group = self._case_group(case_id)
+        what = f"{self.path}: case {case_id!r}"
+        attributes = _read_json_attributes(group, what)
         version = self._versions.get(case_id, 0)
 
         def check_current() -> None:
             if self._versions.get(case_id, 0) != version:
                 raise CaseNotFound(f"case {case_id!r} was replaced or deleted since it was opened; open it again")
 
-        return _chunked_reader(dataset, self._descriptor, f"{self.path}:{dataset.name}", check_current)
+        open_array = functools.partial(self._open_array, group=group, what=what, check_current=check_current)
+        return StoredCase(attributes, open_array, lambda: self.closed)
+
+    @_hdf5_errors
+    def _open_array(self, name: str, group: h5py.Group, what: str, check_current: Callable[[], None]) -> StoredArray | None:
+        check_current()
+        dataset = group.get(name)
+        if dataset is None:
+            return None
+        where = f"{what}/{name}"
+        if not isinstance(dataset, h5py.Dataset) or dataset.chunks is None:
+            raise CorruptMetadata(f"{where}: not a chunked HDF5 dataset")
+        if not self.read_only:
+            self._file.flush()  # chunk bytes are read from the file itself
+        chunks = tuple(dataset.chunks)
+        grid = [-(-n // c) for n, c in zip(dataset.shape, chunks)]
+        if int(np.prod(chunks, dtype=object)) > MAX_CHUNK_VOXELS or int(np.prod(grid, dtype=object)) > MAX_CHUNKS_PER_ARRAY:
+            raise CorruptMetadata(f"{where}: chunks {chunks} of shape {dataset.shape} exceed the limits")
+        filter_id = dataset.id.get_create_plist().get_filter(0)[0]
+        if filter_id not in CODECS_BY_FILTER:
+            raise CorruptMetadata(f"{where}: unsupported filter id {filter_id}")
+        locations: dict[ChunkCoords, tuple[int, int]] = {}
+
+        def locate(info: Any) -> None:
+            locations[tuple(o // n for o, n in zip(info.chunk_offset, chunks))] = (info.byte_offset, info.size)
+
+        dataset.id.chunk_iter(locate)
+        file_size = os.fstat(self._descriptor).st_size
+
+        def fetch(coords: ChunkCoords) -> bytes:
+            check_current()
+            offset, length = locations[coords]
+            if offset + length > file_size:
+                raise CorruptChunk(f"{length} bytes at {offset} lie beyond the end of the file ({file_size} bytes)")
+            return os.pread(self._descriptor, length, offset)
+
+        return StoredArray(
+            lengths={coords: length for coords, (_, length) in locations.items()},
+            fetch=fetch,
+            zarr_chunks=False,
+            layout=(tuple(dataset.shape), np.dtype(dataset.dtype).str, chunks, CODECS_BY_FILTER[filter_id]),
+        )
 
     # -- writing ---------------------------------------------------------
+    @_hdf5_errors
     def write_case(
-        self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
+        self, case_id: str, content: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
     ) -> None:
         self._check_writable()
         cases = self._file[CASES_GROUP]
@@ -164,9 +248,8 @@ class Hdf5Backend(SingleWriter):
         staging_name = f"{STAGING_GROUP}/{uuid.uuid4().hex}"
         try:
             group = self._file.create_group(staging_name)
-            _write_json_attributes(group, attributes)
-            for array in arrays:
-                self._write_array(group, array)
+            manifests = {array.name: self._write_array(group, array) for array in arrays}
+            _write_json_attributes(group, case_document(content, manifests))
             if case_id in cases:
                 del cases[case_id]
                 self._versions[case_id] = self._versions.get(case_id, 0) + 1
@@ -178,7 +261,7 @@ class Hdf5Backend(SingleWriter):
                 del self._file[STAGING_GROUP]
         self._dirty = True
 
-    def _write_array(self, group: h5py.Group, array: ArrayToWrite) -> None:
+    def _write_array(self, group: h5py.Group, array: ArrayToWrite) -> ArrayManifest:
         data, chunks = array.data, array.chunks
         # HDF5 refuses chunks larger than the maximum shape; Zarr allows them, and the
         # chunk shape must match Zarr's for byte-identical chunks.
@@ -194,9 +277,12 @@ class Hdf5Backend(SingleWriter):
         if array.codec != "zstd":
             codec = {"codec": array.codec, "checksum": "crc32c", "reader": "pip install medmask_store"}
             dataset.attrs["medmask_store"] = json.dumps(codec)
-        for coords, encoded in array.encoded_chunks():
-            dataset.id.write_direct_chunk(tuple(c * n for c, n in zip(coords, chunks)), encoded)
+        encoded = array.encoded_chunks()
+        for coords, chunk in encoded:
+            dataset.id.write_direct_chunk(tuple(c * n for c, n in zip(coords, chunks)), chunk)
+        return array.manifest(encoded)
 
+    @_hdf5_errors
     def delete_case(self, case_id: str) -> None:
         self._check_writable()
         self._case_group(case_id)
@@ -204,6 +290,7 @@ class Hdf5Backend(SingleWriter):
         self._versions[case_id] = self._versions.get(case_id, 0) + 1
         self._dirty = True
 
+    @_hdf5_errors
     def _write_snapshot(self, destination: Path) -> None:
         """Copy the live objects into a fresh file: compact (no space left by deletes) and closed."""
         with h5py.File(destination, "w", libver=LIBVER) as snapshot:
@@ -215,35 +302,9 @@ class Hdf5Backend(SingleWriter):
 
     def close(self) -> None:
         self.closed = True
-        if self._descriptor is not None:
-            os.close(self._descriptor)
+        os.close(self._descriptor)
         try:
             self._file.close()
         finally:
             if self._editor is not None:
                 self._editor.close()
-
-
-def _chunked_reader(
-    dataset: h5py.Dataset, descriptor: int, where: str, check_current: Callable[[], None]
-) -> ChunkedArray:
-    """The dataset's chunks: located once, then read with ``os.pread`` and decoded here."""
-    chunks = tuple(dataset.chunks)
-    dtype = np.dtype(dataset.dtype)
-    locations: dict[ChunkCoords, tuple[int, int]] = {}
-
-    def locate(info: Any) -> None:
-        locations[tuple(o // n for o, n in zip(info.chunk_offset, chunks))] = (info.byte_offset, info.size)
-
-    dataset.id.chunk_iter(locate)
-    filter_id = dataset.id.get_create_plist().get_filter(0)[0]
-    if filter_id not in CODECS_BY_FILTER:
-        raise InvalidArchive(f"{where}: unsupported filter id {filter_id}")
-    decode = chunk_decoder(CODECS_BY_FILTER[filter_id], dtype, chunks, zarr=False)
-
-    def fetch(coords: ChunkCoords) -> bytes | None:
-        check_current()
-        location = locations.get(coords)
-        return None if location is None else os.pread(descriptor, location[1], location[0])
-
-    return ChunkedArray.of_stored(tuple(dataset.shape), dtype, chunks, fetch, decode, where)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -9,14 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from medmask_store.codecs.chunks import ENCODERS, Encoder
+from medmask_store.errors import InvalidCase
+from medmask_store.limits import MAX_CHUNK_EDGE, MAX_CHUNKS_PER_ARRAY
 from medmask_store.model.case_data import CaseData, flat_nonzero
+from medmask_store.model.manifest import BINARY_LAYERS, LABEL_CODECS, LABEL_VOLUME, LAYER_CODEC, ArrayManifest
 from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
-LABEL_VOLUME = "label_volume"
-BINARY_LAYERS = "binary_layers"
 CASES_GROUP = "cases"
 INDEX = "index.npz.zst"
-LABEL_CODECS = ("zstd", "crackle_zstd")
 ENCODING_THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -40,8 +41,8 @@ class StorageSettings:
     def __post_init__(self) -> None:
         if self.label_codec not in LABEL_CODECS:
             raise ValueError(f"label_codec must be one of {LABEL_CODECS}, got {self.label_codec!r}")
-        if not 1 <= self.chunk_size <= 1024:
-            raise ValueError(f"chunk_size must be in 1..1024, got {self.chunk_size}")
+        if not 1 <= self.chunk_size <= MAX_CHUNK_EDGE:
+            raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_EDGE}, got {self.chunk_size}")
 
     @classmethod
     def preset(cls, name: str) -> StorageSettings:
@@ -86,6 +87,11 @@ class ArrayToWrite:
             results = list(pool.map(encoded, (region for _, region in regions)))
         return [(coords, data) for (coords, _), data in zip(regions, results) if data is not None]
 
+    def manifest(self, encoded: list[tuple[ChunkCoords, bytes]], metadata_crc32c: int | None = None) -> ArrayManifest:
+        """What the case's attributes promise about this array, once written as ``encoded`` chunks."""
+        lengths = {coords: len(data) for coords, data in encoded}
+        return ArrayManifest.of_chunks(self.data.shape, self.data.dtype, self.chunks, self.codec, lengths, metadata_crc32c)
+
 
 def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[ArrayToWrite], list[list[int]]]:
     """The arrays of a case, and where each binary-layer window starts (voxels, chunk-aligned).
@@ -96,6 +102,12 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
     of the volume. The binary-layer array is omitted when no organ overlaps.
     """
     cube = (settings.chunk_size,) * 3
+    chunk_count = math.prod(-(-n // settings.chunk_size) for n in data.label_volume.shape)
+    if chunk_count > MAX_CHUNKS_PER_ARRAY:
+        raise InvalidCase(
+            f"a volume of shape {data.label_volume.shape} makes {chunk_count} chunks of {settings.chunk_size}³, "
+            f"more than the {MAX_CHUNKS_PER_ARRAY} an array may hold; choose a larger chunk_size"
+        )
     label_volume = ArrayToWrite(
         LABEL_VOLUME, data.label_volume, cube, ("i", "j", "k"), settings.label_codec, settings.label_level
     )
@@ -103,7 +115,7 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
         return [label_volume], []
     origins, windows = _layer_windows(data, settings.chunk_size)
     layers = ArrayToWrite(
-        BINARY_LAYERS, windows, (1, *cube), ("layer", "i", "j", "k"), "packbits_zstd", settings.layer_level
+        BINARY_LAYERS, windows, (1, *cube), ("layer", "i", "j", "k"), LAYER_CODEC, settings.layer_level
     )
     return [label_volume, layers], origins
 

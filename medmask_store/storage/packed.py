@@ -8,21 +8,25 @@ Layout (integers little-endian)::
 
     offset  size  field
     0       4     magic   b"MSKP"
-    4       1     format version (1)
+    4       1     format version (2)
     5       4     n       byte length of the catalog
     9       n     catalog one Zstd frame (with checksum) of a JSON document, compressed
-                  with :data:`CATALOG_DICTIONARY` (raw content; a one-organ catalog: ~280 bytes)
+                  with :data:`CATALOG_DICTIONARY` (raw content; a one-organ catalog: ~300 bytes)
     9 + n   ...   data    chunk bytes (and the archive index), located by the catalog
 
-The catalog holds the archive attributes and, per case, the case attributes
-(as in Zarr) and its arrays: shape, dtype, chunk shape, chunk codec and
-``[chunk coords..., offset, length]`` of every stored chunk (offsets from the
-start of the data). Chunks are encoded as in HDF5 (:data:`~medmask_store.codecs.chunks.ENCODERS`),
-each with its own checksum, so a read of one region decodes only its chunks.
+The catalog holds the sealed archive attributes and, per case, its sealed
+attributes (as in Zarr, with the manifest of its arrays: shape, dtype, chunk
+shape, codec, chunk digest) and ``[chunk coords..., offset, length]`` of every
+stored chunk of each array (offsets from the start of the data). Chunks are
+encoded as in HDF5 (:data:`~medmask_store.codecs.chunks.ENCODERS`), each with its
+own checksum, so a read of one region decodes only its chunks. Every byte of the
+file is covered by a checksum: the header by the catalog frame it delimits.
 
-Readers read the catalog once and chunks with ``os.pread``. Writers hold the
-lock of :mod:`.single_file`, keep the archive in memory and rewrite the file on
-commit (atomic replace): fine for small archives, wrong for thousands of cases.
+Readers read the catalog once (refusing catalogs above ``MAX_CATALOG_BYTES`` or
+locations outside the file before allocating) and chunks with ``os.pread``.
+Writers hold the lock of :mod:`.single_file`, keep the archive in memory and
+rewrite the file on commit (atomic replace): fine for small archives, wrong for
+thousands of cases.
 """
 
 from __future__ import annotations
@@ -32,69 +36,77 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zstandard
 
-from medmask_store.codecs.chunks import chunk_decoder
-from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, InvalidArchive
-from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
-from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
+from medmask_store.errors import CaseExists, CaseNotFound, CorruptMetadata, InvalidArchive
+from medmask_store.limits import MAX_CATALOG_BYTES
+from medmask_store.model.attributes import archive_attributes, case_document, check_archive_attributes
+from medmask_store.storage.backend import StoredArray, StoredCase
+from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import ArrayToWrite, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 
 MAGIC = b"MSKP"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<4sBI")
 CATALOG_LEVEL = 19
 # Part of the format: a typical catalog, so small catalogs cost their values, not their keys.
 CATALOG_DICTIONARY = zstandard.ZstdCompressionDict(
-    b'{"attributes":{"medmask_store":{"format_version":2,"kind":"archive"}},"cases":{"mask":{"attributes":'
-    b'{"medmask_store":{"format_version":2,"space":{"shape":[512,512,300],"origin":[0.0,0.0,0.0],'
+    b'{"attributes":{"medmask_store":{"format_version":3,"kind":"archive","checksum":1234567890}},"cases":{"mask":'
+    b'{"attributes":{"medmask_store":{"format_version":3,"space":{"shape":[512,512,300],"origin":[0.0,0.0,0.0],'
     b'"spacing":[1.5,1.5,1.5],"x_orientation":[1.0,0.0,0.0],"y_orientation":[0.0,1.0,0.0],'
     b'"z_orientation":[0.0,0.0,1.0]},"mapping":{"liver":1},"binary_layers":[],"layer_origins":[[0,0,0]],'
     b'"stats":{"organs":["liver"],"voxels":[1000],"bbox":[[0,10,0,10,0,10]],"centroid_voxel":[[5.0,5.0,5.0]]},'
-    b'"meta":{"array_dtype":"uint8"},"organ_affines":{"affines":[],"organs":{}}}},"arrays":{"label_volume":'
-    b'{"shape":[512,512,300],"dtype":"|u1","chunks":[64,64,64],"codec":"zstd","stored":[[0,0,0,0,100]]},'
-    b'"binary_layers":{"shape":[1,64,64,64],"dtype":"|b1","chunks":[1,64,64,64],"codec":"packbits_zstd",'
-    b'"stored":[[0,0,0,0,0,100]]}}}},"index":null,"crackle_zstd"}',
+    b'"meta":{"array_dtype":"uint8"},"organ_affines":{"affines":[],"organs":{}},"arrays":{"label_volume":'
+    b'{"shape":[512,512,300],"dtype":"|u1","chunks":[64,64,64],"codec":"zstd","stored":100,"chunks_crc32c":1234567890},'
+    b'"binary_layers":{"shape":[1,64,64,64],"dtype":"|b1","chunks":[1,64,64,64],"codec":"packbits_zstd","stored":1,'
+    b'"chunks_crc32c":1234567890}},"checksum":1234567890}},"chunks":{"label_volume":[[0,0,0,0,100]],'
+    b'"binary_layers":[[0,0,0,0,0,100]]}}},"index":null,"crackle_zstd"}',
     dict_type=zstandard.DICT_TYPE_RAWCONTENT,
 )
-
-
-@dataclass
-class PackedArray:
-    """One stored array: its description and where its chunks are (data offsets or bytes in memory)."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    chunks: tuple[int, ...]
-    codec: str
-    locations: dict[ChunkCoords, tuple[int, int]] = field(default_factory=dict)
-    in_memory: dict[ChunkCoords, bytes] = field(default_factory=dict)
-
-    def to_json(self, locations: dict[ChunkCoords, tuple[int, int]]) -> dict[str, Any]:
-        return {
-            "shape": list(self.shape),
-            "dtype": self.dtype.str,
-            "chunks": list(self.chunks),
-            "codec": self.codec,
-            "stored": [[*coords, offset, length] for coords, (offset, length) in sorted(locations.items())],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PackedArray:
-        ndim = len(data["shape"])
-        locations = {tuple(entry[:ndim]): (entry[ndim], entry[ndim + 1]) for entry in data["stored"]}
-        return cls(tuple(data["shape"]), np.dtype(data["dtype"]), tuple(data["chunks"]), data["codec"], locations)
+Location = tuple[int, int]  # (offset from the start of the data, byte length)
 
 
 @dataclass
 class PackedCase:
+    """One case: its sealed attributes and, per array, where its chunks are (in the file or in memory)."""
+
     attributes: dict[str, Any]
-    arrays: dict[str, PackedArray]
+    locations: dict[str, dict[ChunkCoords, Location]] = field(default_factory=dict)
+    in_memory: dict[str, dict[ChunkCoords, bytes]] = field(default_factory=dict)
+
+    def to_json(self, place: Callable[[bytes], Location]) -> dict[str, Any]:
+        """The catalog entry, placing every in-memory chunk with ``place``."""
+        chunks = {
+            name: [[*coords, *place(data)] for coords, data in sorted(stored.items())]
+            for name, stored in self.in_memory.items()
+        }
+        return {"attributes": self.attributes, "chunks": chunks}
+
+    @classmethod
+    def from_json(cls, entry: object, data_size: int, what: str) -> PackedCase:
+        """A catalog entry, every chunk location checked to lie inside the data section."""
+        if not isinstance(entry, dict) or set(entry) != {"attributes", "chunks"} or not isinstance(entry["chunks"], dict):
+            raise CorruptMetadata(f"{what}: malformed catalog entry")
+        locations = {}
+        for name, rows in entry["chunks"].items():
+            if not isinstance(rows, list) or not all(_location_row(row, data_size) for row in rows):
+                raise CorruptMetadata(f"{what}: array {name!r}: chunk locations are malformed or lie outside the file")
+            locations[name] = {tuple(row[:-2]): (row[-2], row[-1]) for row in rows}
+        return cls(entry["attributes"], locations)
+
+
+def _location_row(row: object, data_size: int, coordinates: bool = True) -> bool:
+    """Whether ``row`` is ``[coords..., offset, length]`` (or ``[offset, length]``) of plain
+    integers locating bytes inside a data section of ``data_size`` bytes."""
+    return (
+        isinstance(row, list) and (len(row) > 2 if coordinates else len(row) == 2)
+        and all(type(v) is int and v >= 0 for v in row) and row[-2] + row[-1] <= data_size
+    )  # fmt: skip
 
 
 class PackedFileBackend(SingleWriter):
@@ -107,7 +119,8 @@ class PackedFileBackend(SingleWriter):
         self._editor = None if self.read_only else SingleFileEditor(path, mode, ".msk")
         self._descriptor: int | None = None
         self._cases: dict[str, PackedCase] = {}
-        self._index: tuple[int, int] | bytes | None = None
+        self._damaged: dict[str, CorruptMetadata] = {}
+        self._index: Location | bytes | None = None
         self._dirty = False
         try:
             if path.exists():
@@ -115,7 +128,7 @@ class PackedFileBackend(SingleWriter):
             elif self.read_only:
                 raise InvalidArchive(f"{path} does not exist; open it with mode 'a' or 'w' to create one")
             if mode == "w" or not path.exists():
-                self._cases, self._index, self._dirty = {}, None, True
+                self._cases, self._damaged, self._index, self._dirty = {}, {}, None, True
             elif not self.read_only:
                 self._hold_in_memory()
         except BaseException:
@@ -125,75 +138,91 @@ class PackedFileBackend(SingleWriter):
     # -- reading the file --------------------------------------------------
     def _load(self) -> None:
         self._descriptor = os.open(self.path, os.O_RDONLY)
+        file_size = os.fstat(self._descriptor).st_size
         header = os.pread(self._descriptor, HEADER.size, 0)
         if len(header) < HEADER.size or header[:4] != MAGIC:
             raise InvalidArchive(f"{self.path} is not a packed medmask_store file (no {MAGIC!r} header)")
         _, version, length = HEADER.unpack(header)
         if version != VERSION:
             raise InvalidArchive(f"{self.path} is packed format version {version}; this medmask_store reads {VERSION}")
-        frame = os.pread(self._descriptor, length, HEADER.size)
-        try:
-            decompressor = zstandard.ZstdDecompressor(dict_data=CATALOG_DICTIONARY).decompressobj()
-            text = decompressor.decompress(frame)
-            if not decompressor.eof or decompressor.unused_data:  # the frame must end where the header says
-                raise ValueError(f"the catalog frame does not end at byte {HEADER.size + length}")
-            catalog = json.loads(text)
-        except (zstandard.ZstdError, ValueError) as exc:
-            raise InvalidArchive(f"{self.path}: the catalog is corrupt ({exc})") from exc
-        check_archive_attributes(catalog.get("attributes", {}), self.path)
+        if length > min(file_size - HEADER.size, MAX_CATALOG_BYTES):
+            raise CorruptMetadata(f"{self.path}: the header declares a catalog of {length} bytes, the file holds {file_size}")
+        catalog = self._read_catalog(os.pread(self._descriptor, length, HEADER.size))
         self._data_start = HEADER.size + length
-        self._cases = {
-            case_id: PackedCase(
-                entry["attributes"], {name: PackedArray.from_json(a) for name, a in entry["arrays"].items()}
-            )
-            for case_id, entry in catalog["cases"].items()
-        }
-        self._index = tuple(catalog["index"]) if catalog.get("index") else None  # type: ignore[assignment]
+        data_size = file_size - self._data_start
+        cases, index = catalog["cases"], catalog["index"]
+        if not isinstance(cases, dict) or not (index is None or _location_row(index, data_size, coordinates=False)):
+            raise CorruptMetadata(f"{self.path}: the catalog is malformed (cases or index location)")
+        self._cases, self._damaged = {}, {}  # a damaged case fails when opened, not the whole file
+        for case_id, entry in cases.items():
+            try:
+                self._cases[case_id] = PackedCase.from_json(entry, data_size, f"{self.path}: case {case_id!r}")
+            except CorruptMetadata as exc:
+                self._damaged[case_id] = exc
+        self._index = tuple(index) if index else None  # type: ignore[assignment]
+
+    def _read_catalog(self, frame: bytes) -> dict[str, Any]:
+        """The catalog document; its declared size is bounded before it is decompressed."""
+        try:
+            declared = zstandard.get_frame_parameters(frame).content_size
+            if not 0 <= declared <= MAX_CATALOG_BYTES:
+                raise ValueError(f"it declares {declared} bytes, the limit is {MAX_CATALOG_BYTES}")
+            decompressor = zstandard.ZstdDecompressor(dict_data=CATALOG_DICTIONARY)
+            catalog = json.loads(decompressor.decompress(frame, allow_extra_data=False))
+        except (zstandard.ZstdError, ValueError, RecursionError) as exc:
+            raise CorruptMetadata(f"{self.path}: the catalog is corrupt ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(catalog, dict) or set(catalog) != {"attributes", "cases", "index"}:
+            raise CorruptMetadata(f"{self.path}: the catalog is malformed")
+        check_archive_attributes(catalog["attributes"], self.path)
+        return catalog
 
     def _hold_in_memory(self) -> None:
         """Writers keep every chunk in memory: the file is rewritten on commit."""
+        for error in self._damaged.values():
+            raise CorruptMetadata(f"{error}; a writer cannot keep this case: restore the file from a copy")
         for case in self._cases.values():
-            for array in case.arrays.values():
-                array.in_memory = {c: self._read(*where) for c, where in array.locations.items()}
-                array.locations = {}
+            case.in_memory = {
+                name: {coords: self._read(*where) for coords, where in stored.items()}
+                for name, stored in case.locations.items()
+            }
+            case.locations = {}
         if isinstance(self._index, tuple):
             self._index = self._read(*self._index)
 
     def _read(self, offset: int, length: int) -> bytes:
+        """Bytes of the data section (locations were checked against the file size on load)."""
         assert self._descriptor is not None
-        data = os.pread(self._descriptor, length, self._data_start + offset)
-        if len(data) != length:
-            raise CorruptChunk(f"{self.path} is truncated: {length} bytes at data offset {offset} are missing")
-        return data
+        return os.pread(self._descriptor, length, self._data_start + offset)
 
     # -- Backend: reading ----------------------------------------------------
     def case_ids(self) -> list[str]:
-        return sorted(self._cases)
+        return sorted([*self._cases, *self._damaged])
 
-    def read_case_attributes(self, case_id: str) -> dict[str, Any]:
-        return self._case(case_id).attributes
-
-    def _case(self, case_id: str) -> PackedCase:
+    def open_case(self, case_id: str) -> StoredCase:
+        if case_id in self._damaged:
+            raise self._damaged[case_id]
         if case_id not in self._cases:
             raise CaseNotFound(f"no case {case_id!r} in {self.path}")
-        return self._cases[case_id]
+        case = self._cases[case_id]
+        return StoredCase(case.attributes, partial(self._open_array, case_id, case), lambda: self.closed)
 
-    def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
-        case = self._case(case_id)
-        array = case.arrays.get(name)
-        if array is None:
+    def _open_array(self, case_id: str, case: PackedCase, name: str) -> StoredArray | None:
+        on_file, in_memory = case.locations.get(name), case.in_memory.get(name)
+        if on_file is not None:
+            lengths = {coords: length for coords, (_, length) in on_file.items()}
+            read: Callable[[ChunkCoords], bytes] = lambda coords: self._read(*on_file[coords])  # noqa: E731
+        elif in_memory is not None:
+            lengths = {coords: len(data) for coords, data in in_memory.items()}
+            read = in_memory.__getitem__
+        else:
             return None
-        decode = chunk_decoder(array.codec, array.dtype, array.chunks, zarr=False)
-        where = f"{self.path}:{case_id}/{name}"
 
-        def fetch(coords: ChunkCoords) -> bytes | None:
+        def fetch(coords: ChunkCoords) -> bytes:
             if self._cases.get(case_id) is not case:
                 raise CaseNotFound(f"case {case_id!r} was replaced or deleted since it was opened; open it again")
-            if coords in array.locations:
-                return self._read(*array.locations[coords])
-            return array.in_memory.get(coords)
+            return read(coords)
 
-        return ChunkedArray.of_stored(array.shape, array.dtype, array.chunks, fetch, decode, where)
+        return StoredArray(lengths, fetch, zarr_chunks=False)
 
     def read_index(self) -> bytes | None:
         if isinstance(self._index, tuple):
@@ -202,23 +231,21 @@ class PackedFileBackend(SingleWriter):
 
     # -- Backend: writing ----------------------------------------------------
     def write_case(
-        self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
+        self, case_id: str, content: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
     ) -> None:
         self._check_writable()
         if case_id in self._cases and not overwrite:
             raise CaseExists(f"case {case_id!r} already exists in {self.path}; pass overwrite=True to replace it")
-        stored = {
-            array.name: PackedArray(
-                array.data.shape, array.data.dtype, array.chunks, array.codec, in_memory=dict(array.encoded_chunks())
-            )
-            for array in arrays
-        }
-        self._cases[case_id] = PackedCase(json.loads(json.dumps(attributes)), stored)
+        encoded = {array.name: array.encoded_chunks() for array in arrays}
+        manifests = {array.name: array.manifest(encoded[array.name]) for array in arrays}
+        attributes = json.loads(json.dumps(case_document(content, manifests)))  # plain JSON, as a reader sees it
+        self._cases[case_id] = PackedCase(attributes, in_memory={name: dict(chunks) for name, chunks in encoded.items()})
         self._dirty = True
 
     def delete_case(self, case_id: str) -> None:
         self._check_writable()
-        self._case(case_id)
+        if case_id not in self._cases:
+            raise CaseNotFound(f"no case {case_id!r} in {self.path}")
         del self._cases[case_id]
         self._dirty = True
 
@@ -231,21 +258,15 @@ class PackedFileBackend(SingleWriter):
         blobs: list[bytes] = []
         offset = 0
 
-        def place(data: bytes) -> list[int]:
+        def place(data: bytes) -> Location:
             nonlocal offset
             blobs.append(data)
             offset += len(data)
-            return [offset - len(data), len(data)]
+            return offset - len(data), len(data)
 
-        cases = {}
-        for case_id, case in sorted(self._cases.items()):
-            arrays = {}
-            for name, array in case.arrays.items():
-                locations = {coords: tuple(place(data)) for coords, data in sorted(array.in_memory.items())}
-                arrays[name] = array.to_json(locations)  # type: ignore[arg-type]
-            cases[case_id] = {"attributes": case.attributes, "arrays": arrays}
-        index = place(self._index) if isinstance(self._index, bytes) else None
-        catalog = {"attributes": ARCHIVE_ATTRIBUTES, "cases": cases, "index": index}
+        cases = {case_id: case.to_json(place) for case_id, case in sorted(self._cases.items())}
+        index = list(place(self._index)) if isinstance(self._index, bytes) else None
+        catalog = {"attributes": archive_attributes(), "cases": cases, "index": index}
         text = json.dumps(catalog, separators=(",", ":")).encode()
         compressor = zstandard.ZstdCompressor(
             level=CATALOG_LEVEL, dict_data=CATALOG_DICTIONARY, write_checksum=True, write_dict_id=False

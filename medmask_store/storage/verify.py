@@ -1,8 +1,12 @@
-"""Archive verification: the stored index against the cases, and every chunk against its checksum."""
+"""Archive verification: every case, every chunk and the index, checked; every problem reported.
+
+Verification never stops at the first problem: a damaged case is reported and
+the next one checked, so one run lists everything that needs repair.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -10,60 +14,76 @@ from medmask_store.errors import MaskStoreError
 from medmask_store.query.index import ArchiveIndex
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
+from medmask_store.storage.chunked import ChunkedArray, iter_chunks
 
 
 def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> list[str]:
     """Every problem found, one line each; an empty list means the archive is sound.
 
-    Checks that the stored index lists exactly the stored cases with their
-    current statistics and metadata, that every stored chunk decodes and passes
-    its checksum, and that decoded voxel counts equal the stored statistics.
+    Checks that every listed name is a valid case id; that every case's
+    attributes and array manifest pass their checksums and checks; that every
+    stored chunk decodes and passes its checksum; that decoded voxel counts equal
+    the stored statistics; and that the stored index passes its checksum and
+    lists exactly the stored cases with their current statistics and metadata.
     """
-    problems: list[str] = []
-    stored = archive.stored_index()
-    case_ids = archive.case_ids()
-    indexed = stored is not None or archive.stores_index
-    if stored is None:
-        if indexed:
+    case_ids, problems = archive.listing()
+    stored: ArchiveIndex | None = None
+    try:
+        stored = archive.stored_index()
+        if stored is None and archive.stores_index:
             problems.append("index: missing (run `medmask-store reindex`)")
-        stored = ArchiveIndex.from_cases([])
-    for case_id in sorted(set(stored.case_ids) - set(case_ids)):
+            stored = ArchiveIndex.from_cases([])
+    except MaskStoreError as exc:
+        problems.append(f"index: {exc}")
+    for case_id in sorted(set(stored.case_ids if stored else []) - set(case_ids)):
         problems.append(f"index: lists case {case_id!r}, which is not stored")
     for case_id in progress(case_ids):
         try:
             case = archive[case_id]
+            if stored is not None:
+                problems += _index_problems(stored, case)
+            problems += [f"case {case_id!r}: {p}" for p in _voxel_problems(case)]
         except MaskStoreError as exc:
-            problems.append(f"case {case_id!r}: unreadable attributes ({exc})")
-            continue
-        if indexed and case_id not in stored.case_ids:
-            problems.append(f"index: case {case_id!r} has no entry")
-        elif indexed and not _same_entry(stored, ArchiveIndex.from_cases([(case.info, stored.tokens()[case_id])]), case_id):
-            problems.append(f"index: entry of case {case_id!r} differs from its attributes")
-        problems += [f"case {case_id!r}: {p}" for p in _check_voxels(case)]
+            problems.append(f"case {case_id!r}: {type(exc).__name__}: {exc}")
     return problems
 
 
-def _same_entry(stored: ArchiveIndex, truth: ArchiveIndex, case_id: str) -> bool:
-    mine = ArchiveIndex(stored.organs[stored.organs["case_id"].astype(str) == case_id],
-                        stored.cases[stored.cases["case_id"] == case_id])
-    return mine == truth
+def _index_problems(stored: ArchiveIndex, case: Case) -> list[str]:
+    if case.case_id not in stored.case_ids:
+        return [f"index: case {case.case_id!r} has no entry"]
+    truth = ArchiveIndex.from_cases([(case.info, stored.tokens()[case.case_id])])
+    mine = ArchiveIndex(
+        stored.organs[stored.organs["case_id"].astype(str) == case.case_id],
+        stored.cases[stored.cases["case_id"] == case.case_id],
+    )
+    return [] if mine == truth else [f"index: entry of case {case.case_id!r} differs from its attributes"]
 
 
-def _check_voxels(case: Case) -> list[str]:
-    """Decode every stored chunk; compare voxel counts with the statistics."""
+def _voxel_problems(case: Case) -> list[str]:
+    """Decode every stored chunk (one at a time: memory stays one chunk); compare voxel counts with the statistics."""
     info = case.info
-    try:
-        labels = case.stored_labels[...]
-        layers = case.stored_layers[...] if case.stored_layers is not None else None
-    except MaskStoreError as exc:
-        return [f"chunk check failed: {exc}"]
-    counts = np.bincount(labels.ravel(), minlength=max(info.mapping.values(), default=0) + 1)
-    problems = []
+    labels = case.stored_labels
+    counts = np.zeros(2 ** (8 * labels.dtype.itemsize), dtype=np.int64)  # every value the dtype can hold
+    for _, chunk in _stored_chunks(labels):
+        counts += np.bincount(chunk.ravel(), minlength=counts.size)
+    layer_voxels = np.zeros(len(info.layer_names), dtype=np.int64)
+    if case.stored_layers is not None:
+        for (layer, *_), chunk in _stored_chunks(case.stored_layers):
+            layer_voxels[layer] += np.count_nonzero(chunk)
+    unmapped = sorted(set(np.flatnonzero(counts).tolist()) - {0, *info.mapping.values()})
+    problems = [f"the label volume holds values {unmapped[:10]} that no organ has"] if unmapped else []
     for organ, value in info.mapping.items():
         found = int(counts[value])  # layer voxels are where other organs hold the label: disjoint
         if organ in info.layer_names:
-            assert layers is not None
-            found += int(np.count_nonzero(layers[info.layer_names.index(organ)]))
+            found += int(layer_voxels[info.layer_names.index(organ)])
         if found != info.stats[organ].voxels:
             problems.append(f"organ {organ!r} has {found} voxels, its statistics say {info.stats[organ].voxels}")
     return problems
+
+
+def _stored_chunks(array: ChunkedArray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Every stored chunk of ``array`` with its coordinates, decoded and cut to the part inside the array."""
+    for coords, region in iter_chunks(array.shape, array.chunks):
+        chunk = array.read_chunk(coords)
+        if chunk is not None:
+            yield coords, chunk[tuple(slice(0, r.stop - r.start) for r in region)]

@@ -27,12 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zarr.storage import LocalStore
-
 from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
 from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite, StorageSettings
 from medmask_store.storage.zarr_store import (
-    DirectoryBytes,
+    FolderBytes,
     ZarrCaseReader,
     check_archive_root,
     create_archive_root,
@@ -60,14 +58,14 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         if mode == "w-" and path.exists():
             raise InvalidArchive(f"{path} already exists; mode 'w-' creates new archives only")
         if mode == "w" and exists:
-            check_archive_root(DirectoryBytes(path), path)  # replace archives only, never other folders
+            check_archive_root(FolderBytes(path, str(path)), path)  # replace archives only, never other folders
             shutil.rmtree(path)
             exists = False
         if not exists:
             if path.exists() and any(path.iterdir()):
                 raise InvalidArchive(f"{path} exists and is not a medmask_store archive; refusing to write into it")
-            create_archive_root(LocalStore(path))
-        source = DirectoryBytes(path)
+            create_archive_root(path)
+        source = FolderBytes(path, str(path))
         check_archive_root(source, path)
         super().__init__(source, path)
         if not self.read_only:
@@ -75,6 +73,12 @@ class ZarrDirectoryBackend(ZarrCaseReader):
 
     def _case_dir(self, case_id: str) -> Path:
         return self.path / CASES_GROUP / case_id
+
+    def _case_source(self, case_id: str) -> FolderBytes:
+        try:
+            return FolderBytes(self._case_dir(case_id), f"{self.path}: case {case_id!r}")
+        except (FileNotFoundError, NotADirectoryError):
+            raise CaseNotFound(f"no case {case_id!r} in {self.path}") from None
 
     def case_ids(self) -> list[str]:
         with os.scandir(self.path / CASES_GROUP) as entries:
@@ -107,12 +111,12 @@ class ZarrDirectoryBackend(ZarrCaseReader):
             os.replace(temporary, self.path / INDEX)
 
     def write_case(
-        self, case_id: str, attributes: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
+        self, case_id: str, content: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
     ) -> None:
         staging = self._staging_path("new", case_id)
         staging.mkdir(parents=True)
         try:
-            write_case_group(staging, attributes, arrays)
+            write_case_group(staging, content, arrays)
             self._commit_case(staging, case_id, overwrite)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -130,7 +134,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         except OSError as exc:
             raise CaseExists(f"case {case_id!r} was written concurrently by another process") from exc
         if replaced is not None:
-            shutil.rmtree(replaced)
+            remove_tree(replaced)
 
     def delete_case(self, case_id: str) -> None:
         target = self._case_dir(case_id)
@@ -139,7 +143,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         trash = self._staging_path("deleted", case_id)
         trash.parent.mkdir(exist_ok=True)
         os.rename(target, trash)
-        shutil.rmtree(trash)
+        remove_tree(trash)
 
     def commit(self) -> None:
         """Nothing to do: every case was committed by its rename."""
@@ -167,11 +171,18 @@ class ZarrDirectoryBackend(ZarrCaseReader):
             if purpose == "replaced" and not self._case_dir(case_id).exists():
                 os.rename(entry, self._case_dir(case_id))
             else:
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(entry)
 
     def close(self) -> None:
         self.closed = True
-        self._source.close()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder, or only the link where a case folder is a symbolic link (never its target)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def process_alive(pid: int) -> bool:

@@ -3,6 +3,8 @@
 Writing goes through zarr-python. Reading bypasses it: case attributes are the
 ``zarr.json`` documents, and array chunks are located through the shard index
 and decoded here, so a 64³ read costs one ranged read and one Zstd decode.
+Every document is read with a size limit and parsed defensively; every ranged
+read is checked against the object's size before anything is allocated.
 """
 
 from __future__ import annotations
@@ -10,22 +12,25 @@ from __future__ import annotations
 import json
 import os
 import struct
+import weakref
 import zipfile
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import zarr
-from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-from medmask_store.codecs.chunks import ZARR_ENCODERS, append_crc32c, chunk_decoder, strip_crc32c
+from medmask_store.codecs.chunks import ZARR_ENCODERS, append_crc32c, strip_crc32c
 from medmask_store.codecs.zarr3 import CrackleZstdCodec, PackBitsZstdCodec
-from medmask_store.errors import CaseNotFound, CorruptChunk, InvalidArchive
-from medmask_store.model.attributes import ARCHIVE_ATTRIBUTES, check_archive_attributes
-from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
+from medmask_store.errors import CaseNotFound, CorruptChunk, CorruptMetadata, InvalidArchive
+from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
+from medmask_store.model.attributes import archive_attributes, case_document, check_archive_attributes
+from medmask_store.model.manifest import crc32c
+from medmask_store.storage.backend import StoredArray, StoredCase
+from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite
 
 COMPACT_JSON = {"json_indent": None}
@@ -37,24 +42,29 @@ CODEC_CHAINS = {
     ("crackle_zstd", "crc32c"): "crackle_zstd",
     ("packbits_zstd", "crc32c"): "packbits_zstd",
 }
+CASES_GROUP_CHECKSUM = "cases_group_crc32c"  # root attribute: crc32c of cases/zarr.json
 
 
-def create_archive_root(store: Store) -> None:
-    """The root group with the archive attributes, and the empty ``cases`` group."""
+def create_archive_root(path: Path) -> None:
+    """The root group, the empty ``cases`` group, and the sealed archive attributes covering both."""
     with zarr.config.set(COMPACT_JSON):
-        root = zarr.create_group(store, attributes=ARCHIVE_ATTRIBUTES, zarr_format=3)
+        root = zarr.create_group(LocalStore(path), zarr_format=3)
         root.create_group(CASES_GROUP)
+        cases_document = (path / CASES_GROUP / "zarr.json").read_bytes()
+        root.attrs.put(archive_attributes(**{CASES_GROUP_CHECKSUM: crc32c(cases_document)}))
 
 
-def write_case_group(directory: Path, attributes: dict[str, Any], arrays: list[ArrayToWrite]) -> None:
-    """Write one case as a Zarr group in ``directory``: attributes, then each array as one shard.
+def write_case_group(directory: Path, content: dict[str, Any], arrays: list[ArrayToWrite]) -> None:
+    """Write one case as a Zarr group in ``directory``: each array as one shard, then the sealed attributes.
 
     zarr-python writes the metadata; the shard is assembled here from chunks
     encoded in parallel, in the ``sharding_indexed`` layout: the chunks, then
-    the index of (offset, length) pairs and its crc32c.
+    the index of (offset, length) pairs and its crc32c. The case's manifest
+    records each array's chunks and the crc32c of its ``zarr.json``.
     """
     with zarr.config.set(COMPACT_JSON):
-        group = zarr.create_group(LocalStore(directory), attributes=attributes, zarr_format=3)
+        group = zarr.create_group(LocalStore(directory), zarr_format=3)
+        manifests = {}
         for array in arrays:
             shard = tuple(-(-size // chunk) * chunk for size, chunk in zip(array.data.shape, array.chunks))
             serializer: Any = BytesCodec()
@@ -75,11 +85,19 @@ def write_case_group(directory: Path, attributes: dict[str, Any], arrays: list[A
                 dimension_names=array.dimension_names,
                 config={"write_empty_chunks": False},
             )
-            _write_shard(directory / array.name / "c" / "/".join("0" * array.data.ndim), array)
+            encoded = array.encoded_chunks(ZARR_ENCODERS)
+            _write_shard(directory / array.name / shard_key(array.data.ndim), array, encoded)
+            metadata = (directory / array.name / "zarr.json").read_bytes()
+            manifests[array.name] = array.manifest(encoded, crc32c(metadata))
+        group.attrs.put(case_document(content, manifests))
 
 
-def _write_shard(path: Path, array: ArrayToWrite) -> None:
-    encoded = array.encoded_chunks(ZARR_ENCODERS)
+def shard_key(ndim: int) -> str:
+    """The key of an array's one shard (default chunk key encoding)."""
+    return "c/" + "/".join("0" * ndim)
+
+
+def _write_shard(path: Path, array: ArrayToWrite, encoded: list[tuple[ChunkCoords, bytes]]) -> None:
     if not encoded:
         return  # an empty shard is not stored
     grid = tuple(-(-size // chunk) for size, chunk in zip(array.data.shape, array.chunks))
@@ -97,69 +115,107 @@ def _write_shard(path: Path, array: ArrayToWrite) -> None:
 class StoredObject(Protocol):
     """One object of a store, opened: its size and ranged reads (always of the same version)."""
 
-    @property
-    def size(self) -> int: ...
+    name: str
+    size: int
 
     def read(self, start: int, length: int) -> bytes: ...
 
 
 class ByteSource(Protocol):
-    """Read access to the objects of a Zarr store, by key."""
+    """Read access to the objects of a Zarr store (or of one case in it), by key."""
 
     def open(self, key: str) -> StoredObject | None:
         """The object, or None if absent."""
         ...
 
-    def close(self) -> None: ...
+
+def _checked_range(stored: StoredObject, start: int, length: int) -> None:
+    """Refuse a read beyond the object before any buffer is allocated for it."""
+    if start < 0 or length < 0 or start + length > stored.size:
+        raise CorruptChunk(f"{stored.name}: {length} bytes at {start} lie beyond its end ({stored.size} bytes)")
 
 
-class DirectoryObject:
-    """A file of a directory store; ranged reads with ``os.pread`` on one descriptor."""
+class FileObject:
+    """A file; ranged reads with ``os.pread`` on one descriptor, so every read sees the same file."""
 
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - lives as long as the object
-        self.size = os.fstat(self._file.fileno()).st_size
+    def __init__(self, handle: Any, name: str) -> None:
+        self._file = handle  # lives as long as the object
+        self.name = name
+        self.size = os.fstat(handle.fileno()).st_size
 
     def read(self, start: int, length: int) -> bytes:
+        _checked_range(self, start, length)
         return os.pread(self._file.fileno(), length, start)
 
 
-class DirectoryBytes:
-    """Objects of a directory store."""
+class FolderBytes:
+    """The files of a folder, opened through a descriptor of the folder.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    A case folder replaced or deleted after it was opened keeps reading its own
+    files; a file missing because of that is reported as a changed case
+    (:class:`CaseNotFound`), not as damage.
+    """
 
-    def open(self, key: str) -> DirectoryObject | None:
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        weakref.finalize(self, os.close, self._descriptor)
+
+    def open(self, key: str) -> FileObject | None:
+        opener = partial(_open_at, folder=self._descriptor)
         try:
-            return DirectoryObject(self.root / key)
+            return FileObject(open(key, "rb", buffering=0, opener=opener), f"{self.what}/{key}")  # noqa: SIM115
         except FileNotFoundError:
+            if self.moved():
+                raise CaseNotFound(f"{self.what} was replaced or deleted since it was opened; open it again") from None
             return None
+        except OSError as exc:  # a folder where a file belongs, a permission, a loop of links
+            raise CorruptMetadata(f"{self.what}/{key}: cannot be read ({exc})") from exc
 
-    def close(self) -> None:
-        """Nothing is held open beyond the objects handed out."""
+    def moved(self) -> bool:
+        """Whether the folder's path now names another folder, or nothing."""
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self._descriptor).st_ino
+        except FileNotFoundError:
+            return True
 
 
-@dataclass(frozen=True)
+def _open_at(path: str, flags: int, folder: int) -> int:
+    return os.open(path, flags, dir_fd=folder)
+
+
 class ZipMember:
     """A stored (uncompressed) member of a zip: a byte range of the zip file."""
 
-    descriptor: int
-    offset: int
-    size: int
+    def __init__(self, descriptor: int, name: str, offset: int, size: int) -> None:
+        self.descriptor, self.name, self.offset, self.size = descriptor, name, offset, size
 
     def read(self, start: int, length: int) -> bytes:
+        _checked_range(self, start, length)
         return os.pread(self.descriptor, length, self.offset + start)
 
 
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+
+
 class ZipBytes:
-    """Objects of a zip store whose members are stored uncompressed, read in place."""
+    """Objects of a zip store whose members are stored uncompressed, read in place.
+
+    Each member's local header must repeat what the central directory says of
+    it (name, sizes, crc, flags, time), so a damaged header is an error, never
+    a read from the wrong place.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with zipfile.ZipFile(path) as archive:
-            self._members = {info.filename: info for info in archive.infolist()}
+        try:
+            with zipfile.ZipFile(path) as archive:
+                self._members = {info.filename: info for info in archive.infolist()}
+        except Exception as exc:  # zipfile raises many types (BadZipFile, struct.error, ValueError...) on damage
+            raise CorruptMetadata(f"{path}: the zip directory is damaged ({type(exc).__name__}: {exc})") from exc
         self._descriptor = os.open(path, os.O_RDONLY)
+        self._size = os.fstat(self._descriptor).st_size
 
     @property
     def names(self) -> list[str]:
@@ -169,65 +225,153 @@ class ZipBytes:
         info = self._members.get(key)
         if info is None:
             return None
+        where = f"{self.path}: member {key}"
         if info.compress_type != zipfile.ZIP_STORED:
-            raise InvalidArchive(f"{self.path}: member {key} is compressed; medmask_store zips are stored")
-        header = os.pread(self._descriptor, 30, info.header_offset)
-        name_length, extra_length = struct.unpack("<HH", header[26:30])
-        return ZipMember(self._descriptor, info.header_offset + 30 + name_length + extra_length, info.file_size)
+            raise InvalidArchive(f"{where} is compressed; medmask_store zips are stored")
+        name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+        header = os.pread(self._descriptor, LOCAL_HEADER.size + len(name), max(info.header_offset, 0))
+        if info.header_offset < 0 or len(header) < LOCAL_HEADER.size:
+            raise CorruptMetadata(f"{where}: its local header lies outside the file")
+        fields = LOCAL_HEADER.unpack_from(header)
+        # With a data descriptor (flag 0x08) the local header leaves crc and sizes zero; ZIP64 caps them.
+        sums = (0, 0, 0) if info.flag_bits & 0x08 else (info.CRC, *(min(n, 0xFFFFFFFF) for n in (info.compress_size, info.file_size)))
+        expected = (b"PK\x03\x04", info.extract_version, info.flag_bits, info.compress_type,
+                    *_dos_time(info.date_time), *sums, len(name))  # fmt: skip
+        if fields[:-1] != expected or header[LOCAL_HEADER.size :] != name:
+            raise CorruptMetadata(f"{where}: its local header disagrees with the zip directory")
+        member = ZipMember(self._descriptor, where, info.header_offset + LOCAL_HEADER.size + len(name) + fields[-1], info.file_size)
+        if member.offset + member.size > self._size:
+            raise CorruptMetadata(f"{where}: its data lies beyond the end of the file")
+        return member
 
     def close(self) -> None:
         os.close(self._descriptor)
 
 
-def read_json(source: ByteSource, key: str) -> dict[str, Any] | None:
+def _dos_time(date_time: tuple[int, ...]) -> tuple[int, int]:
+    """(time, date) as a zip header stores them."""
+    year, month, day, hour, minute, second = date_time
+    return hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day
+
+
+class PrefixBytes:
+    """The objects of a store under a key prefix (one case of a zip)."""
+
+    def __init__(self, source: ByteSource, prefix: str) -> None:
+        self._source, self._prefix = source, prefix
+
+    def open(self, key: str) -> StoredObject | None:
+        return self._source.open(self._prefix + key)
+
+
+def read_raw(source: ByteSource, key: str, what: str) -> bytes | None:
+    """A whole metadata object (at most ``MAX_DOCUMENT_BYTES``), or None if absent."""
     stored = source.open(key)
-    return None if stored is None else json.loads(stored.read(0, stored.size))
+    if stored is None:
+        return None
+    if stored.size > MAX_DOCUMENT_BYTES:
+        raise CorruptMetadata(f"{what}/{key}: {stored.size} bytes, above the limit of {MAX_DOCUMENT_BYTES} for metadata")
+    return stored.read(0, stored.size)
+
+
+def parse_document(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object, or :class:`CorruptMetadata` naming ``what``."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CorruptMetadata(f"{what}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(document, dict):
+        raise CorruptMetadata(f"{what}: not a JSON object")
+    return document
+
+
+def group_attributes(source: ByteSource, key: str, what: str) -> dict[str, Any] | None:
+    """The attributes of a Zarr v3 group document, or None if it is absent."""
+    raw = read_raw(source, key, what)
+    if raw is None:
+        return None
+    document = parse_document(raw, f"{what}/{key}")
+    attributes = document.get("attributes")
+    if document.get("zarr_format") != 3 or document.get("node_type") != "group" or not isinstance(attributes, dict):
+        raise CorruptMetadata(f"{what}/{key}: not a Zarr v3 group document")
+    return attributes
 
 
 def check_archive_root(source: ByteSource, where: object) -> None:
-    document = read_json(source, "zarr.json")
-    if document is None:
+    """Raise unless the root is a readable archive whose root and ``cases`` group documents are intact."""
+    attributes = group_attributes(source, "zarr.json", str(where))
+    if attributes is None:
         raise InvalidArchive(f"{where} is not a medmask_store archive (no root zarr.json)")
-    check_archive_attributes(document.get("attributes", {}), where)
+    content = check_archive_attributes(attributes, where)
+    cases = read_raw(source, f"{CASES_GROUP}/zarr.json", str(where))
+    if cases is None or crc32c(cases) != content.get(CASES_GROUP_CHECKSUM):
+        raise CorruptMetadata(f"{where}: {CASES_GROUP}/zarr.json is missing or damaged")
+
+
+def open_sharded_array(source: ByteSource, name: str, what: str) -> StoredArray | None:
+    """One of our sharded arrays of a case (``source``: the case's objects), or None if it has none."""
+    raw = read_raw(source, f"{name}/zarr.json", what)
+    if raw is None:
+        return None
+    where = f"{what}/{name}"
+    metadata = parse_document(raw, f"{where}/zarr.json")
+    try:
+        shape = tuple(metadata["shape"])
+        dtype = np.dtype(metadata["data_type"])
+        sharding = metadata["codecs"][0]["configuration"]
+        chunks = tuple(sharding["chunk_shape"])
+        shard = tuple(metadata["chunk_grid"]["configuration"]["chunk_shape"])
+        codec = _chunk_codec(metadata)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise CorruptMetadata(f"{where}/zarr.json: not one of our sharded arrays ({type(exc).__name__}: {exc})") from exc
+    sizes = (*shape, *chunks, *shard)
+    if codec is None or not all(type(n) is int and n >= 0 for n in sizes) or 0 in chunks or len(chunks) != len(shape):
+        raise CorruptMetadata(f"{where}/zarr.json: unsupported array metadata (codecs {metadata.get('codecs')})")
+    grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
+    if int(np.prod(chunks, dtype=object)) > MAX_CHUNK_VOXELS or int(np.prod(grid, dtype=object)) > MAX_CHUNKS_PER_ARRAY:
+        raise CorruptMetadata(f"{where}/zarr.json: chunks {chunks} of shape {shape} exceed the limits")
+    if shard != tuple(g * c for g, c in zip(grid, chunks)):
+        raise CorruptMetadata(f"{where}/zarr.json: shard shape {shard} is not the whole array")
+    chunks_reader = ShardedChunks(source, f"{name}/{shard_key(len(shape))}", grid, where)
+    return StoredArray(
+        lengths={coords: length for coords, (_, length) in chunks_reader.locations.items()},
+        fetch=chunks_reader.fetch,
+        zarr_chunks=True,
+        layout=(shape, dtype.str, chunks, codec),
+        metadata_crc32c=crc32c(raw),
+    )
 
 
 class ShardedChunks:
-    """The chunks of one sharded array, located through each shard's index (crc32c-checked)."""
+    """The chunks of an array stored as one shard, located through its index (crc32c-checked)."""
 
-    def __init__(self, source: ByteSource, path: str, metadata: dict[str, Any]) -> None:
-        sharding = metadata["codecs"][0]["configuration"]
-        self.source = source
-        self.path = path
-        self.chunks = tuple(sharding["chunk_shape"])
-        shard_shape = metadata["chunk_grid"]["configuration"]["chunk_shape"]
-        self.per_shard = tuple(s // c for s, c in zip(shard_shape, self.chunks))
-        self._shards: dict[ChunkCoords, tuple[StoredObject, np.ndarray] | None] = {}
+    def __init__(self, source: ByteSource, key: str, grid: tuple[int, ...], where: str) -> None:
+        self.path = where
+        self.locations: dict[ChunkCoords, tuple[int, int]] = {}
+        self._stored = source.open(key)
+        if self._stored is None:
+            return  # an absent shard holds only empty chunks (the manifest says whether any should be stored)
+        index_bytes = int(np.prod(grid)) * 16 + 4
+        data_bytes = self._stored.size - index_bytes
+        if data_bytes < 0:
+            raise CorruptChunk(f"{where}: shard of {self._stored.size} bytes is shorter than its index ({index_bytes} bytes)")
+        try:
+            raw = strip_crc32c(self._stored.read(data_bytes, index_bytes))
+        except CorruptChunk as exc:
+            raise CorruptMetadata(f"{where}: shard index: {exc}") from exc
+        index = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+        stored = np.flatnonzero(index[:, 0] != EMPTY_ENTRY)
+        offsets, lengths = index[stored, 0], index[stored, 1]
+        if (offsets > data_bytes).any() or (lengths > data_bytes - np.minimum(offsets, data_bytes)).any():
+            raise CorruptMetadata(f"{where}: shard index points beyond the shard's {data_bytes} bytes of chunks")
+        coords = np.stack(np.unravel_index(stored, grid), axis=1).tolist()
+        self.locations = {tuple(c): (int(o), int(n)) for c, o, n in zip(coords, offsets, lengths)}
 
-    def _shard(self, shard: ChunkCoords) -> tuple[StoredObject, np.ndarray] | None:
-        """The shard object and its index (absent shards hold only empty chunks)."""
-        if shard not in self._shards:
-            key = f"{self.path}/c/{'/'.join(map(str, shard))}"
-            stored = self.source.open(key)
-            index_bytes = int(np.prod(self.per_shard)) * 16 + 4
-            if stored is None:
-                self._shards[shard] = None
-            elif stored.size < index_bytes:
-                raise CorruptChunk(f"{key}: shard of {stored.size} bytes is shorter than its index ({index_bytes} bytes)")
-            else:
-                raw = strip_crc32c(stored.read(stored.size - index_bytes, index_bytes))
-                self._shards[shard] = stored, np.frombuffer(raw, dtype="<u8").reshape(*self.per_shard, 2)
-        return self._shards[shard]
-
-    def fetch(self, coords: ChunkCoords) -> bytes | None:
-        """The stored bytes of one chunk, or None if it is empty (not stored)."""
-        shard = self._shard(tuple(c // n for c, n in zip(coords, self.per_shard)))
-        if shard is None:
-            return None
-        stored, index = shard
-        offset, length = index[tuple(c % n for c, n in zip(coords, self.per_shard))]
-        if offset == EMPTY_ENTRY:
-            return None
-        return stored.read(int(offset), int(length))
+    def fetch(self, coords: ChunkCoords) -> bytes:
+        """The stored bytes of one stored chunk."""
+        assert self._stored is not None
+        offset, length = self.locations[coords]
+        return self._stored.read(offset, length)
 
 
 def _chunk_codec(metadata: dict[str, Any]) -> str | None:
@@ -242,37 +386,29 @@ def _chunk_codec(metadata: dict[str, Any]) -> str | None:
     return CODEC_CHAINS.get(tuple(c["name"] for c in configuration["codecs"]))
 
 
-def open_sharded_array(source: ByteSource, path: str, metadata: dict[str, Any], where: str) -> ChunkedArray:
-    """A lazy array over one of our sharded arrays (label volume or binary layers)."""
-    dtype = np.dtype(metadata["data_type"])
-    chunks_reader = ShardedChunks(source, path, metadata)
-    codec = _chunk_codec(metadata)
-    if codec is None:
-        raise InvalidArchive(f"{where}: unsupported codec chain {metadata.get('codecs')}")
-    decode = chunk_decoder(codec, dtype, chunks_reader.chunks, zarr=True)
-    return ChunkedArray.of_stored(tuple(metadata["shape"]), dtype, chunks_reader.chunks, chunks_reader.fetch, decode, where)
-
-
 class ZarrCaseReader:
     """Reads case groups under ``cases/`` of a Zarr store (directory or zip)."""
+
+    closed: bool
 
     def __init__(self, source: ByteSource, where: object) -> None:
         self._source = source
         self._where = where
 
-    def read_case_attributes(self, case_id: str) -> dict[str, Any]:
-        document = read_json(self._source, f"{CASES_GROUP}/{case_id}/zarr.json")
-        if document is None:
-            raise CaseNotFound(f"no case {case_id!r} in {self._where}")
-        return document.get("attributes", {})
+    def _case_source(self, case_id: str) -> ByteSource:
+        """The objects of one stored case; :class:`CaseNotFound` if it is not stored."""
+        raise NotImplementedError
+
+    def open_case(self, case_id: str) -> StoredCase:
+        what = f"{self._where}: case {case_id!r}"
+        source = self._case_source(case_id)
+        attributes = group_attributes(source, "zarr.json", what)
+        if attributes is None:
+            raise CorruptMetadata(
+                f"{what}: its zarr.json is missing; restore the archive from a copy, or delete the case"
+            )
+        return StoredCase(attributes, partial(open_sharded_array, source, what=what), lambda: self.closed)
 
     def read_index(self) -> bytes | None:
         stored = self._source.open(INDEX)
         return None if stored is None else stored.read(0, stored.size)
-
-    def open_array(self, case_id: str, name: str) -> ChunkedArray | None:
-        path = f"{CASES_GROUP}/{case_id}/{name}"
-        metadata = read_json(self._source, f"{path}/zarr.json")
-        if metadata is None:
-            return None
-        return open_sharded_array(self._source, path, metadata, f"{self._where}/{path}")

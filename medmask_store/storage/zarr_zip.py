@@ -11,11 +11,11 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from medmask_store.errors import InvalidArchive, ReadOnlyArchive
+from medmask_store.errors import CaseNotFound, CorruptMetadata, InvalidArchive, ReadOnlyArchive
 from medmask_store.storage.layout import CASES_GROUP, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
-from medmask_store.storage.zarr_store import ZarrCaseReader, ZipBytes, check_archive_root
+from medmask_store.storage.zarr_store import PrefixBytes, ZarrCaseReader, ZipBytes, check_archive_root
 
 
 def open_zarr_zip(path: Path, mode: str, settings: StorageSettings) -> ZarrZipReader | ZarrZipWriter:
@@ -36,14 +36,18 @@ def _open_zip(path: Path) -> ZipBytes:
 
 def _extract_without_crc_check(path: Path, destination: Path) -> None:
     """Extract every member byte for byte: a corrupt chunk is caught later by its own crc32c,
-    so an archive with one bad case can still be opened to delete or replace it."""
+    so an archive with one bad case can still be opened to delete or replace it. Member names
+    that would leave ``destination`` (``..``, absolute paths, empty parts) are refused first."""
     source = ZipBytes(path)
     try:
         for name in source.names:
+            parts = name.rstrip("/").split("/")
+            if any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts):
+                raise CorruptMetadata(f"{path}: member name {name[:200]!r} would be extracted outside the archive")
             member = source.open(name)
             if name.endswith("/") or member is None:
                 continue
-            target = destination / name
+            target = destination.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(member.read(0, member.size))
     finally:
@@ -59,17 +63,21 @@ class ZarrZipReader(SingleWriter, ZarrCaseReader):
         self.closed = False
         if not path.exists():
             raise InvalidArchive(f"{path} does not exist")
-        source = _open_zip(path)
+        source = self._zip = _open_zip(path)
         super().__init__(source, path)
+        # Every case with any member is listed: a case whose zarr.json was lost is damaged, not absent.
         prefix = f"{CASES_GROUP}/"
         self._case_ids = sorted(
-            name[len(prefix) : -len("/zarr.json")]
-            for name in source.names
-            if name.startswith(prefix) and name.endswith("/zarr.json") and name.count("/") == 2
+            {name[len(prefix) :].split("/")[0] for name in source.names if name.startswith(prefix)} - {"zarr.json", ""}
         )
 
     def case_ids(self) -> list[str]:
         return list(self._case_ids)
+
+    def _case_source(self, case_id: str) -> PrefixBytes:
+        if case_id not in self._case_ids:
+            raise CaseNotFound(f"no case {case_id!r} in {self._where}")
+        return PrefixBytes(self._source, f"{CASES_GROUP}/{case_id}/")
 
     def write_case(self, *args: object, **kwargs: object) -> None:
         raise ReadOnlyArchive(f"{self._where} is open read-only (mode 'r')")
@@ -82,7 +90,7 @@ class ZarrZipReader(SingleWriter, ZarrCaseReader):
 
     def close(self) -> None:
         self.closed = True
-        self._source.close()
+        self._zip.close()
 
 
 class ZarrZipWriter(SingleWriter, ZarrDirectoryBackend):

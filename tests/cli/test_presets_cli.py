@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import assert_case_matches, ok, read_packed, run
+from helpers import assert_case_matches, ok, packed_manifest, read_packed, run
 from spacetransformer import Space
 
 from medmask_store.phantom import make_phantom
@@ -51,7 +51,7 @@ def label_codec(archive: Path, case_id: str) -> str:
     """The label volume codec of a case in a .zarr or .msk archive."""
     if archive.name.endswith(".msk"):
         catalog, _ = read_packed(archive)
-        return catalog["cases"][case_id]["arrays"]["label_volume"]["codec"]
+        return packed_manifest(catalog, case_id, "label_volume")["codec"]
     chain = zarr_label_chain(archive, case_id)
     return next(preset_codec for preset, preset_codec in LABEL_CODECS.items() if ZARR_CHAINS[preset] == chain)
 
@@ -93,7 +93,7 @@ def test_import_compact_into_a_packed_file(tmp_path: Path, cases) -> None:
     archive = tmp_path / "X.msk"
     ok("import", archive, dataset, "--preset", "compact", "--commit-every", "1")
     catalog, _ = read_packed(archive)
-    assert [catalog["cases"][c]["arrays"]["label_volume"]["codec"] for c in ("ct_a", "ct_b")] == ["crackle_zstd"] * 2
+    assert [packed_manifest(catalog, c, "label_volume")["codec"] for c in ("ct_a", "ct_b")] == ["crackle_zstd"] * 2
     with MaskArchive(archive) as store:
         for case_id, case_masks in masks.items():
             assert_case_matches(store[case_id], case_masks)

@@ -22,7 +22,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import BACKEND_SUFFIXES
-from helpers import flip_byte, ok, packed_index, read_packed, run, set_packed_index, snapshot, suffix_of, write_packed
+from helpers import (
+    flip_byte,
+    ok,
+    packed_chunks,
+    packed_index,
+    read_packed,
+    run,
+    set_packed_index,
+    snapshot,
+    suffix_of,
+    write_packed,
+)
 
 from medmask_store import MaskArchive
 from medmask_store.phantom import make_phantom
@@ -261,7 +272,7 @@ def chunk_position(path: Path, case_id: str) -> int:
             return info.byte_offset + info.size // 2
     if suffix == ".msk":
         catalog, data = read_packed(path)
-        *_, offset, nbytes = catalog["cases"][case_id]["arrays"]["label_volume"]["stored"][0]
+        *_, offset, nbytes = packed_chunks(catalog, case_id, "label_volume")[0]
         return path.stat().st_size - len(data) + offset + nbytes // 2
     member = f"cases/{case_id}/label_volume/c/0/0/0"
     if suffix == ".zarr":
@@ -297,7 +308,7 @@ def test_verify_reports_flipped_chunk_byte(small):
     file = small / "cases/k2/label_volume/c/0/0/0" if suffix_of(small) == ".zarr" else small
     flip_byte(file, chunk_position(small, "k2"))
     problems, out = verify_both(small)
-    assert problems and all(p.startswith("case 'k2': chunk check failed") for p in problems), problems
+    assert problems and all(p.startswith("case 'k2': CorruptChunk: ") for p in problems), problems
     assert "k2" in out
     assert not any(c in out for c in CASES if c != "k2")
 

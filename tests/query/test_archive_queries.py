@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -22,9 +23,9 @@ import h5py
 import numpy as np
 import pytest
 from conftest import BACKEND_SUFFIXES
-from helpers import read_packed, suffix_of, write_packed
+from helpers import case_content, read_packed, suffix_of, write_case_content, write_packed
 
-from medmask_store import MaskArchive, StorageSettings
+from medmask_store import CorruptMetadata, MaskArchive, StorageSettings
 from medmask_store.phantom import make_phantom
 from medmask_store.query import ORGAN_FIELDS, ArchiveIndex
 from medmask_store.storage.verify import verify_archive
@@ -282,8 +283,7 @@ def copy_label_chunks(path: Path, source: str, target: str) -> None:
                 zf.writestr(name, data)
     elif suffix == ".msk":
         catalog, data = read_packed(path)
-        arrays = {case: catalog["cases"][case]["arrays"]["label_volume"] for case in (source, target)}
-        arrays[target]["stored"] = arrays[source]["stored"]
+        catalog["cases"][target]["chunks"]["label_volume"] = catalog["cases"][source]["chunks"]["label_volume"]
         write_packed(path, catalog, data)
     else:
         with h5py.File(path, "r+") as f:
@@ -293,13 +293,31 @@ def copy_label_chunks(path: Path, source: str, target: str) -> None:
             dst.id.write_direct_chunk((0, 0, 0), data, mask)
 
 
+def test_verify_and_reads_report_chunks_of_another_case(archive_path):
+    """Valid, checksummed chunks of another case: the manifest's chunk digest tells them apart."""
+    case_pair(archive_path)
+    copy_label_chunks(archive_path, "a", "b")
+    with MaskArchive(archive_path) as archive:
+        problems = verify_archive(archive)
+        assert len(problems) == 1 and problems[0].startswith("case 'b': CorruptMetadata: "), problems
+        assert "stored chunks do not match" in problems[0]
+        with pytest.raises(CorruptMetadata, match=rf"^{re.escape(str(archive_path))}: case 'b'/label_volume: "):
+            archive["b"].read_labels()
+        archive["a"].read_labels()  # the other case is intact
+
+
 def test_verify_reports_voxel_counts_that_disagree_with_stats(archive_path):
+    """A crafted archive (chunks of another case, manifest edited to match, attributes resealed):
+    every checksum passes, and verify still finds the voxel counts wrong."""
     case_pair(archive_path)
     with MaskArchive(archive_path) as archive:
         assert verify_archive(archive) == []
         a, b = archive["a"], archive["b"]
         assert a.mapping == b.mapping and a.stats != b.stats
     copy_label_chunks(archive_path, "a", "b")
+    content = case_content(archive_path, "b")
+    content["arrays"]["label_volume"] = case_content(archive_path, "a")["arrays"]["label_volume"]
+    write_case_content(archive_path, "b", content)
     with MaskArchive(archive_path) as archive:
         problems = verify_archive(archive)
         assert problems

@@ -26,7 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from spacetransformer import Space
 
-from medmask_store import CaseInfo, MaskArchive, OrganStats
+from medmask_store import CaseInfo, CorruptMetadata, MaskArchive, OrganStats
+from medmask_store.codecs.chunks import append_crc32c
 from medmask_store.model.validation import validate_case_id, validate_organ_name
 from medmask_store.phantom import make_phantom
 from medmask_store.query import ORGAN_FIELDS, ArchiveIndex
@@ -185,7 +186,7 @@ def test_npz_holds_no_object_arrays():
                    "x": OrganStats.empty()}, {"age": 3, "tags": ["a", 1]}, {}), "7-9"),
         (CaseInfo("b", Space(shape=(8, 8, 8)), {"y": 3}, (), {"y": OrganStats.empty()}, {}, {}), ""),
     ]  # fmt: skip
-    data = zstandard.ZstdDecompressor().decompress(ArchiveIndex.from_cases(cases).to_bytes())
+    data = zstandard.ZstdDecompressor().decompress(ArchiveIndex.from_cases(cases).to_bytes()[:-4])  # less its crc32c
     with np.load(io.BytesIO(data), allow_pickle=False) as stored:
         arrays = {key: stored[key] for key in stored.files}
     assert arrays, "an npz with arrays"
@@ -211,14 +212,15 @@ def test_pickled_npz_is_refused_and_never_unpickled(tmp_path):
     good = ArchiveIndex.from_cases(
         [(CaseInfo("a", Space(shape=(8, 8, 8)), {"x": 1}, (), {"x": OrganStats.empty()}, {}, {}), "")]
     ).to_bytes()
-    with np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(good)), allow_pickle=False) as stored:
+    with np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(good[:-4])), allow_pickle=False) as stored:
         arrays = {key: stored[key] for key in stored.files}
     arrays["meta"] = np.array([_Payload(str(sentinel))], dtype=object)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     assert not sentinel.exists()
-    with pytest.raises(ValueError, match="allow_pickle"):
-        ArchiveIndex.from_bytes(zstandard.ZstdCompressor().compress(buffer.getvalue()))
+    crafted = append_crc32c(zstandard.ZstdCompressor().compress(buffer.getvalue()))  # passes its checksum
+    with pytest.raises(CorruptMetadata, match="allow_pickle"):
+        ArchiveIndex.from_bytes(crafted)
     assert not sentinel.exists()
     # the sentinel works: unpickling really would have created it
     pickle.loads(pickle.dumps(_Payload(str(sentinel))))
@@ -247,7 +249,7 @@ def test_stored_index_file_has_no_object_arrays(archive_path):
             archive.add_case(f"c{i}", masks, space=space, meta={"age": 50 + i, "site": "x", "tags": [1, 2]})
     data = stored_index_bytes(archive_path)
     assert data is not None
-    with np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(data)), allow_pickle=False) as stored:
+    with np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(data[:-4])), allow_pickle=False) as stored:
         assert {k: stored[k].dtype.kind for k in stored.files} and all(stored[k].dtype != object for k in stored.files)
     with MaskArchive(archive_path) as archive:
         assert_same_index(ArchiveIndex.from_bytes(data), truth_of(archive))

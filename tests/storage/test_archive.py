@@ -20,6 +20,7 @@ from medmask_store import (
     CaseData,
     CaseExists,
     CaseNotFound,
+    CorruptArchive,
     CorruptChunk,
     InvalidArchive,
     InvalidCase,
@@ -584,19 +585,19 @@ def test_zarr_flipped_byte_raises_corrupt_chunk(zarr_path, phantom, array, where
         for name in in_array:
             try:
                 got = case.read_organ(name)
-            except CorruptChunk:
+            except CorruptArchive:
                 failing.append(name)
             else:
                 np.testing.assert_array_equal(got, masks[name])  # never silently wrong
         assert failing
-        with pytest.raises(CorruptChunk):
+        with pytest.raises(CorruptArchive):
             case.read_labels()
-        with pytest.raises(CorruptChunk):
+        with pytest.raises(CorruptArchive):
             case.read_organs()
         if array == "label_volume":
-            with pytest.raises(CorruptChunk):
+            with pytest.raises(CorruptArchive):
                 case.read_labels(include_layers=False)
-        with pytest.raises(CorruptChunk):
+        with pytest.raises(CorruptArchive):
             case.to_case_data()
 
 

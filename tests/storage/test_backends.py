@@ -27,6 +27,8 @@ from helpers import (
     box,
     flip_byte,
     kill_writer_when_ready,
+    packed_chunks,
+    packed_manifest,
     read_packed,
     side_files,
     write_packed,
@@ -35,6 +37,7 @@ from spacetransformer import Space
 
 from medmask_store import CaseData, CorruptChunk, InvalidArchive, MaskArchive, StorageSettings
 from medmask_store.errors import ArchiveClosed, ArchiveLocked
+from medmask_store.model.manifest import unseal
 from medmask_store.phantom import make_phantom
 
 S16 = StorageSettings(chunk_size=16, label_level=3, layer_level=3)
@@ -128,12 +131,12 @@ def stored_chunk_locations(
     offsets are within the shard for a directory, within the zip file for a .zarr.zip)."""
     if path.name.endswith(".msk"):
         catalog, data = read_packed(path)
-        array = catalog["cases"][case_id]["arrays"].get(name)
-        if array is None:
+        if name not in catalog["cases"][case_id]["chunks"]:
             return None
+        array = packed_manifest(catalog, case_id, name)
         ndim = len(array["shape"])
         start = path.stat().st_size - len(data)
-        stored = {tuple(e[:ndim]): (start + e[ndim], e[ndim + 1]) for e in array["stored"]}
+        stored = {tuple(e[:ndim]): (start + e[ndim], e[ndim + 1]) for e in packed_chunks(catalog, case_id, name)}
         return tuple(array["shape"]), tuple(array["chunks"]), stored
     if path.name.endswith((".h5", ".hdf5")):
         with h5py.File(path, "r") as f:
@@ -249,7 +252,7 @@ def test_each_suffix_selects_its_backend(tmp_path, suffix):
     elif suffix == ".msk":
         assert path.is_file() and path.read_bytes()[:4] == b"MSKP" and not h5py.is_hdf5(path)
         catalog, _ = read_packed(path)
-        assert catalog["attributes"] == {"medmask_store": {"format_version": 2, "kind": "archive"}}
+        assert unseal(catalog["attributes"]["medmask_store"], "root") == {"format_version": 3, "kind": "archive"}
         assert list(catalog["cases"]) == ["c1"]
     else:
         assert path.is_file() and h5py.is_hdf5(path)
@@ -345,8 +348,9 @@ def test_plain_h5py_reads_label_volume_and_attributes(tmp_path, suffix):
     assert result["equal"], result["dtype"]
     assert result["stored_chunks"] == len(nonempty_chunks(expected.label_volume, (16, 16, 16)))
     content = result["attributes"]
-    assert result["root"] == {"format_version": 2, "kind": "archive"}
-    assert content["format_version"] == 2
+    assert unseal(result["root"], "root") == {"format_version": 3, "kind": "archive"}
+    content = unseal(content, "case")
+    assert content["format_version"] == 3
     assert content["space"]["shape"] == [70, 60, 50]
     assert content["space"]["spacing"] == [1.5, 1.5, 2.0]
     assert Space.from_dict(content["space"]) == space
@@ -867,7 +871,11 @@ NON_ARCHIVES = {
     "version_1.msk": lambda p: write_packed(
         p, {"attributes": {"medmask_store": {"format_version": 1, "kind": "archive"}}, "cases": {}, "index": None}, b""
     ),
-    "newer_packing.msk": lambda p: p.write_bytes(struct.pack("<4sBI", b"MSKP", 2, 0)),
+    "newer_packing.msk": lambda p: p.write_bytes(struct.pack("<4sBI", b"MSKP", 3, 0)),
+    # archives of format version 2 (no checksums) are refused, never read unchecked
+    "version_2.h5": lambda p: make_foreign_hdf5(
+        p, {"medmask_store": json.dumps({"format_version": 2, "kind": "archive"})}
+    ),
 }
 
 

@@ -11,16 +11,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_case_matches, box, flip_byte, packed_index, read_packed, side_files, snapshot, write_packed
+from helpers import (
+    assert_case_matches,
+    box,
+    flip_byte,
+    packed_chunks,
+    packed_index,
+    packed_manifest,
+    read_packed,
+    reseal_packed_case,
+    side_files,
+    snapshot,
+    write_packed,
+)
 
 import medmask_store.storage.packed as packed_module
 from medmask_store import (
     ArchiveLocked,
+    CorruptArchive,
     CorruptChunk,
+    CorruptMetadata,
+    DamagedDataWarning,
     InvalidArchive,
     MaskArchive,
     StorageSettings,
 )
+from medmask_store.model.manifest import unseal
 from medmask_store.phantom import make_phantom
 
 SMALL = StorageSettings(chunk_size=16, label_level=3, layer_level=3)
@@ -37,7 +53,7 @@ def data_start(path: Path) -> int:
 def stored_chunks(path: Path, case_id: str, array: str) -> list[list[int]]:
     """[coords..., offset, length] of every stored chunk of an array, from the catalog."""
     catalog, _ = read_packed(path)
-    return catalog["cases"][case_id]["arrays"][array]["stored"]
+    return packed_chunks(catalog, case_id, array)
 
 
 @pytest.fixture
@@ -62,16 +78,17 @@ def test_file_layout(packed: Path, phantom) -> None:
     masks, _ = phantom
     raw = packed.read_bytes()
     assert raw[:4] == b"MSKP"
-    assert raw[4] == 1
+    assert raw[4] == 2
     catalog, data = read_packed(packed)
     assert data_start(packed) + len(data) == len(raw)
-    assert catalog["attributes"] == {"medmask_store": {"format_version": 2, "kind": "archive"}}
+    assert unseal(catalog["attributes"]["medmask_store"], "root") == {"format_version": 3, "kind": "archive"}
     assert catalog["index"] is None  # one case: no stored index
     assert list(catalog["cases"]) == ["s1"]
     case = catalog["cases"]["s1"]
-    assert case["attributes"]["medmask_store"]["meta"]["age"] == 61
-    arrays = case["arrays"]
-    assert sorted(arrays) == ["binary_layers", "label_volume"]
+    assert set(case) == {"attributes", "chunks"}
+    assert unseal(case["attributes"]["medmask_store"], "case")["meta"]["age"] == 61
+    arrays = case["attributes"]["medmask_store"]["arrays"]
+    assert sorted(arrays) == sorted(case["chunks"]) == ["binary_layers", "label_volume"]
     labels, layers = arrays["label_volume"], arrays["binary_layers"]
     assert (labels["shape"], labels["dtype"], labels["chunks"], labels["codec"]) == (
         [70, 60, 50],
@@ -81,12 +98,14 @@ def test_file_layout(packed: Path, phantom) -> None:
     )
     assert (layers["dtype"], layers["chunks"], layers["codec"]) == ("|b1", [1, 16, 16, 16], "packbits_zstd")
     # chunks are packed back to back from the start of the data section, nothing else in between
-    entries = labels["stored"] + layers["stored"]
+    label_chunks, layer_chunks = case["chunks"]["label_volume"], case["chunks"]["binary_layers"]
+    assert (labels["stored"], layers["stored"]) == (len(label_chunks), len(layer_chunks))
+    entries = label_chunks + layer_chunks
     assert [e[-2] for e in entries] == list(np.cumsum([0] + [e[-1] for e in entries])[:-1])
     assert sum(e[-1] for e in entries) == len(data)
     # every label chunk is an HDF5-style Zstd frame; every layer chunk a PackBits+Zstd frame
-    assert all(data[e[-2] : e[-2] + 4] == b"\x28\xb5\x2f\xfd" for e in labels["stored"])
-    assert all(data[e[-2] : e[-2] + 4] == b"PBZ1" for e in layers["stored"])
+    assert all(data[e[-2] : e[-2] + 4] == b"\x28\xb5\x2f\xfd" for e in label_chunks)
+    assert all(data[e[-2] : e[-2] + 4] == b"PBZ1" for e in layer_chunks)
     with MaskArchive(packed) as archive:
         assert archive.backend == "msk"
         assert_case_matches(archive["s1"], masks)
@@ -98,9 +117,8 @@ def test_compact_label_chunks_in_a_packed_file(tmp_path: Path, small_phantom) ->
     with MaskArchive(path, "w", COMPACT_SMALL) as archive:
         archive.add_case("c", masks, space=space)
     catalog, data = read_packed(path)
-    labels = catalog["cases"]["c"]["arrays"]["label_volume"]
-    assert labels["codec"] == "crackle_zstd"
-    assert all(data[e[-2] : e[-2] + 4] == b"CKZ1" for e in labels["stored"])
+    assert packed_manifest(catalog, "c", "label_volume")["codec"] == "crackle_zstd"
+    assert all(data[e[-2] : e[-2] + 4] == b"CKZ1" for e in packed_chunks(catalog, "c", "label_volume"))
     with MaskArchive(path) as archive:
         assert_case_matches(archive["c"], masks)
 
@@ -191,7 +209,7 @@ def test_backend_msk_for_any_suffix(tmp_path: Path, small_phantom) -> None:
     with MaskArchive(path, "w", SMALL, backend="msk") as archive:
         assert archive.backend == "msk"
         archive.add_case("a", masks, space=space)
-    assert path.read_bytes()[:5] == b"MSKP\x01"
+    assert path.read_bytes()[:5] == b"MSKP\x02"
     with MaskArchive(path) as archive:  # found again by its magic bytes
         assert archive.backend == "msk"
         assert_case_matches(archive["a"], masks)
@@ -211,16 +229,16 @@ def test_every_flipped_catalog_byte_is_an_invalid_archive(tmp_path: Path) -> Non
         path.write_bytes(good)
         flip_byte(path, position)
         bad = path.read_bytes()
-        with pytest.raises(InvalidArchive, match=rf"^{re.escape(str(path))}: the catalog is corrupt \("):
+        with pytest.raises(CorruptMetadata, match=rf"^{re.escape(str(path))}: the catalog is corrupt \("):
             MaskArchive(path)
         if position % 16 == 0:  # writers refuse it too, and leave it alone
-            with pytest.raises(InvalidArchive, match="catalog is corrupt"):
+            with pytest.raises(CorruptMetadata, match="catalog is corrupt"):
                 MaskArchive(path, "a")
             assert path.read_bytes() == bad
             assert side_files(path) == []
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 255])
 @pytest.mark.parametrize("mode", ["r", "r+", "a"])
 def test_wrong_version_byte(packed: Path, version: int, mode: str) -> None:
     raw = bytearray(packed.read_bytes())
@@ -228,7 +246,7 @@ def test_wrong_version_byte(packed: Path, version: int, mode: str) -> None:
     packed.write_bytes(bytes(raw))
     with pytest.raises(
         InvalidArchive,
-        match=rf"^{re.escape(str(packed))} is packed format version {version}; this medmask_store reads 1$",
+        match=rf"^{re.escape(str(packed))} is packed format version {version}; this medmask_store reads 2$",
     ):
         MaskArchive(packed, mode)
     assert packed.read_bytes() == bytes(raw)
@@ -254,17 +272,16 @@ def test_truncated_data_section(packed: Path, phantom, cut: str) -> None:
     data_length = len(raw) - data_start(packed)
     missing = {"one": 1, "half": data_length // 2, "all": data_length}[cut]
     packed.write_bytes(raw[:-missing])
+    damaged = rf"^{re.escape(str(packed))}: case 's1': array '(label_volume|binary_layers)': chunk locations are malformed or lie outside the file"
     with MaskArchive(packed) as archive:  # the catalog is intact: the case is listed ...
         assert archive.case_ids() == ["s1"]
-        assert archive.query("age == 61") == ["s1"]
-        case = archive["s1"]
-        with pytest.raises(
-            CorruptChunk, match=rf"^{re.escape(str(packed))} is truncated: \d+ bytes at data offset \d+ are missing$"
-        ):
-            case.read_labels()  # ... but its chunks fail, naming the file
-        with pytest.raises(CorruptChunk, match=rf"^{re.escape(str(packed))} is truncated"):
-            case.read_organs(masks)
-    with pytest.raises(CorruptChunk, match=rf"^{re.escape(str(packed))} is truncated"):
+        with pytest.raises(CorruptMetadata, match=damaged):
+            archive["s1"]  # ... but names its damage when opened
+        with pytest.raises(CorruptMetadata, match=damaged):
+            archive.query("age == 61")
+        with pytest.warns(DamagedDataWarning, match="skipped damaged case 's1'"):
+            assert archive.stats(skip_damaged=True).empty
+    with pytest.raises(CorruptMetadata, match=damaged):
         MaskArchive(packed, "a")  # a writer loads every chunk
     assert packed.read_bytes() == raw[:-missing]
     assert side_files(packed) == []
@@ -303,7 +320,7 @@ def test_flipped_chunk_byte_raises_corrupt_chunk(tmp_path: Path, small_phantom, 
                     organs = case.read_organs()
                     labels = case.read_labels()
                 except CorruptChunk as exc:
-                    assert str(exc).startswith(f"{path}:a/{array}: chunk {tuple(coords)}: "), exc
+                    assert str(exc).startswith(f"{path}: case 'a'/{array}: chunk {tuple(coords)}: "), exc
                     detected += 1
                     continue
             for name, mask in masks.items():
@@ -329,9 +346,10 @@ def test_label_chunk_declaring_a_huge_size_raises_corrupt_chunk(tmp_path: Path) 
         archive.add_case("a", {"liver": box((16, 16, 16), (2, 9), (3, 12), (1, 15))})
     catalog, _ = read_packed(path)
     frame = _huge_frame(2**60)
-    catalog["cases"]["a"]["arrays"]["label_volume"]["stored"] = [[0, 0, 0, 0, len(frame)]]
+    catalog["cases"]["a"]["chunks"]["label_volume"] = [[0, 0, 0, 0, len(frame)]]
+    reseal_packed_case(catalog, "a")  # crafted: every checksum passes
     write_packed(path, catalog, frame)
-    with MaskArchive(path) as archive, pytest.raises(CorruptChunk, match=re.escape(f"{path}:a/label_volume")):
+    with MaskArchive(path) as archive, pytest.raises(CorruptChunk, match=re.escape(f"{path}: case 'a'/label_volume")):
         archive["a"].read_labels()
 
 
@@ -353,7 +371,7 @@ def test_catalog_length_running_past_the_catalog_is_detected(tmp_path: Path) -> 
     try:
         with MaskArchive(path) as archive:
             got = archive["a"].read_region(region)
-    except (InvalidArchive, CorruptChunk):
+    except (InvalidArchive, CorruptArchive):
         return
     np.testing.assert_array_equal(got, labels[region])
 
@@ -473,8 +491,8 @@ def test_every_chunk_read_is_one_pread_of_its_stored_length(packed: Path, phanto
     masks, _ = phantom
     catalog, _ = read_packed(packed)
     start = data_start(packed)
-    arrays = catalog["cases"]["s1"]["arrays"]
-    chunk_reads = {name: sorted((e[-1], start + e[-2]) for e in array["stored"]) for name, array in arrays.items()}
+    arrays = catalog["cases"]["s1"]["chunks"]
+    chunk_reads = {name: sorted((e[-1], start + e[-2]) for e in rows) for name, rows in arrays.items()}
     with MaskArchive(packed) as archive:
         assert pread_calls == [(HEADER, 0), (start - HEADER, HEADER)]  # the header, then the catalog
         pread_calls.clear()
@@ -495,7 +513,7 @@ def test_every_chunk_read_is_one_pread_of_its_stored_length(packed: Path, phanto
         pread_calls.clear()
         region = (slice(16, 32), slice(16, 32), slice(16, 32))  # exactly label chunk (1, 1, 1)
         np.testing.assert_array_equal(case.read_region(region), labels[region])
-        (label_chunk,) = [e for e in arrays["label_volume"]["stored"] if e[:3] == [1, 1, 1]]
+        (label_chunk,) = [e for e in arrays["label_volume"] if e[:3] == [1, 1, 1]]
         assert (label_chunk[-1], start + label_chunk[-2]) in pread_calls
         assert len(pread_calls) == len(set(pread_calls))
         assert set(pread_calls) <= {(label_chunk[-1], start + label_chunk[-2]), *chunk_reads["binary_layers"]}

@@ -324,10 +324,9 @@ def msk_chunk_table(path: Path) -> ChunkTable:
     data_start = path.stat().st_size - len(data)
     table: ChunkTable = {}
     for entry in catalog["cases"].values():
-        for name, array in entry["arrays"].items():
-            ndim = len(array["shape"])
-            for stored in array["stored"]:
-                coords, (offset, length) = tuple(stored[:ndim]), stored[ndim:]
+        for name, rows in entry["chunks"].items():
+            for stored in rows:
+                coords, (offset, length) = tuple(stored[:-2]), stored[-2:]
                 table[data_start + offset] = (name, coords, length)
     return table
 

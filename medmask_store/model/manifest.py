@@ -1,0 +1,124 @@
+"""Checksummed metadata: sealed JSON documents and the manifest of a case's stored arrays.
+
+Every piece of metadata a read depends on is verified when it is read:
+
+- **Sealed documents.** The archive's and each case's attributes carry
+  ``checksum``, the crc32c of their canonical JSON (sorted keys, no spaces)
+  without it; a flipped bit anywhere in a value or a key is a mismatch.
+- **Array manifest.** A case's attributes list its arrays: shape, dtype, chunk
+  shape, codec, how many chunks are stored and a digest of their coordinates and
+  byte lengths (and, for Zarr, the crc32c of the array's own ``zarr.json``).
+  Opening an array compares what the backend finds with the manifest, so a lost
+  shard, a lost chunk or edited array metadata is an error, never zeros.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import google_crc32c
+import numpy as np
+
+from medmask_store.errors import CorruptMetadata
+from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY
+
+CHECKSUM_KEY = "checksum"
+# The arrays a case stores, and their chunk codecs.
+LABEL_VOLUME = "label_volume"
+BINARY_LAYERS = "binary_layers"
+LABEL_CODECS = ("zstd", "crackle_zstd")
+LAYER_CODEC = "packbits_zstd"
+ChunkCoords = tuple[int, ...]
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one serialization checksums are taken of, whatever spacing or key order a store wrote."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def crc32c(data: bytes) -> int:
+    return int(google_crc32c.value(data))
+
+
+def seal(content: Mapping[str, Any]) -> dict[str, Any]:
+    """``content`` with its checksum added."""
+    return {**content, CHECKSUM_KEY: crc32c(canonical_json(content))}
+
+
+def unseal(document: object, what: str) -> dict[str, Any]:
+    """The content of a sealed document, after checking its checksum; ``what`` names it in errors."""
+    if not isinstance(document, dict) or not isinstance(document.get(CHECKSUM_KEY), int):
+        raise CorruptMetadata(f"{what}: not a sealed medmask_store document (no checksum)")
+    content = {key: value for key, value in document.items() if key != CHECKSUM_KEY}
+    try:
+        actual = crc32c(canonical_json(content))
+    except ValueError as exc:  # NaN or infinity: never written by us
+        raise CorruptMetadata(f"{what}: holds a value JSON cannot hold ({exc})") from exc
+    if actual != document[CHECKSUM_KEY]:
+        raise CorruptMetadata(f"{what}: checksum mismatch, the metadata was changed or damaged")
+    return content
+
+
+def chunk_list_digest(lengths: Mapping[ChunkCoords, int]) -> int:
+    """crc32c of the sorted (coordinates..., byte length) of every stored chunk."""
+    rows = np.array([(*coords, length) for coords, length in sorted(lengths.items())], dtype="<i8")
+    return crc32c(rows.tobytes())
+
+
+@dataclass(frozen=True)
+class ArrayManifest:
+    """What a case's attributes promise about one of its stored arrays."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    codec: str
+    stored: int  # number of stored (non-empty) chunks
+    chunks_crc32c: int  # chunk_list_digest of the stored chunks
+    metadata_crc32c: int | None = None  # crc32c of the array's own metadata document (Zarr)
+
+    @classmethod
+    def of_chunks(
+        cls, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], codec: str,
+        lengths: Mapping[ChunkCoords, int], metadata_crc32c: int | None = None,
+    ) -> ArrayManifest:
+        return cls(tuple(shape), np.dtype(dtype), tuple(chunks), codec, len(lengths), chunk_list_digest(lengths), metadata_crc32c)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "shape": list(self.shape), "dtype": self.dtype.str, "chunks": list(self.chunks), "codec": self.codec,
+            "stored": self.stored, "chunks_crc32c": self.chunks_crc32c,
+        }  # fmt: skip
+        return data if self.metadata_crc32c is None else {**data, "metadata_crc32c": self.metadata_crc32c}
+
+    @classmethod
+    def from_json(cls, data: object, what: str) -> ArrayManifest:
+        """Parse and bound-check a manifest entry (shapes, chunk sizes, counts), raising :class:`CorruptMetadata`."""
+        keys = {"shape", "dtype", "chunks", "codec", "stored", "chunks_crc32c"}
+        if not isinstance(data, dict) or not keys <= set(data) <= keys | {"metadata_crc32c"}:
+            raise CorruptMetadata(f"{what}: malformed array manifest {str(data)[:200]}")
+        shape, chunks = data["shape"], data["chunks"]
+        if not (_ints(shape, 0) and _ints(chunks, 1) and len(shape) == len(chunks)):
+            raise CorruptMetadata(f"{what}: malformed shape {shape} or chunk shape {chunks}")
+        if int(np.prod(chunks, dtype=object)) > MAX_CHUNK_VOXELS:
+            raise CorruptMetadata(f"{what}: chunk shape {chunks} exceeds the limit of {MAX_CHUNK_VOXELS} voxels")
+        grid = int(np.prod([-(-s // c) for s, c in zip(shape, chunks)], dtype=object))
+        if grid > MAX_CHUNKS_PER_ARRAY:
+            raise CorruptMetadata(f"{what}: shape {shape} in chunks {chunks} exceeds {MAX_CHUNKS_PER_ARRAY} chunks")
+        if data["dtype"] not in ("|b1", "|u1", "<u2") or not isinstance(data["codec"], str):
+            raise CorruptMetadata(f"{what}: unsupported dtype {data['dtype']!r} or codec {data['codec']!r}")
+        counts = [data["stored"], data["chunks_crc32c"], data.get("metadata_crc32c", 0)]
+        if not _ints(counts, 0) or data["stored"] > grid:
+            raise CorruptMetadata(f"{what}: malformed chunk count or checksums {counts}")
+        return cls(
+            tuple(shape), np.dtype(data["dtype"]), tuple(chunks), data["codec"], data["stored"],
+            data["chunks_crc32c"], data.get("metadata_crc32c"),
+        )  # fmt: skip
+
+
+def _ints(values: object, minimum: int) -> bool:
+    """Whether ``values`` is a list of plain integers >= ``minimum`` (JSON booleans excluded)."""
+    return isinstance(values, list) and all(type(v) is int and v >= minimum for v in values)
