@@ -8,17 +8,33 @@ literals pass; calls, subscripts, other attribute access and ``@`` locals are
 refused before pandas (``DataFrame.eval``) evaluates it. A case without the
 organ (or the metadata field) has NaN there, so every comparison on it is false
 (``!=`` too), and its ``touches_border`` is false.
+
+Text (a string literal, or a metadata field with any present value that is not a
+number or bool) may only be compared (``sex == "F"``): ``"x" * 3000000000`` would
+build a 3 GB string, so arithmetic and and/or/not take organ fields, numeric
+metadata and numbers only.
+
+Limits (:mod:`medmask_store.limits`), checked before anything recursive or costly
+runs: at most ``MAX_QUERY_CHARS`` characters (before parsing), ``MAX_QUERY_NODES``
+syntax-tree nodes and ``MAX_QUERY_DEPTH`` levels of nesting (``a + b + c`` nests one
+level per ``+``; counted again on the tree pandas walks, where each comparison is
+wrapped in its NaN guard); integers below 2**63; and no comparison in the middle
+of a chain (``0 < (a < b) < 2`` evaluates its middle twice, doubling per level).
+Every refusal is an :class:`InvalidQuery` of one line that shows at most 80
+characters of the expression.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import numbers
 from typing import cast
 
 import pandas as pd
 
 from medmask_store.errors import InvalidQuery
+from medmask_store.limits import MAX_QUERY_CHARS, MAX_QUERY_DEPTH, MAX_QUERY_NODES
 from medmask_store.query.index import ORGAN_FIELDS, ArchiveIndex
 
 ALLOWED = (
@@ -27,6 +43,14 @@ ALLOWED = (
     ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Name, ast.Load, ast.Constant, ast.Attribute,
 )  # fmt: skip
 COLUMN_SEPARATOR = "__"
+MAX_INTEGER = 2**63  # an int64 column holds no larger value; a 4000-digit literal matters to no query
+EXAMPLE = "liver.volume_ml > 2000 and age >= 60"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """One line of at most ``limit`` characters: messages echo what they refuse, not 10,000 characters of it."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _suggest(name: str, choices: list[str]) -> str:
@@ -34,32 +58,110 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-class _Columns(ast.NodeTransformer):
-    """Validates the tree and turns ``organ.field`` into the column name ``organ__field``."""
+def _size(tree: ast.AST) -> tuple[int, int]:
+    """Nodes and depth of a syntax tree, counted without recursion: deep trees are what we refuse."""
+    stack, nodes, deepest = [(tree, 1)], 0, 0
+    while stack:
+        node, depth = stack.pop()
+        nodes, deepest = nodes + 1, max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return nodes, deepest
 
-    def __init__(self, organs: list[str], meta_fields: list[str]) -> None:
-        self.organs, self.meta_fields = organs, meta_fields
+
+def _check_depth(depth: int, expression: str) -> None:
+    if depth > MAX_QUERY_DEPTH:
+        raise InvalidQuery(
+            f"query {_clip(expression)!r} nests deeper than {MAX_QUERY_DEPTH} levels (limits.MAX_QUERY_DEPTH; "
+            "a + b + c nests one level per +, a comparison two); simplify it or split it into several queries"
+        )
+
+
+def _balanced(op: ast.boolop, values: list[ast.expr]) -> ast.expr:
+    """``v0 op v1 op …`` as a tree log2(n) deep: pandas folds a flat and/or left-deep and evaluates
+    it recursively, in quadratic time (400 terms exceed the recursion limit after 2 s); balanced,
+    the depth checked is the depth pandas walks."""
+    if len(values) == 1:
+        return values[0]
+    middle = len(values) // 2
+    return ast.BoolOp(op, [_balanced(op, values[:middle]), _balanced(op, values[middle:])])
+
+
+def _is_numeric(column: pd.Series) -> bool:
+    """Every present value is a number or a bool (metadata comes from JSON: int, float, bool, str, None)."""
+    return pd.api.types.is_numeric_dtype(column) or all(isinstance(v, numbers.Real) for v in column.dropna())
+
+
+class _Columns(ast.NodeTransformer):
+    """Validates the tree and turns ``organ.field`` into the column name ``organ__field``.
+
+    Text leaves (string literals, text metadata) are collected in ``text``; every node but a
+    comparison refuses a text operand, so text is only ever compared.
+    """
+
+    def __init__(self, source: str, organs: list[str], meta: pd.DataFrame) -> None:
+        self.source, self.organs, self.meta = source, organs, meta
+        self.meta_fields = [str(c) for c in meta.columns]
         self.organ_fields: set[tuple[str, str]] = set()
         self.meta_used: set[str] = set()
+        self.numeric_meta: dict[str, bool] = {}
+        self.text: set[ast.AST] = set()
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         if not isinstance(node, ALLOWED):
-            raise InvalidQuery(f"{type(node).__name__} is not allowed in a query; use comparisons, and/or/not, arithmetic")
-        return super().generic_visit(node)
+            raise InvalidQuery(
+                f"{type(node).__name__} is not allowed in a query; use comparisons, and/or/not, arithmetic"
+            )
+        node = super().generic_visit(node)
+        for child in ast.iter_child_nodes(node):
+            if child in self.text:
+                self._refuse_text(child, node)
+        return node
+
+    def _refuse_text(self, leaf: ast.AST, parent: ast.AST) -> None:
+        negation = isinstance(parent, ast.UnaryOp) and isinstance(parent.op, ast.Not)
+        if isinstance(parent, (ast.BinOp, ast.UnaryOp)) and not negation:
+            role = "in arithmetic (which takes organ fields, numeric metadata and numbers)"
+        else:
+            role = "as a condition"
+        shown = _clip(ast.get_source_segment(self.source, leaf) or ast.unparse(leaf))
+        raise InvalidQuery(f"{shown} is text, which can only be compared (e.g. sex == 'F'), not used {role}")
 
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
         """Guard each compared name with ``name == name`` (false for NaN): a comparison
-        involving a missing organ or metadata field is false, ``!=`` included."""
-        compare = cast(ast.expr, self.generic_visit(node))
+        involving a missing organ or metadata field is false, ``!=`` included.
+
+        Text may be compared, so this skips the text check of :meth:`generic_visit`. A chain
+        ``a < b < c`` becomes pairwise comparisons, joined with the guards by :func:`_balanced`.
+        """
+        for middle in node.comparators[:-1]:
+            # a middle operand is evaluated twice (by pandas too): chains nested there double per level
+            if any(isinstance(n, ast.Compare) for n in ast.walk(middle)):
+                shown = _clip(ast.get_source_segment(self.source, middle) or "", 40)
+                raise InvalidQuery(
+                    f"the middle of a chained comparison ({shown}) contains a comparison; "
+                    "write the comparisons joined with and, e.g. 0 < x and x < 10"
+                )
+        compare = cast(ast.Compare, super().generic_visit(node))
+        operands = [compare.left, *compare.comparators]
+        pairs = [ast.Compare(left, [op], [right]) for left, op, right in zip(operands, compare.ops, operands[1:])]
         names = sorted({n.id for n in ast.walk(compare) if isinstance(n, ast.Name)})
-        if not names:
-            return compare
         guards = [ast.Compare(ast.Name(n, ast.Load()), [ast.Eq()], [ast.Name(n, ast.Load())]) for n in names]
-        return ast.BoolOp(ast.And(), [compare, *guards])
+        return _balanced(ast.And(), [*pairs, *guards])
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        boolop = cast(ast.BoolOp, self.generic_visit(node))
+        return _balanced(boolop.op, boolop.values)
 
     def visit_Constant(self, node: ast.Constant) -> ast.AST:
         if not isinstance(node.value, (int, float, str, bool)):
-            raise InvalidQuery(f"literal {node.value!r} is not allowed in a query")
+            raise InvalidQuery(f"literal {_clip(repr(node.value))} is not allowed in a query")
+        if isinstance(node.value, int) and abs(node.value) >= MAX_INTEGER:
+            shown = _clip(ast.get_source_segment(self.source, node) or "")
+            raise InvalidQuery(
+                f"number {shown} is too large: integers in a query must be below 2**63 (write 1e30 for a float)"
+            )
+        if isinstance(node.value, str):
+            self.text.add(node)
         return node
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
@@ -67,30 +169,61 @@ class _Columns(ast.NodeTransformer):
             raise InvalidQuery("only organ.field attributes are allowed, e.g. liver.volume_ml")
         organ, field = node.value.id, node.attr
         if organ not in self.organs:
-            raise InvalidQuery(f"no case has an organ {organ!r}{_suggest(organ, self.organs)}")
+            raise InvalidQuery(f"no case has an organ {_clip(organ)!r}{_suggest(organ, self.organs)}")
         if field not in ORGAN_FIELDS:
-            raise InvalidQuery(f"unknown organ field {field!r}{_suggest(field, list(ORGAN_FIELDS))}; fields: {', '.join(ORGAN_FIELDS)}")
+            suggestion, fields = _suggest(field, list(ORGAN_FIELDS)), ", ".join(ORGAN_FIELDS)
+            raise InvalidQuery(f"unknown organ field {_clip(field)!r}{suggestion}; fields: {fields}")
         self.organ_fields.add((organ, field))
         return ast.copy_location(ast.Name(id=f"{organ}{COLUMN_SEPARATOR}{field}", ctx=ast.Load()), node)
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if node.id not in self.meta_fields:
             hint = " (organ statistics are written organ.field, e.g. liver.voxels)" if node.id in self.organs else ""
-            raise InvalidQuery(f"unknown metadata field {node.id!r}{hint}{_suggest(node.id, self.meta_fields)}")
+            suggestion = _suggest(node.id, self.meta_fields)
+            raise InvalidQuery(f"unknown metadata field {_clip(node.id)!r}{hint}{suggestion}")
         self.meta_used.add(node.id)
+        if node.id not in self.numeric_meta:
+            self.numeric_meta[node.id] = _is_numeric(self.meta[node.id])
+        if not self.numeric_meta[node.id]:
+            self.text.add(node)
         return node
+
+
+def _parse(expression: str) -> ast.Expression:
+    """The syntax tree of a query, refused when too long or too large to evaluate safely."""
+    if len(expression) > MAX_QUERY_CHARS:
+        raise InvalidQuery(
+            f"query {_clip(expression)!r} is {len(expression):,} characters long; the limit is {MAX_QUERY_CHARS:,} "
+            "(limits.MAX_QUERY_CHARS): split it into several queries and combine their case ids"
+        )
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes, on some Python versions
+        reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        raise InvalidQuery(f"cannot parse query {_clip(expression)!r}: {_clip(reason)}; write e.g. {EXAMPLE}") from exc
+    except (MemoryError, RecursionError) as exc:  # the parser's own stack overflowing on deep nesting
+        raise InvalidQuery(f"cannot parse query {_clip(expression)!r}: nested too deeply; simplify it") from exc
+    # before the recursive visitors: _Columns, ast.unparse and pandas raise RecursionError on deep trees
+    nodes, depth = _size(tree)
+    if nodes > MAX_QUERY_NODES:
+        raise InvalidQuery(
+            f"query {_clip(expression)!r} has more than {MAX_QUERY_NODES:,} names, numbers and operators "
+            "(limits.MAX_QUERY_NODES); split it into several queries and combine their case ids"
+        )
+    _check_depth(depth, expression)
+    return tree
 
 
 def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
     """Case ids (sorted) for which the expression holds."""
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise InvalidQuery(f"cannot parse query {expression!r}: {exc.msg}") from exc
+    tree = _parse(expression)
     organs = [str(o) for o in index.organs["organ"].cat.categories]
     meta = index.meta_frame()
-    columns = _Columns(organs, [str(c) for c in meta.columns])
-    rewritten = ast.unparse(columns.visit(tree))
+    columns = _Columns(expression.strip(), organs, meta)
+    checked = columns.visit(tree)
+    # pandas walks the rewritten tree (comparisons wrapped in their guards): ~5 stack frames a level
+    _check_depth(_size(checked)[1], expression)
+    rewritten = ast.unparse(checked)
     wide = pd.DataFrame(index=pd.Index(index.case_ids, name="case_id"))
     for organ in sorted({o for o, _ in columns.organ_fields}):
         rows = index.organs[index.organs["organ"] == organ]
@@ -105,7 +238,7 @@ def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
     try:
         result = wide.eval(rewritten, engine="python", local_dict={}, global_dict={})
     except Exception as exc:  # pandas raises many types for ill-typed expressions
-        raise InvalidQuery(f"cannot evaluate query {expression!r}: {exc}") from exc
+        raise InvalidQuery(f"cannot evaluate query {_clip(expression)!r}: {_clip(str(exc), 120)}") from exc
     if not isinstance(result, pd.Series) or result.dtype != bool:
-        raise InvalidQuery(f"query {expression!r} does not give true/false per case")
+        raise InvalidQuery(f"query {_clip(expression)!r} does not give true/false per case; write e.g. {EXAMPLE}")
     return sorted(result.index[result].tolist())

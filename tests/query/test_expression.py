@@ -10,8 +10,12 @@ The index is built with ``ArchiveIndex.from_cases`` from the ``CaseInfo`` of fou
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +23,7 @@ import pytest
 
 from medmask_store import MaskArchive, MaskStoreError
 from medmask_store.errors import InvalidQuery
+from medmask_store.limits import MAX_QUERY_CHARS, MAX_QUERY_DEPTH, MAX_QUERY_NODES
 from medmask_store.phantom import make_phantom
 from medmask_store.query import ORGAN_FIELDS, ArchiveIndex, evaluate_query
 
@@ -174,10 +179,10 @@ def test_not_touches_border_of_organ_missing_in_some_cases(infos, index):
 
 @pytest.fixture
 def no_eval(monkeypatch):
-    """Fail the test if pandas is asked to evaluate anything."""
+    """Fail the test if pandas is asked to evaluate anything (``pytest.fail`` escapes ``except Exception``)."""
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"DataFrame.eval was called with {args!r}")
+        pytest.fail(f"DataFrame.eval was called with {args[1:]!r}")
 
     monkeypatch.setattr(pd.DataFrame, "eval", refuse)
 
@@ -221,6 +226,7 @@ def test_refused_constructs(index, no_eval, expression, message):
     with pytest.raises(InvalidQuery, match=message) as info:
         evaluate_query(expression, index)
     assert isinstance(info.value, ValueError) and isinstance(info.value, MaskStoreError)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -291,12 +297,229 @@ def test_unparsable(index, no_eval, expression):
         evaluate_query(expression, index)
 
 
-@pytest.mark.parametrize("expression", ["liver.voxels + 1", "age", "sex", "age * 2", "'F'", "1", "True"])
+@pytest.mark.parametrize("expression", ["liver.voxels + 1", "age", "age * 2", "1", "True"])
 def test_non_boolean_result(index, expression):
     with pytest.raises(InvalidQuery, match="does not give true/false per case"):
         evaluate_query(expression, index)
 
 
-def test_ill_typed_comparison_is_invalid_query(index):
-    with pytest.raises(InvalidQuery, match=re.escape("cannot evaluate query")):
-        evaluate_query("sex > 5", index)
+@pytest.mark.parametrize("expression", ["sex > 5", "liver.voxels > 'x'", "'x' <= aorta.volume_ml"])
+def test_ill_typed_comparison_is_invalid_query(index, expression):
+    with pytest.raises(InvalidQuery, match=re.escape("cannot evaluate query")) as info:
+        evaluate_query(expression, index)
+    assert "\n" not in str(info.value)
+
+
+# -- text: compared only, never computed with -----------------------------------------------
+
+
+TEXT_ARITHMETIC = [
+    "liver.voxels > 0 and 'x' * 3000000000 == 'y'",  # 3 GB before the fix
+    "sex * 3000000000 == 'y'",
+    "3000000000 * sex == 'y'",
+    "sex * age > 0",
+    "sex + sex == 'FF'",
+    "'x' + 'y' == 'xy'",
+    "sex % 2 == 0",
+    "age / 'x' > 1",
+    "-sex == 'F'",
+    "+'F' == sex",
+    "(sex * 2 == 'FF') or age > 0",
+]
+
+
+@pytest.mark.parametrize("expression", TEXT_ARITHMETIC)
+def test_arithmetic_on_text_is_refused_before_evaluation(index, no_eval, expression):
+    with pytest.raises(InvalidQuery, match=r"is text, which can only be compared .*not used in arithmetic"):
+        evaluate_query(expression, index)
+
+
+@pytest.mark.parametrize("expression", ["sex", "'F'", "not sex", "sex and age > 1", "age > 1 or 'x'"])
+def test_text_as_a_condition_is_refused(index, no_eval, expression):
+    # 'F' and sex used to reach pandas and fail with "does not give true/false per case"
+    with pytest.raises(InvalidQuery, match=r"is text, which can only be compared .*not used as a condition"):
+        evaluate_query(expression, index)
+
+
+def test_text_in_comparisons_still_works(index):
+    assert evaluate_query("sex == 'F'", index) == ["c0", "c2"]
+    assert evaluate_query("'F' == sex", index) == ["c0", "c2"]
+    assert evaluate_query("sex < 'G' and age > 66", index) == ["c0"]
+    assert evaluate_query("(sex == 'M') == (age > 50)", index) == ["c3"]
+
+
+def test_metadata_column_with_any_text_value_is_text(infos):
+    """A column is numeric only if every present value is a number or a bool; one text value makes it text."""
+    metas = {
+        "c0": {"age": 70, "weight": 70.5, "smoker": True},
+        "c1": {"age": "forty", "weight": 80, "smoker": False},
+        "c2": {"age": 65, "smoker": True},
+        "c3": {"weight": 60, "smoker": False},
+    }
+    mixed = ArchiveIndex.from_cases((dataclasses.replace(infos[c], meta=meta), "") for c, meta in metas.items())
+    with pytest.raises(InvalidQuery, match=r"age is text"):
+        evaluate_query("age * 2 > 100", mixed)
+    assert evaluate_query("age == 'forty'", mixed) == ["c1"]
+    assert evaluate_query("weight * 2 > 150", mixed) == ["c1"]  # ints and floats, missing in c2
+    assert evaluate_query("smoker * 2 == 2", mixed) == ["c0", "c2"]  # bools
+
+
+# -- limits: size, depth, numbers --------------------------------------------------------------
+
+
+def test_query_longer_than_the_limit_is_refused_before_parsing(index, no_eval, monkeypatch):
+    monkeypatch.setattr("ast.parse", lambda *a, **k: pytest.fail("ast.parse was called"))
+    expression = " + ".join(["liver.voxels"] * 100_000) + " > 0"
+    with pytest.raises(InvalidQuery, match=rf"{len(expression):,} characters.*limit is {MAX_QUERY_CHARS:,}"):
+        evaluate_query(expression, index)
+
+
+def test_query_with_too_many_nodes_is_refused(index, no_eval):
+    expression = " and ".join(["age > 1"] * 800)
+    assert len(expression) <= MAX_QUERY_CHARS
+    with pytest.raises(InvalidQuery, match=rf"more than {MAX_QUERY_NODES:,} "):
+        evaluate_query(expression, index)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "-" * 150 + "age > 1",
+        "not " * 400 + "age > 1",  # parses, but the recursive visitors would raise RecursionError
+        "+".join(["age"] * 150) + " > 1",
+        "(" * 150 + "-" * 150 + "age" + ")" * 150 + " > 1",
+        "(" * 60 + "age" + " > 1) == True" * 60,  # 64 levels, but each comparison is wrapped in its NaN guard
+        "age > 1 and sex == 'M' and (" * 60 + "age > 1" + ")" * 60,  # and-ed in pairs: two levels each
+    ],
+    ids=["unary", "not", "sum", "parenthesized", "nested-comparisons", "nested-and"],
+)
+def test_query_nested_too_deep_is_refused(index, no_eval, expression):
+    with pytest.raises(InvalidQuery, match=rf"deeper than {MAX_QUERY_DEPTH} levels"):
+        evaluate_query(expression, index)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "(" * 4000 + "age" + ")" * 4000 + " > 1",  # the tokenizer: too many nested parentheses
+        "-" * 9000 + "age > 1",  # the parser: MemoryError (its own stack), not memory
+        "age > 1\0",
+    ],
+    ids=["parentheses", "unary", "nul"],
+)
+def test_expression_the_parser_fails_on_is_invalid_query(index, no_eval, expression):
+    with pytest.raises(InvalidQuery, match=r"cannot parse query"):
+        evaluate_query(expression, index)
+
+
+def test_queries_within_the_limits_evaluate(index):
+    deep = "-" * 90 + "age >= 65"  # an even number of minus signs
+    assert evaluate_query(deep, index) == ["c0", "c2", "c3"]
+    wide = " or ".join(["age >= 65"] * 390)  # ~1950 nodes; pandas alone recursed 390 levels deep
+    assert evaluate_query(wide, index) == ["c0", "c2", "c3"]
+    chain = "0 <= " + " <= ".join(["age"] * 600)
+    assert evaluate_query(chain, index) == ["c0", "c1", "c2", "c3"]
+    assert evaluate_query("60 < age + 0 * liver.voxels < 75", index) == ["c0", "c2"]
+    assert evaluate_query("age < 9223372036854775807 and age > -1e308", index) == ["c0", "c1", "c2", "c3"]
+
+
+def test_comparison_in_the_middle_of_a_chain_is_refused(index, no_eval):
+    # the middle operand is evaluated twice: nested 14 deep, this took 40 s (and doubles per level)
+    with pytest.raises(InvalidQuery, match=r"middle of a chained comparison .*joined with and"):
+        evaluate_query("1 < (" * 30 + "age" + ") < 2" * 30, index)
+    with pytest.raises(InvalidQuery, match=r"middle of a chained comparison"):
+        evaluate_query("0 < (age > 60) < 2", index)
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("age > " + "9" * 5000, r"cannot parse query"),  # CPython refuses > 4300 digits at parse time
+        ("age > " + "9" * 4000, r"number 9{20}.*… is too large"),
+        ("age > 0x" + "f" * 9000, r"number 0xf{20}.*… is too large"),
+        ("age > 9223372036854775808", r"number 9223372036854775808 is too large"),
+    ],
+    ids=["5000-digits", "4000-digits", "hex", "2**63"],
+)
+def test_huge_integer_literals_are_refused(index, no_eval, expression, message):
+    with pytest.raises(InvalidQuery, match=message):
+        evaluate_query(expression, index)
+
+
+# -- messages: one line, the expression shortened ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "age > 1 and " * 1000 + "age >",  # too long
+        "age > 1 and (" + "x" * 9000,  # unparsable
+        "age > 1 or " * 300 + "age >",  # unparsable, under the length limit
+        "a" * 9000 + " > 1",  # unknown metadata field
+        "b" * 9000 + ".voxels > 1",  # unknown organ
+        "liver." + "c" * 9000 + " > 1",  # unknown field
+        "age == b'" + "d" * 9000 + "'",  # refused literal
+        "+".join(["age"] * 90),  # not a condition
+        "age > 1 and sex > 0x" + "5" * 9000,  # too large a number
+        "age > 1 and sex > " + "5" * 10 + " and sex == '" + "f" * 9000 + "'",  # pandas TypeError
+        "age > 1 and '" + "g" * 9000 + "' * sex == 1",  # arithmetic on text
+    ],
+    ids=["long", "unparsable", "unparsable-short", "meta", "organ", "field", "literal", "non-boolean", "number",
+         "ill-typed", "text"],
+)  # fmt: skip
+def test_messages_are_one_short_line(index, expression):
+    with pytest.raises(InvalidQuery) as info:
+        evaluate_query(expression, index)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert "…" in message  # the echoed expression or name is cut
+
+
+# -- hostile queries: peak memory in a fresh process ---------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = """
+import resource, sys
+from spacetransformer import Space
+from medmask_store.errors import InvalidQuery
+from medmask_store.model.attributes import CaseInfo
+from medmask_store.model.stats import OrganStats
+from medmask_store.query import ArchiveIndex, evaluate_query
+
+space = Space(shape=(8, 8, 8))
+liver = OrganStats.from_summary(10, ((0, 2), (0, 5), (1, 2)), (1.0, 2.0, 1.0), space)
+index = ArchiveIndex.from_cases(
+    (CaseInfo(case_id, space, {"liver": 1}, (), {"liver": liver}, meta, {}), "")
+    for case_id, meta in [("a", {"age": 70, "sex": "F"}), ("b", {"age": 40, "sex": "M"})]
+)
+try:
+    evaluate_query(sys.stdin.read(), index)
+    outcome = "accepted"
+except InvalidQuery:
+    outcome = "InvalidQuery"
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+print(outcome, peak // 2**20 if sys.platform == "darwin" else peak // 2**10)
+"""
+HOSTILE = {
+    "text-repeat": "liver.voxels > 0 and 'x' * 3000000000 == 'y'",
+    "metadata-repeat": "sex * 3000000000 == 'y'",
+    "100k-terms": " + ".join(["liver.voxels"] * 100_000) + " > 0",
+    "200k-parentheses": "(" * 100_000 + "age" + ")" * 100_000 + " > 1",
+    "5000-digits": "age > " + "9" * 5000,
+    "500-comparisons": " and ".join(["liver.voxels > 0"] * 500),
+    "9000-minus": "-" * 9000 + "age > 1",
+}
+
+
+@pytest.mark.parametrize("expression", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_query_is_refused_within_256_mb(expression):
+    # a fresh interpreter: peak RSS is per process; PYTHONPATH so it imports this checkout's package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD], input=expression, capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome, peak_mb = done.stdout.split()
+    print(f"peak RSS {peak_mb} MB")
+    assert outcome == "InvalidQuery"
+    assert int(peak_mb) < 256
