@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import zstandard
@@ -80,6 +82,98 @@ def flip_byte(path: Path, position: int) -> None:
         assert len(byte) == 1, (path, position)
         handle.seek(position)
         handle.write(bytes([byte[0] ^ 0x5A]))
+
+
+# -- hostile NIfTI files --------------------------------------------------------------------
+
+
+def header_claiming(
+    shape: tuple[int, ...],
+    dtype: object = np.uint8,
+    affine: np.ndarray | None = None,
+    header_class: type[nib.Nifti1Header] = nib.Nifti1Header,
+) -> bytes:
+    """A single-file NIfTI header (and its empty extension flag) declaring ``shape`` voxels of ``dtype``;
+    the voxels are the caller's to append, or not."""
+    header = header_class()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header["vox_offset"] = header.single_vox_offset
+    if affine is not None:
+        header.set_sform(affine, code=1)  # set_sform stores any matrix; the qform would need a decomposable one
+    return header.binaryblock + bytes(4)
+
+
+def gzipped(data: bytes, isize: int | None = None) -> bytes:
+    """``data`` as one gzip member; ``isize`` overwrites the trailer's size field (a lie)."""
+    packed = gzip.compress(data, mtime=0)
+    return packed if isize is None else packed[:-4] + struct.pack("<I", isize % 2**32)
+
+
+def write_gzip_bomb(path: Path, header: bytes, zero_bytes: int) -> Path:
+    """``header`` followed by ``zero_bytes`` zeros, streamed through gzip 1 MiB at a time."""
+    zeros = bytes(2**20)
+    with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as stream:
+        stream.write(header)
+        for start in range(0, zero_bytes, len(zeros)):
+            stream.write(zeros[: zero_bytes - start])
+    return path
+
+
+#: A valid binary mask (identity affine) and the bytes of its single-file NIfTI, raw and gzipped.
+GOOD_MASK = (np.random.default_rng(7).random((20, 17, 12)) < 0.3).astype(np.uint8)
+GOOD_NII = nib.Nifti1Image(GOOD_MASK, np.eye(4)).to_bytes()
+GOOD_NII_GZ = gzipped(GOOD_NII)
+_VOXELS = GOOD_MASK.tobytes(order="F")
+_NOISE = np.random.default_rng(11).bytes(4096)
+
+#: File name -> content of files no NIfTI import may crash on or over-allocate for.
+HOSTILE_NIFTI: dict[str, bytes] = {
+    "truncated_in_gzip_header.nii.gz": GOOD_NII_GZ[:5],
+    "truncated_in_nifti_header.nii.gz": GOOD_NII_GZ[:30],
+    "truncated_in_voxels.nii.gz": GOOD_NII_GZ[: len(GOOD_NII_GZ) // 2],
+    "truncated_before_trailer.nii.gz": GOOD_NII_GZ[:-8],
+    "truncated_in_trailer.nii.gz": GOOD_NII_GZ[:-1],
+    "truncated_in_header.nii": GOOD_NII[:200],
+    "truncated_after_header.nii": GOOD_NII[:352],
+    "truncated_in_voxels.nii": GOOD_NII[: 352 + len(_VOXELS) // 2],
+    "empty.nii.gz": b"",
+    "empty.nii": b"",
+    "not_gzip.nii.gz": GOOD_NII,
+    "gzip_named_nii.nii": GOOD_NII_GZ,
+    "random_bytes.nii.gz": _NOISE,
+    "random_bytes.nii": _NOISE,
+    "text.nii.gz": b"liver segmentation, see attached\n",
+    "gzipped_text.nii.gz": gzipped(b"liver segmentation, see attached\n" * 40),
+    "fake_header.nii.gz": gzipped(struct.pack("<i", 348) + _NOISE[:340] + b"n+1\0" + _NOISE[340:1000]),
+    "corrupt_deflate.nii.gz": GOOD_NII_GZ[:10] + b"\xff" + GOOD_NII_GZ[11:],
+    "header_bomb.nii.gz": gzipped(header_claiming((2000, 2000, 1000))),
+    "header_bomb.nii": header_claiming((2000, 2000, 1000)),
+    "header_bomb_below_limit.nii.gz": gzipped(header_claiming((1000, 1000, 600))),
+    "header_bomb_below_limit.nii": header_claiming((1000, 1000, 600)),
+    "nifti2_header_bomb.nii.gz": gzipped(header_claiming((2**20,) * 3, header_class=nib.Nifti2Header)),
+    "voxels_inside_header.nii.gz": gzipped(GOOD_NII[:108] + struct.pack("<f", 0.0) + GOOD_NII[112:]),
+    "data_shorter.nii.gz": gzipped(GOOD_NII[:-100]),
+    "data_longer.nii.gz": gzipped(GOOD_NII + bytes(1000)),
+    "data_shorter_trailer_lies.nii.gz": gzipped(GOOD_NII[:-100], isize=len(GOOD_NII)),
+    "nan_affine.nii.gz": gzipped(header_claiming(GOOD_MASK.shape, affine=np.diag([1.0, np.nan, 1.0, 1.0])) + _VOXELS),
+    "inf_affine.nii.gz": gzipped(header_claiming(GOOD_MASK.shape, affine=np.diag([1.0, 1.0, np.inf, 1.0])) + _VOXELS),
+    "4d.nii.gz": gzipped(nib.Nifti1Image(np.stack([GOOD_MASK, GOOD_MASK], axis=-1), np.eye(4)).to_bytes()),
+    "zero_dim.nii.gz": gzipped(header_claiming((20, 0, 12))),
+    "complex64.nii.gz": gzipped(nib.Nifti1Image(GOOD_MASK.astype(np.complex64), np.eye(4)).to_bytes()),
+    "rgb24.nii.gz": gzipped(header_claiming(GOOD_MASK.shape, dtype="RGB") + bytes(3 * GOOD_MASK.size)),
+}
+
+#: Hostile files whose header and gzip trailer look right: the fault shows only while the voxels are read.
+FOUND_WHILE_READING = {"data_shorter_trailer_lies.nii.gz"}
+
+
+def case_folder_with(folder: Path, name: str, content: bytes) -> Path:
+    """A case folder holding ``liver.nii.gz`` (``GOOD_MASK``) and the file ``name`` with ``content``."""
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(GOOD_MASK, np.eye(4)), folder / "liver.nii.gz")
+    (folder / name).write_bytes(content)
+    return folder
 
 
 # -- the CLI ---------------------------------------------------------------------------------

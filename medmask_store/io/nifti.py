@@ -3,21 +3,40 @@
 Axis convention: voxel arrays keep nibabel's array order, i.e. index ``[i, j, k]``
 of ``nibabel.load(f).dataobj``, which is also the order of ``Space.shape``.
 The affine is carried by the case's :class:`~spacetransformer.Space`.
+
+NIfTI files come from anywhere: :func:`open_nifti` checks a file's header (3-D,
+at most ``MAX_VOXELS`` voxels, a mask voxel type, the declared voxels present in
+the file, a finite affine) before any voxel is read, and whatever nibabel, gzip,
+zlib or spacetransformer raise on a damaged file becomes a :class:`NiftiError`
+naming it.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import math
+import os
+import struct
+import zlib
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.arrayproxy import ArrayProxy
+from nibabel.nifti1 import Nifti1Header
+from nibabel.nifti2 import Nifti2Header
+from nibabel.spatialimages import HeaderDataError
 from spacetransformer import Space
+from spacetransformer.core.exceptions import SpaceTransformerError
 
-from medmask_store.errors import InvalidCase, NiftiError
+from medmask_store.errors import InvalidCase, MaskStoreError, NiftiError
+from medmask_store.limits import MAX_VOXELS
 from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import MAX_LABEL_VALUE
 from medmask_store.storage.case import Case
@@ -27,6 +46,29 @@ AFFINE_ATOL = 1e-5
 # Masks of one case whose affines differ by less than this are the same geometry
 # (TotalSegmentator writes some sforms with float32 noise of ~1.5e-4).
 GEOMETRY_ATOL = 1e-3
+GZIP_MAGIC = b"\x1f\x8b"
+HEADER_CLASSES: tuple[type[Nifti1Header], ...] = (Nifti1Header, Nifti2Header)
+#: Voxel types a mask may be stored as (numpy kinds: unsigned, signed, float).
+MASK_KINDS = "uif"
+#: Decompressed bytes per read while counting what a gzip file holds: the memory that count needs.
+COUNT_CHUNK_BYTES = 2**20
+#: What nibabel, gzip, zlib, struct, numpy, json and spacetransformer raise on a damaged or
+#: hostile input file, most specific first, and what it means for the user.
+READ_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
+    (EOFError, "truncated"),
+    (gzip.BadGzipFile, "damaged gzip data"),
+    (zlib.error, "corrupt compressed data"),
+    (MemoryError, "not enough memory to read it"),
+    (HeaderDataError, "invalid NIfTI header"),
+    (SpaceTransformerError, "its affine does not describe a voxel grid"),
+    (UnicodeDecodeError, "not UTF-8 text"),
+    (json.JSONDecodeError, "not valid JSON"),
+    (RecursionError, "nested too deeply"),
+    (OSError, "cannot be read"),
+    (ValueError, "cannot be read"),
+    (ArithmeticError, "cannot be read"),
+    (struct.error, "cannot be read"),
+)
 
 
 def is_nifti(path: Path) -> bool:
@@ -46,36 +88,180 @@ def mask_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if is_nifti(p))
 
 
-def space_of(image: Any, path: Path) -> Space:
-    """The Space of ``image.affine`` (sform first, as every NIfTI reader reports it).
+# -- reading untrusted files -------------------------------------------------
+@contextmanager
+def input_errors(path: Path) -> Iterator[None]:
+    """Turn what the readers raise on a damaged ``path`` into a one-line NiftiError naming it."""
+    try:
+        yield
+    except MaskStoreError:
+        raise
+    except tuple(kind for kind, _ in READ_FAILURES) as exc:
+        reason = next(reason for kind, reason in READ_FAILURES if isinstance(exc, kind))
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise NiftiError(f"{path}: {reason}: {detail}") from exc
 
-    ``Space.from_nifti`` prefers the qform; it is given an affine-only view so
-    that the Space matches ``image.affine``. Affines a Space cannot represent
-    (shear) are refused.
+
+@dataclass(frozen=True, eq=False)
+class NiftiVolume:
+    """A NIfTI file whose header passed the input checks; its voxels are read on demand.
+
+    ``affine`` is the sform if set, else the qform, as ``nibabel.load(path).affine``;
+    ``voxels`` is nibabel's lazy proxy, as ``nibabel.load(path).dataobj``.
     """
-    if len(image.shape) != 3:
-        raise NiftiError(f"{path}: expected a 3-D image, got shape {image.shape}")
-    space = Space.from_nifti(SimpleNamespace(affine=image.affine, shape=tuple(image.shape)))
-    if not np.allclose(space.to_nifti_affine(), image.affine, atol=AFFINE_ATOL):
-        raise NiftiError(f"{path}: affine has shear or scaling that a Space cannot hold:\n{image.affine}")
+
+    path: Path
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    voxels: ArrayProxy
+
+
+def open_nifti(path: str | Path) -> NiftiVolume:
+    """Check a NIfTI file before any voxel is read; raise :class:`NiftiError` naming it if it is unfit.
+
+    The header must declare a 3-D image of at most ``MAX_VOXELS`` voxels of a mask
+    voxel type, the file must hold the voxels it declares, and the affine must be
+    finite. Header extensions are never read: ``nibabel.load`` would read them
+    with sizes taken from the file unchecked (a negative one reads the whole stream).
+    """
+    path = Path(path)
+    with input_errors(path):
+        header = read_header(path)
+        shape = declared_shape(header, path)
+        check_voxel_type(header, path)
+        check_voxels_present(header, shape, path)
+        affine = header.get_best_affine()
+        if not np.isfinite(affine).all():
+            raise NiftiError(f"{path}: affine holds NaN/inf values; fix the sform/qform of the file")
+        return NiftiVolume(path, shape, affine, ArrayProxy(str(path), header))
+
+
+def read_header(path: Path) -> Nifti1Header:
+    """The fixed-size header of a single-file NIfTI-1 or NIfTI-2, checked as ``nibabel.load`` does.
+
+    A ``.gz`` name means gzip, as for nibabel, which picks the decompressor by name.
+    """
+    with open(path, "rb") as raw:
+        magic = raw.read(len(GZIP_MAGIC))
+        if not magic:
+            raise NiftiError(f"{path}: empty file")
+        compressed = path.name.endswith(".gz")
+        if compressed != (magic == GZIP_MAGIC):
+            raise NiftiError(
+                f"{path}: {'not ' if compressed else ''}gzip-compressed although named {path.suffix}; "
+                "name a compressed NIfTI .nii.gz and an uncompressed one .nii"
+            )
+        raw.seek(0)
+        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if compressed else raw
+        block = stream.read(max(kind.sizeof_hdr for kind in HEADER_CLASSES))
+    for header_class in HEADER_CLASSES:
+        if header_class.may_contain_header(block):
+            return header_class(block[: header_class.sizeof_hdr])
+    if len(block) < Nifti1Header.sizeof_hdr:
+        raise NiftiError(f"{path}: truncated or not a NIfTI file: {len(block)} bytes, fewer than a NIfTI header holds")
+    raise NiftiError(f"{path}: not a NIfTI file: no NIfTI-1 or NIfTI-2 header at its start")
+
+
+def declared_shape(header: Nifti1Header, path: Path) -> tuple[int, int, int]:
+    """The header's shape, refused unless 3-D with at most ``MAX_VOXELS`` voxels."""
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if len(shape) != 3:
+        raise NiftiError(f"{path}: expected a 3-D image, got shape {shape}")
+    if min(shape) < 1:
+        raise NiftiError(f"{path}: header declares shape {shape}; every dimension must be at least 1")
+    if math.prod(shape) > MAX_VOXELS:
+        raise NiftiError(
+            f"{path}: header declares shape {shape}, {math.prod(shape):,} voxels, "
+            f"above the limit of {MAX_VOXELS:,} voxels per image (medmask_store.limits.MAX_VOXELS)"
+        )
+    return shape[0], shape[1], shape[2]
+
+
+def check_voxel_type(header: Nifti1Header, path: Path) -> None:
+    dtype = header.get_data_dtype()
+    if dtype.kind not in MASK_KINDS:
+        raise NiftiError(f"{path}: unsupported voxel type {dtype}; masks are stored as integers or floats")
+
+
+def check_voxels_present(header: Nifti1Header, shape: tuple[int, int, int], path: Path) -> None:
+    """Refuse a file holding fewer bytes than its header declares, or a ``.gz`` holding more.
+
+    nibabel allocates the declared size before it reads, so this runs first. A
+    gzip file's trailer gives its decompressed size modulo 2**32 for one small
+    read; only when it disagrees (header lie, truncation, several gzip members)
+    is the stream counted, in bounded memory.
+    """
+    vox_offset = float(header["vox_offset"])
+    if not math.isfinite(vox_offset) or vox_offset < header.single_vox_offset:
+        raise NiftiError(f"{path}: header puts the voxels at byte {vox_offset:g}, not after the {header.single_vox_offset}-byte header")
+    offset = header.get_data_offset()
+    expected = offset + math.prod(shape) * header.get_data_dtype().itemsize
+    compressed = path.name.endswith(".gz")
+    if not compressed:
+        held = path.stat().st_size
+    elif gzip_size_trailer(path) == expected % 2**32:
+        return
+    else:
+        held = decompressed_size(path, limit=expected + 1)
+    declared = f"header declares {shape} voxels of {header.get_data_dtype()} ({expected:,} bytes with the header)"
+    if held < expected:
+        raise NiftiError(f"{path}: {declared}, but the file holds only {held:,} bytes: it is truncated or its header is wrong")
+    # A .nii is mapped, so bytes after its voxels cost nothing; a .gz stream longer than declared
+    # (its trailer disagreed) means the header does not describe what the file holds.
+    if held > expected and compressed:
+        raise NiftiError(f"{path}: {declared}, but the file holds more: its header does not describe its data")
+
+
+def gzip_size_trailer(path: Path) -> int:
+    """The ISIZE field of a gzip file (its last 4 bytes): the last member's size modulo 2**32."""
+    with open(path, "rb") as raw:
+        raw.seek(-4, os.SEEK_END)
+        return int.from_bytes(raw.read(4), "little")
+
+
+def decompressed_size(path: Path, limit: int) -> int:
+    """Decompressed bytes of the gzip file ``path``, counted up to at least ``limit`` in bounded memory."""
+    size = 0
+    with gzip.open(path, "rb") as stream:
+        while size < limit and (piece := stream.read(COUNT_CHUNK_BYTES)):
+            size += len(piece)
+    return size
+
+
+def affine_text(affine: np.ndarray) -> str:
+    """An affine on one line, for error messages."""
+    return str(np.round(affine, 6).tolist())
+
+
+# -- masks and label volumes -------------------------------------------------
+def space_of(volume: NiftiVolume) -> Space:
+    """The Space of ``volume.affine`` (sform first, as every NIfTI reader reports it).
+
+    ``Space.from_nifti`` prefers a qform; a NiftiVolume has none, so the Space
+    matches ``volume.affine``. Affines a Space cannot represent (shear) are refused.
+    """
+    with input_errors(volume.path):
+        space = Space.from_nifti(volume)
+    if not np.allclose(space.to_nifti_affine(), volume.affine, atol=AFFINE_ATOL):
+        raise NiftiError(f"{volume.path}: affine has shear or scaling that a Space cannot hold: {affine_text(volume.affine)}")
     return space
 
 
-def read_integer_voxels(image: Any, path: Path) -> np.ndarray:
+def read_integer_voxels(volume: NiftiVolume) -> np.ndarray:
     """Voxels as stored (scaling applied), refusing NaN, fractions and values outside 0..65535."""
-    data = np.asanyarray(image.dataobj)
-    if data.dtype.kind not in "uifb":
-        raise NiftiError(f"{path}: unsupported voxel type {data.dtype}")
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all():
-            raise NiftiError(f"{path}: holds NaN or infinite values; masks must be integers")
-        if (np.mod(data, 1) != 0).any():
-            raise NiftiError(f"{path}: holds non-integer values; masks must be integers")
-    if data.size and (data.min() < 0 or data.max() > MAX_LABEL_VALUE):
-        raise NiftiError(f"{path}: values {data.min()}..{data.max()} are outside the label range 0..{MAX_LABEL_VALUE}")
-    if data.dtype.kind == "f":
-        data = data.astype(np.uint16 if data.size and data.max() > 255 else np.uint8)
-    return data
+    path = volume.path
+    with input_errors(path):
+        data = np.asanyarray(volume.voxels)
+        if data.dtype.kind == "f":
+            if not np.isfinite(data).all():
+                raise NiftiError(f"{path}: holds NaN or infinite values; masks must be integers")
+            if (np.mod(data, 1) != 0).any():
+                raise NiftiError(f"{path}: holds non-integer values; masks must be integers")
+        if data.size and (data.min() < 0 or data.max() > MAX_LABEL_VALUE):
+            raise NiftiError(f"{path}: values {data.min()}..{data.max()} are outside the label range 0..{MAX_LABEL_VALUE}")
+        if data.dtype.kind == "f":
+            data = data.astype(np.uint16 if data.size and data.max() > 255 else np.uint8)
+        return data
 
 
 class NiftiMaskFolder(Mapping[str, np.ndarray]):
@@ -94,31 +280,27 @@ class NiftiMaskFolder(Mapping[str, np.ndarray]):
         self.files = {nifti_stem(p): p for p in mask_files(self.folder)}
         if not self.files:
             raise NiftiError(f"{self.folder}: no .nii or .nii.gz files")
-        first = next(iter(self.files.values()))
-        first_image: Any = nib.load(first)
-        self.space = space_of(first_image, first)
-        self._first = first
-        self._affine = first_image.affine
+        self._first = open_nifti(next(iter(self.files.values())))
+        self.space = space_of(self._first)
         self.organ_affines: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
-        path = self.files[name]
-        image: Any = nib.load(path)
-        if tuple(image.shape) != tuple(self.space.shape):
+        volume, first = open_nifti(self.files[name]), self._first
+        if volume.shape != first.shape:
             raise NiftiError(
-                f"{path}: shape {image.shape} differs from {tuple(self.space.shape)} of {self._first.name}; "
+                f"{volume.path}: shape {volume.shape} differs from {first.shape} of {first.path.name}; "
                 "all masks of a case must share one geometry"
             )
-        if not np.allclose(image.affine, self._affine, atol=GEOMETRY_ATOL):
+        if not np.allclose(volume.affine, first.affine, atol=GEOMETRY_ATOL):
             raise NiftiError(
-                f"{path}: affine differs from that of {self._first.name}; all masks of a case must share "
-                f"one geometry:\n{image.affine}\nvs\n{self._affine}"
+                f"{volume.path}: affine {affine_text(volume.affine)} differs from {affine_text(first.affine)} of "
+                f"{first.path.name}; all masks of a case must share one geometry"
             )
-        if not np.allclose(image.affine, self._affine, rtol=0, atol=1e-7):
-            self.organ_affines[name] = image.affine
-        data = read_integer_voxels(image, path)
+        if not np.allclose(volume.affine, first.affine, rtol=0, atol=1e-7):
+            self.organ_affines[name] = volume.affine
+        data = read_integer_voxels(volume)
         if data.size and data.max() > 1:
-            raise NiftiError(f"{path}: a binary mask must hold only 0 and 1, found values up to {data.max()}")
+            raise NiftiError(f"{volume.path}: a binary mask must hold only 0 and 1, found values up to {data.max()}")
         return data.astype(bool, copy=False)
 
     def __iter__(self) -> Iterator[str]:
@@ -139,12 +321,10 @@ def load_mask_folder(folder: str | Path, meta: Mapping[str, Any] | None = None) 
 def load_label_map(path: str | Path) -> dict[str, int]:
     """A JSON label map ``{"liver": 5, ...}``."""
     path = Path(path)
-    try:
-        mapping = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise NiftiError(f"{path}: cannot read the label map: {exc}") from exc
+    with input_errors(path):
+        mapping = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(mapping, dict):
-        raise NiftiError(f"{path}: a label map must be a JSON object {{name: value}}")
+        raise NiftiError(f"{path}: a label map must be a JSON object {{name: value}}, not a {type(mapping).__name__}")
     return mapping
 
 
@@ -158,9 +338,9 @@ def load_multilabel(
     path = Path(path)
     if not isinstance(mapping, Mapping):
         mapping = load_label_map(mapping)
-    image: Any = nib.load(path)
-    space = space_of(image, path)
-    labels = read_integer_voxels(image, path)
+    volume = open_nifti(path)
+    space = space_of(volume)
+    labels = read_integer_voxels(volume)
     try:
         return CaseData.from_labels(labels, mapping, space=space, meta=meta, unmapped=unmapped)
     except InvalidCase as exc:

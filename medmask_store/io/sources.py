@@ -8,7 +8,15 @@ from functools import partial
 from pathlib import Path
 
 from medmask_store.errors import NiftiError
-from medmask_store.io.nifti import is_nifti, load_mask_folder, load_multilabel, mask_files, nifti_stem
+from medmask_store.io.nifti import (
+    is_nifti,
+    load_label_map,
+    load_mask_folder,
+    load_multilabel,
+    mask_files,
+    nifti_stem,
+    open_nifti,
+)
 from medmask_store.model.case_data import CaseData, Unmapped
 
 
@@ -30,19 +38,31 @@ def discover_cases(
 
     ``source`` is a folder of binary masks (one case), a multi-label NIfTI file
     (label map from ``label_map`` or a ``<stem>.json`` beside it), or a folder
-    whose sub-folders are case folders.
+    whose sub-folders are case folders. Every file's header and every label map
+    is checked here (a header and a gzip trailer per file), so that a bad file
+    fails an import before the archive is touched.
     """
     source = Path(source)
     if is_nifti(source):
         labels = label_map if label_map is not None else source.with_name(nifti_stem(source) + ".json")
-        if isinstance(labels, Path) and not labels.exists():
-            raise NiftiError(f"{source}: a multi-label file needs a label map (--labels map.json or {labels.name} beside it)")
+        if isinstance(labels, Path):
+            if not labels.exists():
+                raise NiftiError(f"{source}: a multi-label file needs a label map (--labels map.json or {labels.name} beside it)")
+            labels = load_label_map(labels)
+        open_nifti(source)
         return [CaseSource(nifti_stem(source), source, partial(load_multilabel, source, labels, unmapped=unmapped))]
     if not source.is_dir():
         raise NiftiError(f"{source}: neither a NIfTI file nor a folder")
     if mask_files(source):
-        return [CaseSource(source.name, source, partial(load_mask_folder, source))]
+        return [case_folder_source(source)]
     case_folders = sorted(p for p in source.iterdir() if p.is_dir() and mask_files(p))
     if not case_folders:
         raise NiftiError(f"{source}: holds no .nii.gz masks and no case folders with masks")
-    return [CaseSource(p.name, p, partial(load_mask_folder, p)) for p in case_folders]
+    return [case_folder_source(p) for p in case_folders]
+
+
+def case_folder_source(folder: Path) -> CaseSource:
+    """A folder of binary masks as one case, once every file's header passed the checks."""
+    for path in mask_files(folder):
+        open_nifti(path)
+    return CaseSource(folder.name, folder, partial(load_mask_folder, folder))

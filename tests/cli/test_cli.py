@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import Result
-from helpers import ok, run
+from helpers import FOUND_WHILE_READING, HOSTILE_NIFTI, case_folder_with, ok, run, snapshot
 from spacetransformer import Space
 
 from medmask_store.phantom import make_phantom
@@ -246,6 +246,55 @@ def test_import_existing_case_needs_overwrite(imported: Path, case_folder: Path)
     result = failed("import", imported, case_folder)
     assert result.exit_code == 1 and "CaseExists" in result.output
     ok("import", imported, case_folder, "--overwrite")
+
+
+# -- hostile NIfTI input ---------------------------------------------------------------
+# Faults refused before the archive is opened (header, size, affine); FOUND_WHILE_READING are found later.
+HOSTILE_KINDS = ["truncated_in_voxels.nii.gz", "random_bytes.nii.gz", "header_bomb.nii.gz", "nan_affine.nii.gz"]
+
+
+def hostile_source(tmp_path: Path, kind: str, as_folder: bool) -> tuple[Path, list[object]]:
+    """The hostile file ``kind`` alone (with a --labels map) or in a case folder; the file and the import arguments."""
+    if as_folder:
+        folder = case_folder_with(tmp_path / "bad_case", f"aa_{kind}", HOSTILE_NIFTI[kind])
+        return folder / f"aa_{kind}", [folder]
+    bad = tmp_path / kind
+    bad.write_bytes(HOSTILE_NIFTI[kind])
+    (tmp_path / "map.json").write_text('{"liver": 1}')
+    return bad, [bad, "--labels", tmp_path / "map.json"]
+
+
+def assert_one_line_error(result: Result, path: Path) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Aborted!" not in result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: NiftiError: {path}: "), result.output
+
+
+@pytest.mark.parametrize("as_folder", [False, True], ids=["multilabel_file", "case_folder"])
+@pytest.mark.parametrize("kind", [*HOSTILE_KINDS, *sorted(FOUND_WHILE_READING)])
+def test_import_of_a_hostile_file_fails_in_one_line_leaving_the_archive_unchanged(
+    imported: Path, tmp_path: Path, kind: str, as_folder: bool
+) -> None:
+    bad, args = hostile_source(tmp_path, kind, as_folder)
+    before = snapshot(imported)
+    assert_one_line_error(run("import", imported, *args), bad)
+    assert snapshot(imported) == before
+
+
+@pytest.mark.parametrize("kind", HOSTILE_KINDS)
+def test_import_refuses_a_bad_header_before_creating_the_archive(archive_path: Path, tmp_path: Path, kind: str) -> None:
+    bad, args = hostile_source(tmp_path, kind, as_folder=True)
+    assert_one_line_error(run("import", archive_path, *args), bad)
+    assert not archive_path.exists()
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000, b"\xff\xfe{}", b"[1, 2]"], ids=["nested", "not_utf8", "not_an_object"])
+def test_import_with_a_bad_label_map_fails_in_one_line(archive_path: Path, tmp_path: Path, labels_file, content: bytes) -> None:
+    label_map = tmp_path / "map.json"
+    label_map.write_bytes(content)
+    assert_one_line_error(run("import", archive_path, labels_file[0], "--labels", label_map), label_map)
+    assert not archive_path.exists()
 
 
 # -- demo and the installed script ----------------------------------------------------

@@ -1,0 +1,197 @@
+"""Damaged and hostile NIfTI input: a one-line NiftiError naming the file, never a foreign exception,
+never an allocation of what the file does not hold."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import (
+    FOUND_WHILE_READING,
+    GOOD_MASK,
+    GOOD_NII,
+    HOSTILE_NIFTI,
+    case_folder_with,
+    gzipped,
+    header_claiming,
+    write_gzip_bomb,
+)
+
+import medmask_store
+import medmask_store.io.nifti as nifti
+from medmask_store.errors import NiftiError
+from medmask_store.io.nifti import load_label_map, load_mask_folder, load_multilabel
+from medmask_store.io.sources import discover_cases
+from medmask_store.limits import MAX_VOXELS
+
+
+def write(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def raises_one_line_naming(name: str, load: Callable[[], object]) -> NiftiError:
+    with pytest.raises(NiftiError) as caught:
+        load()
+    message = str(caught.value)
+    assert name in message and "\n" not in message, message
+    return caught.value
+
+
+# -- every loader refuses every hostile file ---------------------------------------------
+@pytest.mark.parametrize("name", HOSTILE_NIFTI)
+def test_multilabel_file(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / name, HOSTILE_NIFTI[name])
+    raises_one_line_naming(name, lambda: load_multilabel(path, {"liver": 1}))
+
+
+@pytest.mark.parametrize("position", ["aa_", "zz_"], ids=["first_file", "later_file"])
+@pytest.mark.parametrize("name", HOSTILE_NIFTI)
+def test_mask_in_a_case_folder(tmp_path: Path, name: str, position: str) -> None:
+    folder = case_folder_with(tmp_path / "ct01", position + name, HOSTILE_NIFTI[name])
+    raises_one_line_naming(position + name, lambda: load_mask_folder(folder))
+
+
+@pytest.mark.parametrize("name", HOSTILE_NIFTI)
+def test_discovery_refuses_header_faults_before_any_case_loads(tmp_path: Path, name: str) -> None:
+    folder = case_folder_with(tmp_path / "dataset" / "ct01", name, HOSTILE_NIFTI[name])
+    if name in FOUND_WHILE_READING:
+        [case] = discover_cases(folder.parent)
+        raises_one_line_naming(name, case.load)
+    else:
+        raises_one_line_naming(name, lambda: discover_cases(folder.parent))
+
+
+@pytest.mark.parametrize(
+    "name, cause",
+    [
+        ("truncated_in_voxels.nii.gz", EOFError),
+        ("corrupt_deflate.nii.gz", zlib.error),
+        ("data_shorter_trailer_lies.nii.gz", gzip.BadGzipFile),
+        ("fake_header.nii.gz", nib.spatialimages.HeaderDataError),
+    ],
+)
+def test_foreign_exception_is_chained(tmp_path: Path, name: str, cause: type[BaseException]) -> None:
+    path = write(tmp_path / name, HOSTILE_NIFTI[name])
+    error = raises_one_line_naming(name, lambda: load_multilabel(path, {"liver": 1}))
+    assert isinstance(error.__cause__, cause)
+
+
+def test_header_bomb_names_the_declared_shape_and_the_limit(tmp_path: Path) -> None:
+    path = write(tmp_path / "header_bomb.nii.gz", HOSTILE_NIFTI["header_bomb.nii.gz"])
+    message = str(raises_one_line_naming(path.name, lambda: load_multilabel(path, {"liver": 1})))
+    assert "(2000, 2000, 1000)" in message and f"{MAX_VOXELS:,}" in message and "MAX_VOXELS" in message
+
+
+@pytest.mark.parametrize("name", ["data_shorter.nii.gz", "header_bomb_below_limit.nii.gz", "data_longer.nii.gz"])
+def test_size_mismatch_says_what_the_header_declares_and_the_file_holds(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / name, HOSTILE_NIFTI[name])
+    message = str(raises_one_line_naming(name, lambda: load_multilabel(path, {"liver": 1})))
+    assert "header declares" in message and "the file holds" in message
+
+
+@pytest.mark.parametrize("name", ["nan_affine.nii.gz", "inf_affine.nii.gz"])
+def test_non_finite_affine_is_named_as_such(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / name, HOSTILE_NIFTI[name])
+    assert "NaN/inf" in str(raises_one_line_naming(name, lambda: load_multilabel(path, {"liver": 1})))
+
+
+# -- valid files still load, and cheaply ----------------------------------------------------
+def test_agreeing_gzip_trailer_costs_no_decompression_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_count(path: Path, limit: int) -> int:
+        raise AssertionError(f"{path} was counted although its trailer agrees with its header")
+
+    monkeypatch.setattr(nifti, "decompressed_size", no_count)
+    path = write(tmp_path / "seg.nii.gz", gzipped(GOOD_NII))
+    assert np.array_equal(load_multilabel(path, {"liver": 1}).organ_mask("liver"), GOOD_MASK.astype(bool))
+
+
+def test_multi_member_gzip_is_counted_and_loads(tmp_path: Path) -> None:
+    """bgzip-style files: the trailer holds the last member's size only, so the stream is counted."""
+    path = write(tmp_path / "seg.nii.gz", gzipped(GOOD_NII[:1000]) + gzipped(GOOD_NII[1000:]))
+    assert nifti.gzip_size_trailer(path) != len(GOOD_NII)
+    assert np.array_equal(load_multilabel(path, {"liver": 1}).organ_mask("liver"), GOOD_MASK.astype(bool))
+
+
+def test_uncompressed_file_longer_than_declared_loads(tmp_path: Path) -> None:
+    path = write(tmp_path / "seg.nii", GOOD_NII + bytes(64))
+    assert np.array_equal(load_multilabel(path, {"liver": 1}).organ_mask("liver"), GOOD_MASK.astype(bool))
+
+
+# -- label maps ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("list_map.json", b'[["liver", 1]]'),
+        ("string_map.json", b'"liver"'),
+        ("null_map.json", b"null"),
+        ("nested_map.json", b"[" * 100_000 + b"]" * 100_000),
+        ("latin1_map.json", '{"f\u00e9gado": 1}'.encode("latin-1")),
+        ("binary_map.json", HOSTILE_NIFTI["random_bytes.nii"]),
+        ("empty_map.json", b""),
+    ],
+)
+def test_bad_label_map(tmp_path: Path, name: str, content: bytes) -> None:
+    path = write(tmp_path / name, content)
+    raises_one_line_naming(name, lambda: load_label_map(path))
+    seg = write(tmp_path / "seg.nii.gz", gzipped(GOOD_NII))
+    raises_one_line_naming(name, lambda: load_multilabel(seg, path))
+
+
+def test_utf8_label_map_with_non_ascii_names_loads(tmp_path: Path) -> None:
+    path = write(tmp_path / "map.json", json.dumps({"f\u00edgado": 1}, ensure_ascii=False).encode("utf-8"))
+    assert load_label_map(path) == {"f\u00edgado": 1}
+
+
+# -- bombs: peak memory of a fresh process --------------------------------------------------
+PEAK_RSS_LIMIT_MB = 256
+PEAK_RSS_SCRIPT = """
+import resource, sys
+from medmask_store.errors import NiftiError
+from medmask_store.io.nifti import load_multilabel
+try:
+    load_multilabel(sys.argv[1], {"liver": 1})
+except NiftiError as exc:
+    print("NiftiError", exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # KiB on Linux
+"""
+
+
+def peak_rss_mb(path: Path) -> tuple[str, int]:
+    """What loading ``path`` in a fresh interpreter printed, and that process's peak RSS in MiB."""
+    completed = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_SCRIPT, str(path)],
+        capture_output=True, text=True, timeout=120,
+        cwd=Path(medmask_store.__file__).resolve().parents[1],  # import this checkout's package
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    *output, rss = completed.stdout.splitlines()
+    return "\n".join(output), int(rss)
+
+
+BOMBS = {
+    # 57 bytes declaring 4 GB: nibabel would allocate all of it before reading.
+    "header_bomb": lambda path: write(path, HOSTILE_NIFTI["header_bomb.nii.gz"]),
+    # Declares 2.2 G voxels (above MAX_VOXELS) over 512 MiB of real zeros: refused before decompressing.
+    "gzip_bomb_above_limit": lambda path: write_gzip_bomb(path, header_claiming((1300, 1300, 1300)), 2**29),
+    # Declares 600 MB (within the limit), holds 50 MB: the trailer disagrees, the count stops at 50 MB.
+    "gzip_bomb_below_limit": lambda path: write_gzip_bomb(path, header_claiming((1000, 1000, 600)), 50 * 10**6),
+}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_bomb_is_refused_in_bounded_memory(tmp_path: Path, bomb: str) -> None:
+    path = BOMBS[bomb](tmp_path / f"{bomb}.nii.gz")
+    output, rss_mb = peak_rss_mb(path)
+    assert output.startswith("NiftiError") and path.name in output and "\n" not in output, output
+    assert rss_mb < PEAK_RSS_LIMIT_MB, f"{bomb}: peak RSS {rss_mb} MiB"
