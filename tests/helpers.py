@@ -381,3 +381,28 @@ def suffix_of_path(path: Path) -> str:
         if path.name.endswith(suffix):
             return suffix
     raise ValueError(path)
+
+
+# -- peak memory of a fresh process ----------------------------------------------------------
+
+# ru_maxrss of a child includes the resident size of the (large) pytest process it was forked from;
+# VmHWM is the high-water mark of the child's own address space, so it measures the child alone.
+PRINT_PEAK_RSS_MIB = (
+    "import re\nprint(int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) // 1024)\n"
+)
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def run_measuring_peak_rss(script: str, *args: object, stdin: str | None = None) -> tuple[str, int]:
+    """Run ``script`` with ``args`` in a fresh interpreter (importing this checkout's package); return what it
+    printed and its peak resident memory in MiB. Linux only (/proc)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("peak memory is read from /proc")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", script + "\n" + PRINT_PEAK_RSS_MIB, *map(str, args)],
+        input=stdin, capture_output=True, text=True, cwd=REPOSITORY, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    *output, peak = done.stdout.rstrip("\n").split("\n")
+    return "\n".join(output), int(peak)

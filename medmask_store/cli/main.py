@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medmask_store.demo import run_demo
-from medmask_store.errors import InvalidCase, MaskStoreError
+from medmask_store.errors import CaseNotFound, InvalidCase, MaskStoreError
 from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_label_map
 from medmask_store.io.sources import discover_cases
 from medmask_store.model.case_data import Unmapped
@@ -28,13 +29,25 @@ from medmask_store.storage.verify import verify_archive
 
 
 class MaskStoreGroup(click.Group):
-    """Turns library errors into one-line messages and exit code 1."""
+    """Turns library errors into one-line messages and exit code 1, and warnings into one-line notes."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except MaskStoreError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except MaskStoreError as exc:
+                raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+SKIP_DAMAGED_OPTION = click.option(
+    "--skip-damaged", is_flag=True,
+    help="Leave out damaged cases (and rebuild a damaged index in memory), with a warning each, instead of failing.",
+)
 
 
 PRESET_OPTION = click.option(
@@ -116,6 +129,22 @@ def case_summary(case: Case) -> dict[str, Any]:
             for name, value in case.mapping.items()
         },
     }
+
+
+@main.command("delete")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("case_ids", nargs=-1, required=True)
+def delete_command(archive: Path, case_ids: tuple[str, ...]) -> None:
+    """Delete cases (a damaged one too: its files go, whatever state they are in)."""
+    with MaskArchive(archive, "r+") as store:
+        case_ids = tuple(dict.fromkeys(case_ids))
+        missing = [case_id for case_id in case_ids if case_id not in store]
+        if missing:  # checked first: a failed command deletes nothing
+            raise CaseNotFound(f"no case {', '.join(map(repr, missing))} in {archive}; nothing was deleted")
+        with store.batch():
+            for case_id in case_ids:
+                store.delete_case(case_id)
+    click.echo(f"deleted {len(case_ids)} case(s) from {archive}")
 
 
 @main.command("info")
@@ -220,12 +249,13 @@ def convert_command(source: Path, destination: Path, overwrite: bool, preset: st
 @click.argument("expression")
 @click.option("--json", "as_json", is_flag=True, help="Print the matching case ids as a JSON list.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print the statistics rows of the matching cases as CSV.")
-def query_command(archive: Path, expression: str, as_json: bool, as_csv: bool) -> None:
+@SKIP_DAMAGED_OPTION
+def query_command(archive: Path, expression: str, as_json: bool, as_csv: bool, skip_damaged: bool) -> None:
     """Cases matching EXPRESSION, e.g. 'liver.volume_ml > 2000 and age >= 60' (one id per line)."""
     with MaskArchive(archive) as store:
-        matches = store.query(expression)
+        matches = store.query(expression, skip_damaged=skip_damaged)
         if as_csv:
-            stats = store.stats()
+            stats = store.stats(skip_damaged=skip_damaged)
             click.echo(stats[stats["case_id"].isin(matches)].to_csv(index=False), nl=False)
         elif as_json:
             click.echo(json.dumps(matches))
@@ -237,10 +267,11 @@ def query_command(archive: Path, expression: str, as_json: bool, as_csv: bool) -
 @main.command("stats")
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-def stats_command(archive: Path, as_csv: bool) -> None:
+@SKIP_DAMAGED_OPTION
+def stats_command(archive: Path, as_csv: bool, skip_damaged: bool) -> None:
     """Per-case, per-organ statistics (one row per case × organ) from the archive index."""
     with MaskArchive(archive) as store:
-        stats = store.stats()
+        stats = store.stats(skip_damaged=skip_damaged)
     click.echo(stats.to_csv(index=False) if as_csv else stats.to_string(index=False), nl=not as_csv)
 
 
@@ -256,7 +287,8 @@ def reindex_command(archive: Path) -> None:
 @main.command("verify")
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
 def verify_command(archive: Path) -> None:
-    """Check the index against the cases and every chunk against its checksum; exit 1 on any problem."""
+    """Check every case (attributes, manifests, every chunk, voxel counts) and the index; list every
+    problem and exit 1 if there is any."""
     with MaskArchive(archive) as store:
         problems = verify_archive(store, progress=partial(tqdm, desc="verify", unit="case"))
         for problem in problems:

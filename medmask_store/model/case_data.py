@@ -21,7 +21,7 @@ from spacetransformer import Space
 
 from medmask_store.errors import InvalidCase
 from medmask_store.model.stats import OrganStats
-from medmask_store.model.validation import validate_mapping, validate_meta, validate_organ_name
+from medmask_store.model.validation import validate_mapping, validate_meta, validate_organ_name, validate_space
 
 Unmapped = Literal["error", "name"]
 SCAN_THREADS = 2
@@ -61,11 +61,8 @@ class CaseData:
         """
         if not masks:
             raise InvalidCase("a case needs at least one organ mask")
-        if space is None:
-            first = next(iter(masks))
-            space = _resolve_space(None, masks[first], f"mask {first!r}")
-        elif not isinstance(space, Space):
-            raise InvalidCase(f"space must be a spacetransformer.Space, got {type(space).__name__}")
+        first = next(iter(masks))
+        space = _resolve_space(space, masks[first], f"mask {first!r}")
         mapping = validate_mapping(mapping if mapping is not None else {n: i for i, n in enumerate(masks, 1)})
         if set(mapping) != set(masks):
             missing, extra = sorted(set(masks) - set(mapping)), sorted(set(mapping) - set(masks))
@@ -154,9 +151,8 @@ def _resolve_space(space: Space | None, array: np.ndarray, what: str) -> Space:
     if space is None:
         if len(shape) != 3:
             raise InvalidCase(f"{what} must be 3-D, got shape {shape}")
-        return Space(shape=shape)  # type: ignore[arg-type]
-    if not isinstance(space, Space):
-        raise InvalidCase(f"space must be a spacetransformer.Space, got {type(space).__name__}")
+        space = Space(shape=shape)  # type: ignore[arg-type]
+    validate_space(space)
     if shape != tuple(space.shape):
         raise InvalidCase(f"{what} has shape {shape}, the case's Space has shape {tuple(space.shape)}")
     return space

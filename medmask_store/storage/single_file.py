@@ -5,6 +5,9 @@ edits a private working copy, and publishes it on commit with one atomic
 ``os.replace``. The archive file is therefore always a complete archive in the
 state of its last commit: a writer killed mid-import loses only its uncommitted
 cases, and a second writer gets :class:`ArchiveLocked` instead of a corrupt file.
+A published file keeps the permission bits of the file it replaces, and an
+archive path that is a symbolic link is written through to its target (the
+lock and working copy live beside the target, so every link to it shares them).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class SingleFileEditor:
             raise InvalidArchive(f"{archive} does not exist; open it with mode 'a' or 'w' to create one")
         if mode == "w-" and archive.exists():
             raise InvalidArchive(f"{archive} already exists; mode 'w-' creates new archives only")
+        archive = Path(os.path.realpath(archive))  # a link is written through, never replaced by a file
         self.archive = archive
         self._lock = _acquire_lock(archive.with_name(f".{archive.name}.lock"), archive)
         working_copy = re.compile(rf"\.{re.escape(archive.name)}\.\d+\.working.*")
@@ -78,6 +82,8 @@ class SingleFileEditor:
             write_snapshot(snapshot)
             with open(snapshot, "rb+") as handle:
                 os.fsync(handle.fileno())
+            if self.archive.exists():
+                shutil.copymode(self.archive, snapshot)  # e.g. a chmod 600 archive stays 600
             os.replace(snapshot, self.archive)
         finally:
             _remove(snapshot)

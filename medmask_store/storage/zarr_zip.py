@@ -67,9 +67,8 @@ class ZarrZipReader(SingleWriter, ZarrCaseReader):
         super().__init__(source, path)
         # Every case with any member is listed: a case whose zarr.json was lost is damaged, not absent.
         prefix = f"{CASES_GROUP}/"
-        self._case_ids = sorted(
-            {name[len(prefix) :].split("/")[0] for name in source.names if name.startswith(prefix)} - {"zarr.json", ""}
-        )
+        inside = [name[len(prefix) :] for name in source.names if name.startswith(prefix)]
+        self._case_ids = sorted({rest.split("/")[0] for rest in inside if "/" in rest})
 
     def case_ids(self) -> list[str]:
         return list(self._case_ids)
@@ -113,7 +112,6 @@ class ZarrZipWriter(SingleWriter, ZarrDirectoryBackend):
         except BaseException:
             self._editor.close()
             raise
-        self.archive_path = path
         self._dirty = not path.exists() or mode == "w"
 
     def write_case(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
