@@ -73,8 +73,10 @@ def _hdf5_errors(method: Method) -> Method:
 
 
 def _write_json_attributes(node: h5py.Group | h5py.Dataset, attributes: dict[str, Any]) -> None:
+    """JSON texts as fixed-length UTF-8 string attributes: stored in the (checksummed) object header,
+    not in a global heap whose unused 4 KB would be bytes no reader checks."""
     for key, value in attributes.items():
-        node.attrs[key] = json.dumps(value, separators=(",", ":"))
+        node.attrs[key] = np.bytes_(json.dumps(value, separators=(",", ":")).encode())
 
 
 def _read_json_attributes(node: h5py.Group, what: str, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -84,7 +86,7 @@ def _read_json_attributes(node: h5py.Group, what: str, keys: tuple[str, ...] | N
     for key, value in raw.items():
         if keys is not None and key not in keys:
             continue
-        if not isinstance(value, str) or len(value) > MAX_DOCUMENT_BYTES:
+        if not isinstance(value, (str, bytes)) or len(value) > MAX_DOCUMENT_BYTES:
             raise CorruptMetadata(f"{what}: attribute {key!r} is not a JSON text of at most {MAX_DOCUMENT_BYTES} bytes")
         try:
             attributes[key] = json.loads(value)
@@ -273,10 +275,10 @@ class Hdf5Backend(SingleWriter):
         dataset = group.create_dataset(
             array.name, shape=data.shape, maxshape=grid_shape, dtype=data.dtype, chunks=chunks, **filters
         )
-        dataset.attrs["dimension_names"] = json.dumps(list(array.dimension_names))
+        descriptions = {"dimension_names": list(array.dimension_names)}
         if array.codec != "zstd":
-            codec = {"codec": array.codec, "checksum": "crc32c", "reader": "pip install medmask_store"}
-            dataset.attrs["medmask_store"] = json.dumps(codec)
+            descriptions["medmask_store"] = {"codec": array.codec, "checksum": "crc32c", "reader": "pip install medmask_store"}
+        _write_json_attributes(dataset, descriptions)
         encoded = array.encoded_chunks()
         for coords, chunk in encoded:
             dataset.id.write_direct_chunk(tuple(c * n for c, n in zip(coords, chunks)), chunk)
