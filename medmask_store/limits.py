@@ -10,6 +10,10 @@ from __future__ import annotations
 
 #: Voxels of one case volume (a 1024³ volume); also the largest NIfTI image imported.
 MAX_VOXELS = 2**30
+#: Bytes of voxel data one NIfTI image may declare (a 512 × 512 × 1024 float32 mask): what reading
+#: its voxels allocates. A 1024³ int16 image is within ``MAX_VOXELS`` but declares 2 GiB; masks saved as
+#: uint8 reach ``MAX_VOXELS`` first.
+MAX_IMAGE_BYTES = 2**30
 #: Edge of a cubic chunk, and voxels of one stored chunk (a 256³ chunk: 32 MiB decoded at uint16).
 MAX_CHUNK_EDGE = 256
 MAX_CHUNK_VOXELS = MAX_CHUNK_EDGE**3

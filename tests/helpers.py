@@ -110,13 +110,18 @@ def gzipped(data: bytes, isize: int | None = None) -> bytes:
     return packed if isize is None else packed[:-4] + struct.pack("<I", isize % 2**32)
 
 
-def write_gzip_bomb(path: Path, header: bytes, zero_bytes: int) -> Path:
-    """``header`` followed by ``zero_bytes`` zeros, streamed through gzip 1 MiB at a time."""
+def write_gzip_bomb(path: Path, header: bytes, zero_bytes: int, isize: int | None = None) -> Path:
+    """``header`` followed by ``zero_bytes`` zeros, streamed through gzip 1 MiB at a time; ``isize``
+    overwrites the trailer's size field (a lie)."""
     zeros = bytes(2**20)
     with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as stream:
         stream.write(header)
         for start in range(0, zero_bytes, len(zeros)):
             stream.write(zeros[: zero_bytes - start])
+    if isize is not None:
+        with open(path, "r+b") as raw:
+            raw.seek(-4, os.SEEK_END)
+            raw.write(struct.pack("<I", isize % 2**32))
     return path
 
 
@@ -151,6 +156,7 @@ HOSTILE_NIFTI: dict[str, bytes] = {
     "header_bomb.nii": header_claiming((2000, 2000, 1000)),
     "header_bomb_below_limit.nii.gz": gzipped(header_claiming((1000, 1000, 600))),
     "header_bomb_below_limit.nii": header_claiming((1000, 1000, 600)),
+    "image_bytes_bomb.nii.gz": gzipped(header_claiming((1024, 1024, 1024), dtype=np.int16)),
     "nifti2_header_bomb.nii.gz": gzipped(header_claiming((2**20,) * 3, header_class=nib.Nifti2Header)),
     "voxels_inside_header.nii.gz": gzipped(GOOD_NII[:108] + struct.pack("<f", 0.0) + GOOD_NII[112:]),
     "data_shorter.nii.gz": gzipped(GOOD_NII[:-100]),

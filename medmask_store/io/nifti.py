@@ -5,10 +5,11 @@ of ``nibabel.load(f).dataobj``, which is also the order of ``Space.shape``.
 The affine is carried by the case's :class:`~spacetransformer.Space`.
 
 NIfTI files come from anywhere: :func:`open_nifti` checks a file's header (3-D,
-at most ``MAX_VOXELS`` voxels, a mask voxel type, the declared voxels present in
-the file, a finite affine) before any voxel is read, and whatever nibabel, gzip,
-zlib or spacetransformer raise on a damaged file becomes a :class:`NiftiError`
-naming it.
+at most ``MAX_VOXELS`` voxels of a mask voxel type and ``MAX_IMAGE_BYTES`` bytes,
+the declared voxels present in the file, a finite affine) before any voxel is
+read, :func:`read_voxels` decompresses a ``.nii.gz`` in pieces so that memory
+follows the data the file holds, and whatever nibabel, gzip, zlib or
+spacetransformer raise on a damaged file becomes a :class:`NiftiError` naming it.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from nibabel.arrayproxy import ArrayProxy
 from nibabel.nifti1 import Nifti1Header
 from nibabel.nifti2 import Nifti2Header
 from nibabel.spatialimages import HeaderDataError
+from nibabel.volumeutils import apply_read_scaling
 from spacetransformer import Space
 from spacetransformer.core.exceptions import SpaceTransformerError
 
 from medmask_store.errors import InvalidCase, MaskStoreError, NiftiError
-from medmask_store.limits import MAX_VOXELS
+from medmask_store.limits import MAX_IMAGE_BYTES, MAX_VOXELS
 from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import MAX_LABEL_VALUE
 from medmask_store.storage.case import Case
@@ -50,8 +52,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 HEADER_CLASSES: tuple[type[Nifti1Header], ...] = (Nifti1Header, Nifti2Header)
 #: Voxel types a mask may be stored as (numpy kinds: unsigned, signed, float).
 MASK_KINDS = "uif"
-#: Decompressed bytes per read while counting what a gzip file holds: the memory that count needs.
-COUNT_CHUNK_BYTES = 2**20
+#: Decompressed bytes per read of a gzip stream (counting it, or reading voxels): the memory a read
+#: needs beyond its result.
+GZIP_PIECE_BYTES = 2**20
 #: What nibabel, gzip, zlib, struct, numpy, json and spacetransformer raise on a damaged or
 #: hostile input file, most specific first, and what it means for the user.
 READ_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
@@ -107,7 +110,7 @@ class NiftiVolume:
     """A NIfTI file whose header passed the input checks; its voxels are read on demand.
 
     ``affine`` is the sform if set, else the qform, as ``nibabel.load(path).affine``;
-    ``voxels`` is nibabel's lazy proxy, as ``nibabel.load(path).dataobj``.
+    ``voxels`` is nibabel's lazy proxy, as ``nibabel.load(path).dataobj``; :func:`read_voxels` reads it.
     """
 
     path: Path
@@ -120,15 +123,17 @@ def open_nifti(path: str | Path) -> NiftiVolume:
     """Check a NIfTI file before any voxel is read; raise :class:`NiftiError` naming it if it is unfit.
 
     The header must declare a 3-D image of at most ``MAX_VOXELS`` voxels of a mask
-    voxel type, the file must hold the voxels it declares, and the affine must be
-    finite. Header extensions are never read: ``nibabel.load`` would read them
-    with sizes taken from the file unchecked (a negative one reads the whole stream).
+    voxel type and at most ``MAX_IMAGE_BYTES`` bytes, the file must hold the voxels
+    it declares, and the affine must be finite. Header extensions are never read:
+    ``nibabel.load`` would read them with sizes taken from the file unchecked (a
+    negative one reads the whole stream).
     """
     path = Path(path)
     with input_errors(path):
         header = read_header(path)
         shape = declared_shape(header, path)
         check_voxel_type(header, path)
+        check_image_bytes(header, shape, path)
         check_voxels_present(header, shape, path)
         affine = header.get_best_affine()
         if not np.isfinite(affine).all():
@@ -183,13 +188,25 @@ def check_voxel_type(header: Nifti1Header, path: Path) -> None:
         raise NiftiError(f"{path}: unsupported voxel type {dtype}; masks are stored as integers or floats")
 
 
+def check_image_bytes(header: Nifti1Header, shape: tuple[int, int, int], path: Path) -> None:
+    """Refuse a header declaring more than ``MAX_IMAGE_BYTES`` bytes of voxels: reading them costs that much."""
+    dtype = header.get_data_dtype()
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > MAX_IMAGE_BYTES:
+        raise NiftiError(
+            f"{path}: header declares shape {shape} of {dtype}, {declared:,} bytes of voxels, above the limit of "
+            f"{MAX_IMAGE_BYTES:,} bytes per image (medmask_store.limits.MAX_IMAGE_BYTES); save masks as uint8"
+        )
+
+
 def check_voxels_present(header: Nifti1Header, shape: tuple[int, int, int], path: Path) -> None:
     """Refuse a file holding fewer bytes than its header declares, or a ``.gz`` holding more.
 
-    nibabel allocates the declared size before it reads, so this runs first. A
-    gzip file's trailer gives its decompressed size modulo 2**32 for one small
-    read; only when it disagrees (header lie, truncation, several gzip members)
-    is the stream counted, in bounded memory.
+    A ``.nii`` is mapped at its declared size, so this runs first. A gzip file's
+    trailer gives its decompressed size modulo 2**32 for one small read; only when
+    it disagrees (header lie, truncation, several gzip members) is the stream
+    counted, in bounded memory. A forged trailer passes here: gzip's own length
+    check then fails while :func:`read_voxels` reads, in memory bounded by the data.
     """
     vox_offset = float(header["vox_offset"])
     if not math.isfinite(vox_offset) or vox_offset < header.single_vox_offset:
@@ -223,7 +240,7 @@ def decompressed_size(path: Path, limit: int) -> int:
     """Decompressed bytes of the gzip file ``path``, counted up to at least ``limit`` in bounded memory."""
     size = 0
     with gzip.open(path, "rb") as stream:
-        while size < limit and (piece := stream.read(COUNT_CHUNK_BYTES)):
+        while size < limit and (piece := stream.read(GZIP_PIECE_BYTES)):
             size += len(piece)
     return size
 
@@ -247,11 +264,41 @@ def space_of(volume: NiftiVolume) -> Space:
     return space
 
 
+def read_voxels(volume: NiftiVolume) -> np.ndarray:
+    """The array ``np.asanyarray(volume.voxels)`` gives (scaled, same dtype, byte order and Fortran order).
+
+    A ``.nii`` is memory-mapped by nibabel (``open_nifti`` checked that it holds its
+    voxels). nibabel would zero-fill the declared size of a ``.nii.gz`` before
+    decompressing, so a stream shorter than its header would still cost all of it;
+    here an uninitialized array is filled piece by piece: memory follows the data.
+    """
+    proxy = volume.voxels
+    if not volume.path.name.endswith(".gz"):
+        return np.asanyarray(proxy)
+    raw = np.empty(math.prod(proxy.shape) * proxy.dtype.itemsize, np.uint8)
+    with gzip.open(volume.path, "rb") as stream, raw.data as buffer:
+        stream.seek(proxy.offset)
+        filled = 0
+        while filled < raw.size:
+            got = stream.readinto(buffer[filled : filled + GZIP_PIECE_BYTES])
+            if not got:
+                raise NiftiError(
+                    f"{volume.path}: truncated: the file holds {filled:,} of the {raw.size:,} declared voxel bytes"
+                )
+            filled += got
+    unscaled = np.ndarray(proxy.shape, proxy.dtype, buffer=raw, order=proxy.order)
+    # As ArrayProxy scales: the intercept takes the slope's type where that is safe, then nibabel's scaling.
+    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
+    if np.can_cast(inter, slope.dtype):
+        inter = inter.astype(slope.dtype)
+    return apply_read_scaling(unscaled, slope, inter)
+
+
 def read_integer_voxels(volume: NiftiVolume) -> np.ndarray:
     """Voxels as stored (scaling applied), refusing NaN, fractions and values outside 0..65535."""
     path = volume.path
     with input_errors(path):
-        data = np.asanyarray(volume.voxels)
+        data = read_voxels(volume)
         if data.dtype.kind == "f":
             if not np.isfinite(data).all():
                 raise NiftiError(f"{path}: holds NaN or infinite values; masks must be integers")

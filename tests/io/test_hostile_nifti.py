@@ -18,6 +18,7 @@ from helpers import (
     FOUND_WHILE_READING,
     GOOD_MASK,
     GOOD_NII,
+    GOOD_NII_GZ,
     HOSTILE_NIFTI,
     case_folder_with,
     gzipped,
@@ -28,9 +29,9 @@ from helpers import (
 import medmask_store
 import medmask_store.io.nifti as nifti
 from medmask_store.errors import NiftiError
-from medmask_store.io.nifti import load_label_map, load_mask_folder, load_multilabel
+from medmask_store.io.nifti import load_label_map, load_mask_folder, load_multilabel, open_nifti, read_integer_voxels
 from medmask_store.io.sources import discover_cases
-from medmask_store.limits import MAX_VOXELS
+from medmask_store.limits import MAX_IMAGE_BYTES, MAX_VOXELS
 
 
 def write(path: Path, content: bytes) -> Path:
@@ -90,6 +91,32 @@ def test_header_bomb_names_the_declared_shape_and_the_limit(tmp_path: Path) -> N
     path = write(tmp_path / "header_bomb.nii.gz", HOSTILE_NIFTI["header_bomb.nii.gz"])
     message = str(raises_one_line_naming(path.name, lambda: load_multilabel(path, {"liver": 1})))
     assert "(2000, 2000, 1000)" in message and f"{MAX_VOXELS:,}" in message and "MAX_VOXELS" in message
+
+
+def test_image_bytes_bomb_names_shape_dtype_bytes_limit_and_the_fix(tmp_path: Path) -> None:
+    """1024³ int16 is within MAX_VOXELS but declares 2 GiB: refused from the header alone (the file holds none)."""
+    path = write(tmp_path / "image_bytes_bomb.nii.gz", HOSTILE_NIFTI["image_bytes_bomb.nii.gz"])
+    message = str(raises_one_line_naming(path.name, lambda: load_multilabel(path, {"liver": 1})))
+    for part in ("(1024, 1024, 1024)", "int16", f"{2 * 1024**3:,} bytes", f"{MAX_IMAGE_BYTES:,}", "MAX_IMAGE_BYTES", "uint8"):
+        assert part in message, (part, message)
+
+
+@pytest.mark.parametrize("shape, refused", [((512, 512, 1024), False), ((512, 512, 1025), True)])
+def test_image_bytes_limit_admits_exactly_max_image_bytes(tmp_path: Path, shape: tuple[int, ...], refused: bool) -> None:
+    """A 512 × 512 × 1024 float32 mask is exactly MAX_IMAGE_BYTES: it passes the limit (and then fails
+    the size check, as the file holds its header only)."""
+    path = write(tmp_path / "float_mask.nii.gz", gzipped(header_claiming(shape, dtype=np.float32)))
+    message = str(raises_one_line_naming(path.name, lambda: open_nifti(path)))
+    assert ("MAX_IMAGE_BYTES" in message) == refused and ("the file holds" in message) != refused, message
+
+
+def test_stream_ending_while_the_voxels_are_read_is_truncation(tmp_path: Path) -> None:
+    """A file shortened after its header was checked: the read stops where the stream ends."""
+    path = write(tmp_path / "seg.nii.gz", GOOD_NII_GZ)
+    volume = open_nifti(path)
+    write(path, gzipped(GOOD_NII[:-100]))
+    message = str(raises_one_line_naming(path.name, lambda: read_integer_voxels(volume)))
+    assert f"truncated: the file holds {GOOD_MASK.size - 100:,} of the {GOOD_MASK.size:,} declared voxel bytes" in message
 
 
 @pytest.mark.parametrize("name", ["data_shorter.nii.gz", "header_bomb_below_limit.nii.gz", "data_longer.nii.gz"])
@@ -178,6 +205,13 @@ def peak_rss_mb(path: Path) -> tuple[str, int]:
     return "\n".join(output), int(rss)
 
 
+def write_forged_trailer_bomb(path: Path) -> Path:
+    """Declares 1 GB (within both limits), holds 1 MiB, its trailer forged to agree: every header check passes,
+    and nibabel would zero-fill the declared gigabyte before finding the stream short."""
+    header = header_claiming((1024, 1024, 1000))
+    return write_gzip_bomb(path, header, 2**20, isize=len(header) + 1024 * 1024 * 1000)
+
+
 BOMBS = {
     # 57 bytes declaring 4 GB: nibabel would allocate all of it before reading.
     "header_bomb": lambda path: write(path, HOSTILE_NIFTI["header_bomb.nii.gz"]),
@@ -185,6 +219,12 @@ BOMBS = {
     "gzip_bomb_above_limit": lambda path: write_gzip_bomb(path, header_claiming((1300, 1300, 1300)), 2**29),
     # Declares 600 MB (within the limit), holds 50 MB: the trailer disagrees, the count stops at 50 MB.
     "gzip_bomb_below_limit": lambda path: write_gzip_bomb(path, header_claiming((1000, 1000, 600)), 50 * 10**6),
+    "forged_trailer": lambda path: write_forged_trailer_bomb(path),
+    # Declares and holds 2 GiB of int16 zeros (1024³ voxels, within MAX_VOXELS, trailer agreeing): refused by
+    # MAX_IMAGE_BYTES before any voxel is read.
+    "gzip_bomb_above_byte_limit": lambda path: write_gzip_bomb(
+        path, header_claiming((1024, 1024, 1024), dtype=np.int16), 2 * 1024**3
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,15 @@ import pytest
 from spacetransformer import Space
 
 from medmask_store.errors import NiftiError
-from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_mask_folder, load_multilabel
+from medmask_store.io.nifti import (
+    export_mask_folder,
+    export_multilabel,
+    load_mask_folder,
+    load_multilabel,
+    mask_files,
+    open_nifti,
+    read_voxels,
+)
 from medmask_store.storage.archive import MaskArchive
 
 
@@ -240,6 +249,61 @@ def test_multilabel_unmapped_value_is_an_error_naming_it(tmp_path: Path, phantom
     case = load_multilabel(source, {"liver": 1, "spleen": 2}, unmapped="name")
     assert case.mapping == {"liver": 1, "spleen": 2, "label_7": 7}
     assert np.array_equal(case.organ_mask("label_7"), labels == 7)
+
+
+# -- voxels: exactly the array nibabel's proxy gives ------------------------
+#: name -> (stored dtype with byte order, raw scl_slope, raw scl_inter); NaN or 0 slope means unscaled.
+STORED_VOXELS = {
+    "uint8": ("u1", np.nan, np.nan),
+    "int16": ("<i2", np.nan, np.nan),
+    "float32": ("<f4", np.nan, np.nan),
+    "int16_big_endian": (">i2", np.nan, np.nan),
+    "float32_big_endian": (">f4", np.nan, np.nan),
+    "uint8_unit_scaling": ("u1", 1.0, 0.0),
+    "int16_zero_slope": ("<i2", 0.0, 5.0),
+    "uint8_scaled": ("u1", 0.5, 1.0),
+    "int16_scaled": ("<i2", 2.0, -3.0),
+    "int16_big_endian_scaled": (">i2", 3.0, 0.25),
+    "float32_scaled": ("<f4", 2.0, 1.0),
+    "float32_big_endian_scaled": (">f4", 0.25, -1.0),
+}
+
+
+def stored_nifti(path: Path, kind: str) -> Path:
+    """A single-file NIfTI-1 (gzipped if ``path`` ends in .gz) of random voxels stored as ``STORED_VOXELS[kind]``,
+    its header in the voxels' byte order."""
+    dtype, slope, inter = STORED_VOXELS[kind]
+    dtype = np.dtype(dtype)
+    header = nib.Nifti1Header(endianness=">" if dtype.byteorder == ">" else "<")
+    header.set_data_shape((13, 7, 5))
+    header.set_data_dtype(dtype)
+    header["vox_offset"], header["scl_slope"], header["scl_inter"] = header.single_vox_offset, slope, inter
+    rng = np.random.default_rng(5)
+    voxels = rng.normal(0, 50, (13, 7, 5)) if dtype.kind == "f" else rng.integers(0, 200, (13, 7, 5))
+    content = header.binaryblock + bytes(4) + voxels.astype(dtype).tobytes(order="F")
+    path.write_bytes(gzip.compress(content) if path.name.endswith(".gz") else content)
+    return path
+
+
+def assert_same_array(got: np.ndarray, expected: np.ndarray) -> None:
+    """Same type, dtype (byte order included), shape, memory order and bits."""
+    assert type(got) is type(expected) and got.dtype.str == expected.dtype.str, (got.dtype, expected.dtype)
+    assert got.shape == expected.shape and got.strides == expected.strides
+    assert got.tobytes(order="A") == expected.tobytes(order="A")
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("kind", STORED_VOXELS)
+def test_voxels_are_the_array_nibabel_gives(tmp_path: Path, kind: str, suffix: str) -> None:
+    path = stored_nifti(tmp_path / f"{kind}{suffix}", kind)
+    assert_same_array(read_voxels(open_nifti(path)), np.asanyarray(nib.load(path).dataobj))
+
+
+def test_real_case_voxels_are_the_arrays_nibabel_gives(real_case_dir: Path) -> None:
+    files = mask_files(real_case_dir)
+    assert len(files) == 117
+    for path in files:
+        assert_same_array(read_voxels(open_nifti(path)), np.asanyarray(nib.load(path).dataobj))
 
 
 # -- bad inputs: NiftiError naming the file ---------------------------------
