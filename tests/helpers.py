@@ -270,16 +270,23 @@ def selections(draw, shape: tuple[int, ...]):
 def read_packed(path: Path) -> tuple[dict, bytes]:
     """The catalog and the data section of a packed ``.msk`` file, read without the library."""
     raw = path.read_bytes()
-    magic, _version, length = struct.unpack("<4sBI", raw[:9])
+    magic, _version, length, _crc = struct.unpack("<4sBII", raw[:13])
     assert magic == b"MSKP"
-    catalog = zstandard.ZstdDecompressor(dict_data=CATALOG_DICTIONARY).decompress(raw[9 : 9 + length])
-    return json.loads(catalog), raw[9 + length :]
+    catalog = zstandard.ZstdDecompressor(dict_data=CATALOG_DICTIONARY).decompress(raw[13 : 13 + length])
+    return json.loads(catalog), raw[13 + length :]
 
 
 def write_packed(path: Path, catalog: dict, data: bytes) -> None:
     """Write a packed file (behind the library's back) from a catalog and a data section."""
     frame = zstandard.ZstdCompressor(dict_data=CATALOG_DICTIONARY).compress(json.dumps(catalog).encode())
-    path.write_bytes(struct.pack("<4sBI", b"MSKP", 2, len(frame)) + frame + data)
+    path.write_bytes(packed_header(frame) + frame + data)
+
+
+def packed_header(frame: bytes) -> bytes:
+    """The header of a packed file whose catalog is ``frame``: magic, version, length, crc32c."""
+    import google_crc32c
+
+    return struct.pack("<4sBII", b"MSKP", 2, len(frame), google_crc32c.value(frame))
 
 
 def packed_index(path: Path) -> bytes | None:
@@ -310,17 +317,19 @@ def reseal(sealed: dict) -> dict:
     return seal({key: value for key, value in sealed.items() if key != "checksum"})
 
 
-def reseal_packed_case(catalog: dict, case_id: str) -> None:
-    """Make a packed case's manifest (chunk counts and digests) agree with its chunk rows again, and reseal
-    its attributes: a crafted archive that passes every checksum."""
-    from medmask_store.model.manifest import chunk_list_digest
+def reseal_packed_case(catalog: dict, case_id: str, data: bytes) -> None:
+    """Make a packed case's manifest (chunk counts and digests) agree with its chunk rows and the data
+    section ``data`` again, and reseal its attributes: a crafted archive that passes every checksum."""
+    from medmask_store.model.manifest import chunk_bytes_digest, chunk_list_digest
 
     case = catalog["cases"][case_id]
     content = case["attributes"]["medmask_store"]
     for name, manifest in content["arrays"].items():
         rows = case["chunks"].get(name, [])
         lengths = {tuple(row[:-2]): row[-1] for row in rows}
+        chunk_bytes = [(tuple(row[:-2]), data[row[-2] : row[-2] + row[-1]]) for row in rows]
         manifest["stored"], manifest["chunks_crc32c"] = len(lengths), chunk_list_digest(lengths)
+        manifest["bytes_crc32c"] = chunk_bytes_digest(chunk_bytes)
     case["attributes"]["medmask_store"] = reseal(content)
 
 

@@ -40,7 +40,7 @@ from spacetransformer.core.exceptions import SpaceTransformerError
 from medmask_store.errors import InvalidCase, MaskStoreError, NiftiError
 from medmask_store.limits import MAX_IMAGE_BYTES, MAX_VOXELS
 from medmask_store.model.case_data import CaseData, Unmapped
-from medmask_store.model.validation import MAX_LABEL_VALUE
+from medmask_store.model.validation import MAX_LABEL_VALUE, validate_organ_name
 from medmask_store.storage.case import Case
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -327,6 +327,11 @@ class NiftiMaskFolder(Mapping[str, np.ndarray]):
         self.files = {nifti_stem(p): p for p in mask_files(self.folder)}
         if not self.files:
             raise NiftiError(f"{self.folder}: no .nii or .nii.gz files")
+        for name, path in self.files.items():  # the file name is the organ name: refuse bad ones up front
+            try:
+                validate_organ_name(name)
+            except InvalidCase as exc:
+                raise NiftiError(f"{self.folder}: file {path.name!r}: {exc}; rename the file") from exc
         self._first = open_nifti(next(iter(self.files.values())))
         self.space = space_of(self._first)
         self.organ_affines: dict[str, np.ndarray] = {}

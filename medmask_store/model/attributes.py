@@ -103,6 +103,8 @@ class CaseInfo:
             return cls._from_content(validate_case_id(case_id), content, what)
         except InvalidCase as exc:  # a name or value refused as it would be by add_case
             raise CorruptMetadata(f"{what}: {exc}") from exc
+        except CorruptMetadata:
+            raise
         except (KeyError, TypeError, ValueError, IndexError, SpaceTransformerError) as exc:
             raise CorruptMetadata(f"{what}: malformed attributes ({type(exc).__name__}: {exc})") from exc
 

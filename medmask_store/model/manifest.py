@@ -6,16 +6,17 @@ Every piece of metadata a read depends on is verified when it is read:
   ``checksum``, the crc32c of their canonical JSON (sorted keys, no spaces)
   without it; a flipped bit anywhere in a value or a key is a mismatch.
 - **Array manifest.** A case's attributes list its arrays: shape, dtype, chunk
-  shape, codec, how many chunks are stored and a digest of their coordinates and
-  byte lengths (and, for Zarr, the crc32c of the array's own ``zarr.json``).
-  Opening an array compares what the backend finds with the manifest, so a lost
-  shard, a lost chunk or edited array metadata is an error, never zeros.
+  shape, codec, how many chunks are stored, a digest of their coordinates and
+  byte lengths, a digest of their bytes, and (for Zarr) the crc32c of the array's
+  own ``zarr.json``. Opening an array compares what the backend finds with the
+  manifest, so a lost shard, a lost chunk or edited array metadata is an error,
+  never zeros; ``verify`` compares every chunk's bytes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +64,16 @@ def unseal(document: object, what: str) -> dict[str, Any]:
 
 
 def chunk_list_digest(lengths: Mapping[ChunkCoords, int]) -> int:
-    """crc32c of the sorted (coordinates..., byte length) of every stored chunk."""
+    """crc32c of the sorted (coordinates..., byte length) of every stored chunk: checked on every open."""
     rows = np.array([(*coords, length) for coords, length in sorted(lengths.items())], dtype="<i8")
+    return crc32c(rows.tobytes())
+
+
+def chunk_bytes_digest(chunks: Iterable[tuple[ChunkCoords, bytes]]) -> int:
+    """crc32c of the sorted (coordinates..., crc32c of the bytes) of every stored chunk: checked by ``verify``,
+    which reads them all. It covers bits a decoder ignores (a Zstd frame checksums what it decodes to, not
+    the unused bits of its bit streams)."""
+    rows = np.array(sorted((*coords, crc32c(data)) for coords, data in chunks), dtype="<i8")
     return crc32c(rows.tobytes())
 
 
@@ -78,26 +87,31 @@ class ArrayManifest:
     codec: str
     stored: int  # number of stored (non-empty) chunks
     chunks_crc32c: int  # chunk_list_digest of the stored chunks
+    bytes_crc32c: int  # chunk_bytes_digest of the stored chunks
     metadata_crc32c: int | None = None  # crc32c of the array's own metadata document (Zarr)
 
     @classmethod
     def of_chunks(
         cls, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], codec: str,
-        lengths: Mapping[ChunkCoords, int], metadata_crc32c: int | None = None,
+        encoded: Mapping[ChunkCoords, bytes], metadata_crc32c: int | None = None,
     ) -> ArrayManifest:
-        return cls(tuple(shape), np.dtype(dtype), tuple(chunks), codec, len(lengths), chunk_list_digest(lengths), metadata_crc32c)
+        lengths = {coords: len(data) for coords, data in encoded.items()}
+        return cls(
+            tuple(shape), np.dtype(dtype), tuple(chunks), codec, len(encoded), chunk_list_digest(lengths),
+            chunk_bytes_digest(encoded.items()), metadata_crc32c,
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         data = {
             "shape": list(self.shape), "dtype": self.dtype.str, "chunks": list(self.chunks), "codec": self.codec,
-            "stored": self.stored, "chunks_crc32c": self.chunks_crc32c,
+            "stored": self.stored, "chunks_crc32c": self.chunks_crc32c, "bytes_crc32c": self.bytes_crc32c,
         }  # fmt: skip
         return data if self.metadata_crc32c is None else {**data, "metadata_crc32c": self.metadata_crc32c}
 
     @classmethod
     def from_json(cls, data: object, what: str) -> ArrayManifest:
         """Parse and bound-check a manifest entry (shapes, chunk sizes, counts), raising :class:`CorruptMetadata`."""
-        keys = {"shape", "dtype", "chunks", "codec", "stored", "chunks_crc32c"}
+        keys = {"shape", "dtype", "chunks", "codec", "stored", "chunks_crc32c", "bytes_crc32c"}
         if not isinstance(data, dict) or not keys <= set(data) <= keys | {"metadata_crc32c"}:
             raise CorruptMetadata(f"{what}: malformed array manifest {str(data)[:200]}")
         shape, chunks = data["shape"], data["chunks"]
@@ -110,12 +124,12 @@ class ArrayManifest:
             raise CorruptMetadata(f"{what}: shape {shape} in chunks {chunks} exceeds {MAX_CHUNKS_PER_ARRAY} chunks")
         if data["dtype"] not in ("|b1", "|u1", "<u2") or not isinstance(data["codec"], str):
             raise CorruptMetadata(f"{what}: unsupported dtype {data['dtype']!r} or codec {data['codec']!r}")
-        counts = [data["stored"], data["chunks_crc32c"], data.get("metadata_crc32c", 0)]
+        counts = [data["stored"], data["chunks_crc32c"], data["bytes_crc32c"], data.get("metadata_crc32c", 0)]
         if not _ints(counts, 0) or data["stored"] > grid:
             raise CorruptMetadata(f"{what}: malformed chunk count or checksums {counts}")
         return cls(
             tuple(shape), np.dtype(data["dtype"]), tuple(chunks), data["codec"], data["stored"],
-            data["chunks_crc32c"], data.get("metadata_crc32c"),
+            data["chunks_crc32c"], data["bytes_crc32c"], data.get("metadata_crc32c"),
         )  # fmt: skip
 
 

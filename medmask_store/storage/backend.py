@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from medmask_store.codecs.chunks import chunk_decoder
 from medmask_store.errors import CorruptChunk, CorruptMetadata
-from medmask_store.model.manifest import ArrayManifest, chunk_list_digest
+from medmask_store.model.manifest import ArrayManifest, chunk_bytes_digest, chunk_list_digest
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 from medmask_store.storage.layout import ArrayToWrite
 
@@ -61,6 +61,10 @@ class StoredArray:
 
         decode = chunk_decoder(manifest.codec, manifest.dtype, manifest.chunks, zarr=self.zarr_chunks)
         return ChunkedArray.of_stored(manifest.shape, manifest.dtype, manifest.chunks, fetch_stored, decode, where)
+
+    def bytes_match(self, manifest: ArrayManifest) -> bool:
+        """Whether every stored chunk's bytes are those the manifest's digest was taken of (reads them all)."""
+        return chunk_bytes_digest((coords, self.fetch(coords)) for coords in self.lengths) == manifest.bytes_crc32c
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from medmask_store.model.case_data import CaseData
 from medmask_store.model.manifest import BINARY_LAYERS, LABEL_VOLUME
 from medmask_store.model.region import VoxelBox, box_space, voxel_box
 from medmask_store.model.stats import BBox, OrganStats
-from medmask_store.storage.backend import StoredCase
+from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 
 
@@ -86,18 +86,32 @@ class Case:
     # -- stored arrays -------------------------------------------------------
     def _stored(self, name: str) -> ChunkedArray:
         """A stored array, opened once and checked against the case's manifest."""
+        self._check_open()
+        if name not in self._arrays:
+            self._arrays[name] = self._open_stored(name).checked((self.info.arrays or {})[name], f"{self.where}/{name}")
+        return self._arrays[name]
+
+    def _check_open(self) -> None:
         if self._stored_case.closed():
             raise ArchiveClosed(f"case {self.case_id!r}: its archive is closed; read it inside `with MaskArchive(...)`")
-        if name not in self._arrays:
-            manifest = (self.info.arrays or {})[name]
-            array = self._stored_case.open_array(name)
-            if array is None:
-                raise CorruptMetadata(
-                    f"{self.where}: its {name} array is missing (the manifest lists {manifest.stored} stored chunks); "
-                    "restore the archive from a copy, or delete the case and import it again"
-                )
-            self._arrays[name] = array.checked(manifest, f"{self.where}/{name}")
-        return self._arrays[name]
+
+    def _open_stored(self, name: str) -> StoredArray:
+        self._check_open()
+        array = self._stored_case.open_array(name)
+        if array is None:
+            raise CorruptMetadata(
+                f"{self.where}: its {name} array is missing (the manifest lists {(self.info.arrays or {})[name].stored} "
+                "stored chunks); restore the archive from a copy, or delete the case and import it again"
+            )
+        return array
+
+    def arrays_with_changed_bytes(self) -> list[str]:
+        """Arrays whose stored chunk bytes differ from those the manifest's digest was taken of.
+
+        Reads every stored chunk (no decoding): ``verify`` uses it to find even
+        bits a decoder ignores. Reads of voxels check each chunk they decode.
+        """
+        return [name for name, manifest in (self.info.arrays or {}).items() if not self._open_stored(name).bytes_match(manifest)]
 
     def _chunk_in_box(self, coords: ChunkCoords, bbox: BBox) -> bool:
         chunks = self._stored(LABEL_VOLUME).chunks

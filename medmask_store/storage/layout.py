@@ -89,8 +89,7 @@ class ArrayToWrite:
 
     def manifest(self, encoded: list[tuple[ChunkCoords, bytes]], metadata_crc32c: int | None = None) -> ArrayManifest:
         """What the case's attributes promise about this array, once written as ``encoded`` chunks."""
-        lengths = {coords: len(data) for coords, data in encoded}
-        return ArrayManifest.of_chunks(self.data.shape, self.data.dtype, self.chunks, self.codec, lengths, metadata_crc32c)
+        return ArrayManifest.of_chunks(self.data.shape, self.data.dtype, self.chunks, self.codec, dict(encoded), metadata_crc32c)
 
 
 def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[ArrayToWrite], list[list[int]]]:

@@ -10,17 +10,18 @@ Layout (integers little-endian)::
     0       4     magic   b"MSKP"
     4       1     format version (2)
     5       4     n       byte length of the catalog
-    9       n     catalog one Zstd frame (with checksum) of a JSON document, compressed
-                  with :data:`CATALOG_DICTIONARY` (raw content; a one-organ catalog: ~300 bytes)
-    9 + n   ...   data    chunk bytes (and the archive index), located by the catalog
+    9       4     crc32c  of the catalog's n bytes
+    13      n     catalog one Zstd frame of a JSON document, compressed with
+                  :data:`CATALOG_DICTIONARY` (raw content; a one-organ catalog: ~300 bytes)
+    13 + n  ...   data    chunk bytes (and the archive index), located by the catalog
 
 The catalog holds the sealed archive attributes and, per case, its sealed
 attributes (as in Zarr, with the manifest of its arrays: shape, dtype, chunk
 shape, codec, chunk digest) and ``[chunk coords..., offset, length]`` of every
 stored chunk of each array (offsets from the start of the data). Chunks are
-encoded as in HDF5 (:data:`~medmask_store.codecs.chunks.ENCODERS`), each with its
-own checksum, so a read of one region decodes only its chunks. Every byte of the
-file is covered by a checksum: the header by the catalog frame it delimits.
+encoded as in Zarr (:data:`~medmask_store.codecs.chunks.ZARR_ENCODERS`: each ends with
+the crc32c of its stored bytes), so a read of one region decodes only its chunks and
+detects any changed bit of them. Every byte of the file is covered by a checksum.
 
 Readers read the catalog once (refusing catalogs above ``MAX_CATALOG_BYTES`` or
 locations outside the file before allocating) and chunks with ``os.pread``.
@@ -42,9 +43,11 @@ from typing import Any
 
 import zstandard
 
+from medmask_store.codecs.chunks import ZARR_ENCODERS
 from medmask_store.errors import CaseExists, CaseNotFound, CorruptMetadata, InvalidArchive
 from medmask_store.limits import MAX_CATALOG_BYTES
 from medmask_store.model.attributes import archive_attributes, case_document, check_archive_attributes
+from medmask_store.model.manifest import crc32c
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import ArrayToWrite, StorageSettings
@@ -52,7 +55,7 @@ from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 
 MAGIC = b"MSKP"
 VERSION = 2
-HEADER = struct.Struct("<4sBI")
+HEADER = struct.Struct("<4sBII")
 CATALOG_LEVEL = 19
 # Part of the format: a typical catalog, so small catalogs cost their values, not their keys.
 CATALOG_DICTIONARY = zstandard.ZstdCompressionDict(
@@ -142,12 +145,15 @@ class PackedFileBackend(SingleWriter):
         header = os.pread(self._descriptor, HEADER.size, 0)
         if len(header) < HEADER.size or header[:4] != MAGIC:
             raise InvalidArchive(f"{self.path} is not a packed medmask_store file (no {MAGIC!r} header)")
-        _, version, length = HEADER.unpack(header)
+        _, version, length, checksum = HEADER.unpack(header)
         if version != VERSION:
             raise InvalidArchive(f"{self.path} is packed format version {version}; this medmask_store reads {VERSION}")
         if length > min(file_size - HEADER.size, MAX_CATALOG_BYTES):
             raise CorruptMetadata(f"{self.path}: the header declares a catalog of {length} bytes, the file holds {file_size}")
-        catalog = self._read_catalog(os.pread(self._descriptor, length, HEADER.size))
+        frame = os.pread(self._descriptor, length, HEADER.size)
+        if crc32c(frame) != checksum:
+            raise CorruptMetadata(f"{self.path}: the catalog is corrupt (it fails its crc32c checksum)")
+        catalog = self._read_catalog(frame)
         self._data_start = HEADER.size + length
         data_size = file_size - self._data_start
         cases, index = catalog["cases"], catalog["index"]
@@ -222,7 +228,7 @@ class PackedFileBackend(SingleWriter):
                 raise CaseNotFound(f"case {case_id!r} was replaced or deleted since it was opened; open it again")
             return read(coords)
 
-        return StoredArray(lengths, fetch, zarr_chunks=False)
+        return StoredArray(lengths, fetch, zarr_chunks=True)
 
     def read_index(self) -> bytes | None:
         if isinstance(self._index, tuple):
@@ -236,7 +242,7 @@ class PackedFileBackend(SingleWriter):
         self._check_writable()
         if case_id in self._cases and not overwrite:
             raise CaseExists(f"case {case_id!r} already exists in {self.path}; pass overwrite=True to replace it")
-        encoded = {array.name: array.encoded_chunks() for array in arrays}
+        encoded = {array.name: array.encoded_chunks(ZARR_ENCODERS) for array in arrays}
         manifests = {array.name: array.manifest(encoded[array.name]) for array in arrays}
         attributes = json.loads(json.dumps(case_document(content, manifests)))  # plain JSON, as a reader sees it
         self._cases[case_id] = PackedCase(attributes, in_memory={name: dict(chunks) for name, chunks in encoded.items()})
@@ -268,12 +274,10 @@ class PackedFileBackend(SingleWriter):
         index = list(place(self._index)) if isinstance(self._index, bytes) else None
         catalog = {"attributes": archive_attributes(), "cases": cases, "index": index}
         text = json.dumps(catalog, separators=(",", ":")).encode()
-        compressor = zstandard.ZstdCompressor(
-            level=CATALOG_LEVEL, dict_data=CATALOG_DICTIONARY, write_checksum=True, write_dict_id=False
-        )
+        compressor = zstandard.ZstdCompressor(level=CATALOG_LEVEL, dict_data=CATALOG_DICTIONARY, write_dict_id=False)
         frame = compressor.compress(text)
         with open(destination, "wb") as handle:
-            handle.write(HEADER.pack(MAGIC, VERSION, len(frame)))
+            handle.write(HEADER.pack(MAGIC, VERSION, len(frame), crc32c(frame)))
             handle.write(frame)
             handle.writelines(blobs)
 

@@ -22,9 +22,10 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
 
     Checks that every listed name is a valid case id; that every case's
     attributes and array manifest pass their checksums and checks; that every
-    stored chunk decodes and passes its checksum; that decoded voxel counts equal
-    the stored statistics; and that the stored index passes its checksum and
-    lists exactly the stored cases with their current statistics and metadata.
+    stored chunk decodes and passes its checksum, and its bytes the manifest's
+    digest; that decoded voxel counts equal the stored statistics; and that the
+    stored index passes its checksum and lists exactly the stored cases with
+    their current statistics and metadata.
     """
     case_ids, problems = archive.listing()
     stored: ArchiveIndex | None = None
@@ -43,6 +44,10 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
             if stored is not None:
                 problems += _index_problems(stored, case)
             problems += [f"case {case_id!r}: {p}" for p in _voxel_problems(case)]
+            problems += [
+                f"case {case_id!r}: CorruptChunk: the stored bytes of its {name} array differ from its manifest's digest"
+                for name in case.arrays_with_changed_bytes()
+            ]
         except MaskStoreError as exc:
             problems.append(f"case {case_id!r}: {type(exc).__name__}: {exc}")
     return problems

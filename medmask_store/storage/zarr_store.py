@@ -197,6 +197,7 @@ class ZipMember:
 
 
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+DIRECTORY_RECORD = struct.Struct("<4s6H3L5H2L")
 
 
 class ZipBytes:
@@ -211,11 +212,34 @@ class ZipBytes:
         self.path = path
         try:
             with zipfile.ZipFile(path) as archive:
-                self._members = {info.filename: info for info in archive.infolist()}
+                infos, directory = archive.infolist(), archive.start_dir
         except Exception as exc:  # zipfile raises many types (BadZipFile, struct.error, ValueError...) on damage
             raise CorruptMetadata(f"{path}: the zip directory is damaged ({type(exc).__name__}: {exc})") from exc
+        self._members = {info.filename: info for info in infos}
         self._descriptor = os.open(path, os.O_RDONLY)
         self._size = os.fstat(self._descriptor).st_size
+        try:
+            self._check_directory(infos, directory)
+        except BaseException:
+            os.close(self._descriptor)
+            raise
+
+    def _check_directory(self, infos: list[zipfile.ZipInfo], start: int) -> None:
+        """Each directory record must hold exactly the name, extra field and comment zipfile read from it
+        (zipfile reads short at the end of the directory), and the records must end at an end record."""
+        raw = os.pread(self._descriptor, self._size - start, start)
+        position = 0
+        for info in infos:
+            header = raw[position : position + DIRECTORY_RECORD.size]
+            if len(header) < DIRECTORY_RECORD.size:
+                raise CorruptMetadata(f"{self.path}: the zip directory is truncated")
+            name_length, extra_length, comment_length, disk = DIRECTORY_RECORD.unpack(header)[10:14]
+            name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+            if (name_length, extra_length, comment_length, disk) != (len(name), len(info.extra), len(info.comment), 0):
+                raise CorruptMetadata(f"{self.path}: the zip directory record of {info.orig_filename!r} is damaged")
+            position += DIRECTORY_RECORD.size + name_length + extra_length + comment_length
+        if raw[position : position + 4] not in (b"PK\x05\x06", b"PK\x06\x06"):
+            raise CorruptMetadata(f"{self.path}: the zip directory does not end where its records do")
 
     @property
     def names(self) -> list[str]:

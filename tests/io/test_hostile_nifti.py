@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +21,10 @@ from helpers import (
     case_folder_with,
     gzipped,
     header_claiming,
+    run_measuring_peak_rss,
     write_gzip_bomb,
 )
 
-import medmask_store
 import medmask_store.io.nifti as nifti
 from medmask_store.errors import NiftiError
 from medmask_store.io.nifti import load_label_map, load_mask_folder, load_multilabel, open_nifti, read_integer_voxels
@@ -181,28 +179,15 @@ def test_utf8_label_map_with_non_ascii_names_loads(tmp_path: Path) -> None:
 
 # -- bombs: peak memory of a fresh process --------------------------------------------------
 PEAK_RSS_LIMIT_MB = 256
-PEAK_RSS_SCRIPT = """
-import resource, sys
+LOAD_MULTILABEL = """
+import sys
 from medmask_store.errors import NiftiError
 from medmask_store.io.nifti import load_multilabel
 try:
     load_multilabel(sys.argv[1], {"liver": 1})
 except NiftiError as exc:
     print("NiftiError", exc)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # KiB on Linux
 """
-
-
-def peak_rss_mb(path: Path) -> tuple[str, int]:
-    """What loading ``path`` in a fresh interpreter printed, and that process's peak RSS in MiB."""
-    completed = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_SCRIPT, str(path)],
-        capture_output=True, text=True, timeout=120,
-        cwd=Path(medmask_store.__file__).resolve().parents[1],  # import this checkout's package
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    *output, rss = completed.stdout.splitlines()
-    return "\n".join(output), int(rss)
 
 
 def write_forged_trailer_bomb(path: Path) -> Path:
@@ -228,10 +213,9 @@ BOMBS = {
 }
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
 @pytest.mark.parametrize("bomb", BOMBS)
 def test_bomb_is_refused_in_bounded_memory(tmp_path: Path, bomb: str) -> None:
     path = BOMBS[bomb](tmp_path / f"{bomb}.nii.gz")
-    output, rss_mb = peak_rss_mb(path)
+    output, rss_mb = run_measuring_peak_rss(LOAD_MULTILABEL, path)
     assert output.startswith("NiftiError") and path.name in output and "\n" not in output, output
     assert rss_mb < PEAK_RSS_LIMIT_MB, f"{bomb}: peak RSS {rss_mb} MiB"

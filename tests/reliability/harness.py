@@ -126,15 +126,16 @@ def archive_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).parts[0].startswith("."))
 
 
-def damage(path: Path, kind: str, rng: random.Random) -> str:
-    """Damage the archive at ``path`` once; returns where (file and offset or member)."""
+def damage(path: Path, kind: str, rng: random.Random) -> tuple[str, Path | None, int | None]:
+    """Damage the archive at ``path`` once; returns where (as text), and for a flip the file (relative to a
+    directory archive) and the byte."""
     files = archive_files(path)
     sizes = [f.stat().st_size for f in files]
     if kind == "delete":
         if path.is_dir():
             victim = rng.choice(files)
             victim.unlink()
-            return f"deleted {victim.relative_to(path)}"
+            return f"deleted {victim.relative_to(path)}", None, None
         with zipfile.ZipFile(path) as zf:
             members = {info.filename: zf.read(info) for info in zf.infolist()}
         victim_name = rng.choice(sorted(members))
@@ -142,20 +143,20 @@ def damage(path: Path, kind: str, rng: random.Random) -> str:
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
             for name, data in members.items():
                 zf.writestr(name, data)
-        return f"deleted member {victim_name}"
+        return f"deleted member {victim_name}", None, None
     file = rng.choices(files, weights=sizes)[0]
     where = file.name if path.is_file() else str(file.relative_to(path))
     if kind == "truncate":
         length = rng.randrange(file.stat().st_size)
         os.truncate(file, length)
-        return f"truncated {where} to {length} bytes"
+        return f"truncated {where} to {length} bytes", None, None
     position, bit = rng.randrange(file.stat().st_size), rng.randrange(8)
     with open(file, "r+b") as handle:
         handle.seek(position)
         byte = handle.read(1)[0]
         handle.seek(position)
         handle.write(bytes([byte ^ (1 << bit)]))
-    return f"flipped bit {bit} of byte {position} of {where}"
+    return f"flipped bit {bit} of byte {position} of {where}", Path(where) if path.is_dir() else Path(), position
 
 
 def _read_outcome(path: Path, expected: dict[str, Any]) -> str:
@@ -194,14 +195,41 @@ class DamageResult:
     where: str
     read: str
     verify: str
+    unread: str = ""  # for a flip with no effect: the part of the file no reader parses, if it is one
+
+
+# Fields of a zip central directory entry that no reader of a stored zip uses: (start, stop, name).
+UNREAD_ZIP_FIELDS = ((4, 6, "version made by"), (36, 38, "internal attributes"), (38, 42, "external attributes"))
+
+
+def unread_part(data: bytes, position: int) -> str:
+    """Which part of a file no reader parses holds ``position``: a run of zero bytes an allocator left
+    unused (HDF5 free space), or a zip field that only file managers use; "" if it is none of these."""
+    if data[position] == 0:
+        start, stop = position, position
+        while start > 0 and data[start - 1] == 0:
+            start -= 1
+        while stop < len(data) and data[stop] == 0:
+            stop += 1
+        if stop - start >= 16:
+            return "free space (a run of zero bytes)"
+    if data[:4] == b"PK\x03\x04":
+        entry = data.rfind(b"PK\x01\x02", 0, position + 1)
+        for first, last, name in UNREAD_ZIP_FIELDS:
+            if entry >= 0 and entry + first <= position < entry + last:
+                return f"zip central directory: {name}"
+    return ""
 
 
 def damage_trial(pristine: Path, work: Path, kind: str, rng: random.Random, expected: dict[str, Any]) -> DamageResult:
     """Copy the pristine archive to ``work``, damage it once, read everything and verify it."""
     _replace(pristine, work)
-    where = damage(work, kind, rng)
+    where, file, position = damage(work, kind, rng)
     read, verify = _read_outcome(work, expected), _verify_outcome(work)
-    return DamageResult(classify(read, verify), where, read, verify)
+    unread = ""
+    if file is not None and position is not None:
+        unread = unread_part((pristine / file if pristine.is_dir() else pristine).read_bytes(), position)
+    return DamageResult(classify(read, verify), where, read, verify, unread)
 
 
 def damage_trials(suffix: str, kind: str, trials: int, seed: int, workdir: Path) -> list[DamageResult]:

@@ -24,6 +24,7 @@ from helpers import (
     assert_case_matches,
     case_content,
     ok,
+    packed_header,
     run,
     run_measuring_peak_rss,
     snapshot,
@@ -319,7 +320,6 @@ def test_chunk_shape_edited_to_1024_cubed_is_refused_in_bounded_memory(tmp_path)
 
 def test_packed_catalog_bomb_is_refused_in_bounded_memory(tmp_path):
     """A 2 GB catalog in a frame of a few KB: refused from its declared size, before decompression."""
-    import struct
 
     import zstandard
 
@@ -334,7 +334,7 @@ def test_packed_catalog_bomb_is_refused_in_bounded_memory(tmp_path):
             writer.write(b" " * 2**20)
         writer.write(tail)
     path = tmp_path / "bomb.msk"
-    path.write_bytes(struct.pack("<4sBI", b"MSKP", 2, len(frame.getvalue())) + frame.getvalue())
+    path.write_bytes(packed_header(frame.getvalue()) + frame.getvalue())
     assert path.stat().st_size < 1_000_000
     rss, outcome = peak_rss_reading(path)
     assert outcome.startswith("CorruptMetadata") and "the limit is" in outcome, outcome
@@ -352,7 +352,7 @@ def test_absurd_packed_chunk_locations_are_refused_before_reading(tmp_path, phan
     catalog, data = read_packed(path)
     rows = catalog["cases"]["a"]["chunks"]["label_volume"]
     rows[0][-2:] = location
-    reseal_packed_case(catalog, "a")
+    reseal_packed_case(catalog, "a", data)
     write_packed(path, catalog, data)
     with MaskArchive(path) as archive:
         with pytest.raises(CorruptMetadata, match=r"case 'a': array 'label_volume': chunk locations .* lie outside the file"):

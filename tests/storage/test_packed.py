@@ -36,12 +36,13 @@ from medmask_store import (
     MaskArchive,
     StorageSettings,
 )
+from medmask_store.codecs.chunks import append_crc32c
 from medmask_store.model.manifest import unseal
 from medmask_store.phantom import make_phantom
 
 SMALL = StorageSettings(chunk_size=16, label_level=3, layer_level=3)
 COMPACT_SMALL = StorageSettings(chunk_size=16, label_codec="crackle_zstd", label_level=3, layer_level=3)
-HEADER = 9  # magic, version, catalog length
+HEADER = 13  # magic, version, catalog length, catalog crc32c
 ALL_SUFFIXES = ".zarr.zip, .zarr, .h5, .hdf5, .msk"
 
 
@@ -103,7 +104,7 @@ def test_file_layout(packed: Path, phantom) -> None:
     entries = label_chunks + layer_chunks
     assert [e[-2] for e in entries] == list(np.cumsum([0] + [e[-1] for e in entries])[:-1])
     assert sum(e[-1] for e in entries) == len(data)
-    # every label chunk is an HDF5-style Zstd frame; every layer chunk a PackBits+Zstd frame
+    # every label chunk is a Zstd frame (then its crc32c, as in Zarr); every layer chunk a PackBits+Zstd frame
     assert all(data[e[-2] : e[-2] + 4] == b"\x28\xb5\x2f\xfd" for e in label_chunks)
     assert all(data[e[-2] : e[-2] + 4] == b"PBZ1" for e in layer_chunks)
     with MaskArchive(packed) as archive:
@@ -293,17 +294,14 @@ def test_truncated_data_section(packed: Path, phantom, cut: str) -> None:
     ids=["zstd-labels", "crackle-labels", "layers"],
 )
 def test_flipped_chunk_byte_raises_corrupt_chunk(tmp_path: Path, small_phantom, settings, array: str) -> None:
-    """Every byte of one chunk, flipped three ways: CorruptChunk naming the file, the array and the
-    chunk, or (a flip in bits Zstd never reads) the exact voxels; never wrong data."""
+    """Every byte of one chunk, flipped three ways: CorruptChunk naming the file, the array and the chunk
+    (every chunk ends with the crc32c of its stored bytes, so even bits Zstd never reads are caught)."""
     masks, space = small_phantom
     path = tmp_path / "a.msk"
     with MaskArchive(path, "w", settings) as archive:
         archive.add_case("a", masks, space=space)
     *coords, offset, length = stored_chunks(path, "a", array)[0]
     start = data_start(path) + offset
-    if settings.label_codec == "zstd" and array == "label_volume":
-        start += 7  # past the Zstd frame header (header flips: the test below)
-        length -= 7
     good = path.read_bytes()
     detected = 0
     for position in range(start, start + length):
@@ -326,10 +324,7 @@ def test_flipped_chunk_byte_raises_corrupt_chunk(tmp_path: Path, small_phantom, 
             for name, mask in masks.items():
                 np.testing.assert_array_equal(organs[name], mask, err_msg=f"{position} {xor} {name}")
             assert labels.shape == masks["liver"].shape
-    if settings.label_codec == "zstd" and array == "label_volume":
-        assert detected >= 3 * length - 8  # measured: all but 4 flips of the frame body
-    else:
-        assert detected == 3 * length  # crc32c (and the Zstd checksum) catch every flip
+    assert detected == 3 * length
 
 
 def _huge_frame(declared: int) -> bytes:
@@ -345,9 +340,9 @@ def test_label_chunk_declaring_a_huge_size_raises_corrupt_chunk(tmp_path: Path) 
     with MaskArchive(path, "w", SMALL) as archive:
         archive.add_case("a", {"liver": box((16, 16, 16), (2, 9), (3, 12), (1, 15))})
     catalog, _ = read_packed(path)
-    frame = _huge_frame(2**60)
+    frame = append_crc32c(_huge_frame(2**60))
     catalog["cases"]["a"]["chunks"]["label_volume"] = [[0, 0, 0, 0, len(frame)]]
-    reseal_packed_case(catalog, "a")  # crafted: every checksum passes
+    reseal_packed_case(catalog, "a", frame)  # crafted: every checksum passes
     write_packed(path, catalog, frame)
     with MaskArchive(path) as archive, pytest.raises(CorruptChunk, match=re.escape(f"{path}: case 'a'/label_volume")):
         archive["a"].read_labels()
