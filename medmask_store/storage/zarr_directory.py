@@ -57,14 +57,18 @@ class ZarrDirectoryBackend(ZarrCaseReader):
             raise InvalidArchive(f"{path} is not a medmask_store archive (no zarr.json); open it with mode 'a' or 'w' to create one")
         if mode == "w-" and path.exists():
             raise InvalidArchive(f"{path} already exists; mode 'w-' creates new archives only")
+        replaced = None
         if mode == "w" and exists:
             check_archive_root(FolderBytes(path, str(path)), path)  # replace archives only, never other folders
-            shutil.rmtree(path)
+            replaced = path.with_name(f".{path.name}.{os.getpid()}.replaced")
+            os.rename(path, replaced)  # then the new root is renamed in: a killed writer leaves one or the other
             exists = False
         if not exists:
             if path.exists() and any(path.iterdir()):
                 raise InvalidArchive(f"{path} exists and is not a medmask_store archive; refusing to write into it")
-            create_archive_root(path)
+            _create_atomically(path)
+        if replaced is not None:
+            shutil.rmtree(replaced)
         source = FolderBytes(path, str(path))
         check_archive_root(source, path)
         super().__init__(source, path)
@@ -175,6 +179,22 @@ class ZarrDirectoryBackend(ZarrCaseReader):
 
     def close(self) -> None:
         self.closed = True
+
+
+def _create_atomically(path: Path) -> None:
+    """Create an empty archive at ``path`` (absent or an empty folder) by renaming a complete one into place,
+    so a writer killed while creating it never leaves a folder that is not an archive."""
+    creating = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    remove_tree(creating)
+    creating.mkdir(parents=True)
+    try:
+        create_archive_root(creating)
+        os.rename(creating, path)  # replaces an empty folder
+    except OSError:
+        if not (path / "zarr.json").exists():  # not another writer creating the same archive meanwhile
+            raise
+    finally:
+        remove_tree(creating)
 
 
 def remove_tree(path: Path) -> None:

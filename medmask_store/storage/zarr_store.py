@@ -210,18 +210,20 @@ class ZipBytes:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # One open file for the directory and every read: a writer replacing the path cannot mix two files.
+        self._file = open(path, "rb")  # noqa: SIM115 - lives as long as the source
+        self._descriptor = self._file.fileno()
         try:
-            with zipfile.ZipFile(path) as archive:
-                infos, directory = archive.infolist(), archive.start_dir
-        except Exception as exc:  # zipfile raises many types (BadZipFile, struct.error, ValueError...) on damage
-            raise CorruptMetadata(f"{path}: the zip directory is damaged ({type(exc).__name__}: {exc})") from exc
-        self._members = {info.filename: info for info in infos}
-        self._descriptor = os.open(path, os.O_RDONLY)
-        self._size = os.fstat(self._descriptor).st_size
-        try:
+            try:
+                with zipfile.ZipFile(self._file) as archive:
+                    infos, directory = archive.infolist(), archive.start_dir
+            except Exception as exc:  # zipfile raises many types (BadZipFile, struct.error, ValueError...) on damage
+                raise CorruptMetadata(f"{path}: the zip directory is damaged ({type(exc).__name__}: {exc})") from exc
+            self._members = {info.filename: info for info in infos}
+            self._size = os.fstat(self._descriptor).st_size
             self._check_directory(infos, directory)
         except BaseException:
-            os.close(self._descriptor)
+            self._file.close()
             raise
 
     def _check_directory(self, infos: list[zipfile.ZipInfo], start: int) -> None:
@@ -269,7 +271,7 @@ class ZipBytes:
         return member
 
     def close(self) -> None:
-        os.close(self._descriptor)
+        self._file.close()
 
 
 def _dos_time(date_time: tuple[int, ...]) -> tuple[int, int]:

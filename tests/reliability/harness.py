@@ -308,9 +308,9 @@ def kill_trial(suffix: str, operation: str, delay: float, workdir: Path) -> Kill
     """Run one operation in a child process, SIGKILL it ``delay`` seconds after it is ready, check the archive."""
     path = workdir / f"killed{suffix}"
     source = workdir / ("source.h5" if suffix == ".zarr" else "source.zarr")
-    _remove(path)
+    remove(path)
     for leftover in workdir.glob(f".{path.name}*"):
-        _remove(leftover)
+        remove(leftover)
     if operation == "convert":
         if not source.exists():
             build_archive(source, BASE_CASES)
@@ -387,7 +387,7 @@ def _is_archive(path: Path) -> bool:
     return True
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -398,7 +398,7 @@ def calibrate(suffix: str, operation: str, workdir: Path) -> float:
     """Seconds one uninterrupted run of the operation takes after "ready" (kill delays are drawn below it)."""
     kill_trial(suffix, operation, 0.0, workdir)  # sets up the source/archive as a trial does
     path = workdir / f"killed{suffix}"
-    _remove(path)
+    remove(path)
     if operation != "convert":
         build_archive(path, BASE_CASES)
     return run_writer_until(operation, path, workdir / ("source.h5" if suffix == ".zarr" else "source.zarr"), 600.0)
@@ -467,7 +467,7 @@ def read_repeatedly(path: str, seconds: float) -> dict[str, int]:
 def readers_during_commits(suffix: str, seconds: float, readers: int, workdir: Path) -> Counter[str]:
     """Counts of reader outcomes while a writer commits in another process."""
     path = workdir / f"busy{suffix}"
-    _remove(path)
+    remove(path)
     build_archive(path, {c: seeds[0] for c, seeds in VERSIONS.items()})
     writer = subprocess.Popen([sys.executable, "-c", CHURN, str(HERE), str(path), str(seconds)])
     procs = [
