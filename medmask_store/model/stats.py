@@ -41,16 +41,28 @@ class OrganStats:
         cls, voxels: int, bbox: BBox, centroid_voxel: tuple[float, float, float], space: Space
     ) -> OrganStats:
         """Complete the stored statistics (count, box, centroid) with those the Space implies."""
-        centroid_mm = space.to_world_transform.apply_point(np.array([centroid_voxel], dtype=float))[0]
-        touches = any(start == 0 or stop == size for (start, stop), size in zip(bbox, space.shape))
-        return cls(
-            voxels=voxels,
-            volume_ml=round(float(voxels * np.prod(space.spacing) / 1000.0), 6),
-            bbox=bbox,
-            centroid_voxel=centroid_voxel,
-            centroid_mm=tuple(round(float(c), 3) for c in centroid_mm),  # type: ignore[arg-type]
-            touches_border=touches,
-        )
+        return cls.from_summaries([voxels], [bbox], [centroid_voxel], space)[0]
+
+    @classmethod
+    def from_summaries(
+        cls, voxels: list[int], bboxes: list[BBox], centroids: list[tuple[float, float, float]], space: Space
+    ) -> list[OrganStats]:
+        """:meth:`from_summary` of several organs, with one world transform for all of them."""
+        if not voxels:
+            return []
+        world = space.to_world_transform.apply_point(np.array(centroids, dtype=float).reshape(-1, 3))
+        voxel_volume = np.prod(space.spacing)
+        return [
+            cls(
+                voxels=count,
+                volume_ml=round(float(count * voxel_volume / 1000.0), 6),
+                bbox=bbox,
+                centroid_voxel=centroid,
+                centroid_mm=tuple(round(float(c), 3) for c in centroid_mm),  # type: ignore[arg-type]
+                touches_border=any(start == 0 or stop == size for (start, stop), size in zip(bbox, space.shape)),
+            )
+            for count, bbox, centroid, centroid_mm in zip(voxels, bboxes, centroids, world)
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {key: _listify(value) for key, value in asdict(self).items()}
@@ -69,12 +81,10 @@ def stats_to_attributes(stats: dict[str, OrganStats]) -> dict[str, Any]:
 
 def stats_from_attributes(stored: dict[str, Any], organs: list[str], space: Space) -> dict[str, OrganStats]:
     """Statistics of every organ in ``organs`` (organs absent from ``stored`` are empty)."""
-    stats = dict.fromkeys(organs, OrganStats.empty())
-    for name, voxels, bbox, centroid in zip(stored["organs"], stored["voxels"], stored["bbox"], stored["centroid_voxel"]):
-        box = tuple((int(bbox[i]), int(bbox[i + 1])) for i in (0, 2, 4))
-        stats[name] = OrganStats.from_summary(int(voxels), box, tuple(map(float, centroid)), space)  # type: ignore[arg-type]
-    return stats
-
+    bboxes = [tuple((int(b[i]), int(b[i + 1])) for i in (0, 2, 4)) for b in stored["bbox"]]
+    centroids = [tuple(map(float, c)) for c in stored["centroid_voxel"]]
+    present = OrganStats.from_summaries([int(v) for v in stored["voxels"]], bboxes, centroids, space)  # type: ignore[arg-type]
+    return {**dict.fromkeys(organs, OrganStats.empty()), **dict(zip(stored["organs"], present))}
 
 
 def _listify(value: Any) -> Any:

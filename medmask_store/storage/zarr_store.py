@@ -48,48 +48,58 @@ CASES_GROUP_CHECKSUM = "cases_group_crc32c"  # root attribute: crc32c of cases/z
 def create_archive_root(path: Path) -> None:
     """The root group, the empty ``cases`` group, and the sealed archive attributes covering both."""
     with zarr.config.set(COMPACT_JSON):
-        root = zarr.create_group(LocalStore(path), zarr_format=3)
-        root.create_group(CASES_GROUP)
-        cases_document = (path / CASES_GROUP / "zarr.json").read_bytes()
-        root.attrs.put(archive_attributes(**{CASES_GROUP_CHECKSUM: crc32c(cases_document)}))
+        zarr.create_group(LocalStore(path), zarr_format=3).create_group(CASES_GROUP)
+    cases_document = compact_document(path / CASES_GROUP / "zarr.json")
+    compact_document(path / "zarr.json", archive_attributes(**{CASES_GROUP_CHECKSUM: crc32c(cases_document)}))
+
+
+def compact_document(path: Path, attributes: dict[str, Any] | None = None) -> bytes:
+    """Rewrite a ``zarr.json`` zarr-python wrote without spaces (zarr-python writes ", " and ": "; on a case
+    that is ~0.7 KB), with ``attributes`` if given; returns its bytes."""
+    document = json.loads(path.read_bytes())
+    if attributes is not None:
+        document["attributes"] = attributes
+    raw = json.dumps(document, separators=(",", ":")).encode()
+    path.write_bytes(raw)
+    return raw
 
 
 def write_case_group(directory: Path, content: dict[str, Any], arrays: list[ArrayToWrite]) -> None:
     """Write one case as a Zarr group in ``directory``: each array as one shard, then the sealed attributes.
 
-    zarr-python writes the metadata; the shard is assembled here from chunks
-    encoded in parallel, in the ``sharding_indexed`` layout: the chunks, then
-    the index of (offset, length) pairs and its crc32c. The case's manifest
-    records each array's chunks and the crc32c of its ``zarr.json``.
+    zarr-python writes the metadata (rewritten without spaces); the shard is
+    assembled here from chunks encoded in parallel, in the ``sharding_indexed``
+    layout: the chunks, then the index of (offset, length) pairs and its crc32c.
+    The case's manifest records each array's chunks and the crc32c of its ``zarr.json``.
     """
     with zarr.config.set(COMPACT_JSON):
         group = zarr.create_group(LocalStore(directory), zarr_format=3)
-        manifests = {}
-        for array in arrays:
-            shard = tuple(-(-size // chunk) * chunk for size, chunk in zip(array.data.shape, array.chunks))
-            serializer: Any = BytesCodec()
-            compressors: list[Any] = [Crc32cCodec()]
-            if array.codec == "zstd":
-                compressors.insert(0, ZstdCodec(level=array.level))
-            else:
-                serializer = SERIALIZERS[array.codec](level=array.level)
-            group.create_array(
-                array.name,
-                shape=array.data.shape,
-                dtype=array.data.dtype,
-                chunks=array.chunks,
-                shards=shard,
-                serializer=serializer,
-                compressors=compressors,
-                fill_value=0,
-                dimension_names=array.dimension_names,
-                config={"write_empty_chunks": False},
-            )
-            encoded = array.encoded_chunks(ZARR_ENCODERS)
-            _write_shard(directory / array.name / shard_key(array.data.ndim), array, encoded)
-            metadata = (directory / array.name / "zarr.json").read_bytes()
-            manifests[array.name] = array.manifest(encoded, crc32c(metadata))
-        group.attrs.put(case_document(content, manifests))
+    manifests = {}
+    for array in arrays:
+        shard = tuple(-(-size // chunk) * chunk for size, chunk in zip(array.data.shape, array.chunks))
+        serializer: Any = BytesCodec()
+        compressors: list[Any] = [Crc32cCodec()]
+        if array.codec == "zstd":
+            compressors.insert(0, ZstdCodec(level=array.level))
+        else:
+            serializer = SERIALIZERS[array.codec](level=array.level)
+        group.create_array(
+            array.name,
+            shape=array.data.shape,
+            dtype=array.data.dtype,
+            chunks=array.chunks,
+            shards=shard,
+            serializer=serializer,
+            compressors=compressors,
+            fill_value=0,
+            dimension_names=array.dimension_names,
+            config={"write_empty_chunks": False},
+        )
+        encoded = array.encoded_chunks(ZARR_ENCODERS)
+        _write_shard(directory / array.name / shard_key(array.data.ndim), array, encoded)
+        metadata = compact_document(directory / array.name / "zarr.json")
+        manifests[array.name] = array.manifest(encoded, crc32c(metadata))
+    compact_document(directory / "zarr.json", case_document(content, manifests))
 
 
 def shard_key(ndim: int) -> str:
