@@ -275,7 +275,7 @@ class Hdf5Backend(SingleWriter):
         dataset = group.create_dataset(
             array.name, shape=data.shape, maxshape=grid_shape, dtype=data.dtype, chunks=chunks, **filters
         )
-        descriptions = {"dimension_names": list(array.dimension_names)}
+        descriptions: dict[str, Any] = {"dimension_names": list(array.dimension_names)}
         if array.codec != "zstd":
             descriptions["medmask_store"] = {"codec": array.codec, "checksum": "crc32c", "reader": "pip install medmask_store"}
         _write_json_attributes(dataset, descriptions)
