@@ -184,8 +184,9 @@ class PackedFileBackend(SingleWriter):
 
     def _hold_in_memory(self) -> None:
         """Writers keep every chunk in memory: the file is rewritten on commit."""
-        for error in self._damaged.values():
-            raise CorruptMetadata(f"{error}; a writer cannot keep this case: restore the file from a copy")
+        if self._damaged:
+            error = next(iter(self._damaged.values()))
+            raise CorruptMetadata(f"{error}; a writer cannot keep this case: restore the file from a copy") from error
         for case in self._cases.values():
             case.in_memory = {
                 name: {coords: self._read(*where) for coords, where in stored.items()}

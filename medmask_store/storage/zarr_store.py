@@ -208,6 +208,7 @@ class ZipMember:
 
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 DIRECTORY_RECORD = struct.Struct("<4s6H3L5H2L")
+END_RECORD = struct.Struct("<4s4H2LH")
 
 
 class ZipBytes:
@@ -238,7 +239,8 @@ class ZipBytes:
 
     def _check_directory(self, infos: list[zipfile.ZipInfo], start: int) -> None:
         """Each directory record must hold exactly the name, extra field and comment zipfile read from it
-        (zipfile reads short at the end of the directory), and the records must end at an end record."""
+        (zipfile reads short at the end of the directory), the records must end at an end record, and
+        that record's comment at the end of the file."""
         raw = os.pread(self._descriptor, self._size - start, start)
         position = 0
         for info in infos:
@@ -250,7 +252,11 @@ class ZipBytes:
             if (name_length, extra_length, comment_length, disk) != (len(name), len(info.extra), len(info.comment), 0):
                 raise CorruptMetadata(f"{self.path}: the zip directory record of {info.orig_filename!r} is damaged")
             position += DIRECTORY_RECORD.size + name_length + extra_length + comment_length
-        if raw[position : position + 4] not in (b"PK\x05\x06", b"PK\x06\x06"):
+        end = raw[position : position + END_RECORD.size]
+        if end[:4] == b"PK\x05\x06":  # the end record, and its comment, must end the file
+            if position + END_RECORD.size + END_RECORD.unpack(end)[-1] != len(raw):
+                raise CorruptMetadata(f"{self.path}: the zip end record is damaged")
+        elif end[:4] != b"PK\x06\x06":  # a ZIP64 end record
             raise CorruptMetadata(f"{self.path}: the zip directory does not end where its records do")
 
     @property

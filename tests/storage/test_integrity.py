@@ -163,6 +163,19 @@ def test_lost_shard_is_an_error_not_zeros(layered, array):
     assert len(problems) == 1 and problems[0].startswith("case 'a': CorruptMetadata"), problems
 
 
+def test_shard_index_damage_names_the_archive_case_and_array(layered):
+    if suffix_of(layered) != ".zarr":
+        pytest.skip("shard files of the directory layout")
+    shard = layered / "cases/a/label_volume/c/0/0/0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0x01  # inside the index, before its crc32c
+    shard.write_bytes(bytes(data))
+    with MaskArchive(layered) as archive, pytest.raises(
+        CorruptMetadata, match=rf"^{re.escape(str(layered))}: case 'a'/label_volume: shard index: fails its crc32c checksum$"
+    ):
+        archive["a"].read_region((slice(0, 4),) * 3)
+
+
 @pytest.mark.parametrize("key", ["zarr.json", "label_volume/zarr.json", "binary_layers/zarr.json"])
 def test_lost_metadata_document_is_detected(layered, key):
     if suffix_of(layered) not in (".zarr", ".zarr.zip"):
