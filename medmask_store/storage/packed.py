@@ -12,7 +12,7 @@ Layout (integers little-endian)::
     5       4     n       byte length of the catalog
     9       4     crc32c  of the catalog's n bytes
     13      n     catalog one Zstd frame of a JSON document, compressed with
-                  :data:`CATALOG_DICTIONARY` (raw content; a one-organ catalog: ~300 bytes)
+                  :data:`CATALOG_DICTIONARY` (raw content; a one-organ catalog: ~260 bytes)
     13 + n  ...   data    chunk bytes (and the archive index), located by the catalog
 
 The catalog holds the sealed archive attributes and, per case, its sealed
