@@ -38,11 +38,12 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
         problems.append(f"index: {exc}")
     for case_id in sorted(set(stored.case_ids if stored else []) - set(case_ids)):
         problems.append(f"index: lists case {case_id!r}, which is not stored")
+    entries = _entries(stored) if stored is not None else {}
     for case_id in progress(case_ids):
         try:
             case = archive[case_id]
             if stored is not None:
-                problems += _index_problems(stored, case)
+                problems += _index_problems(entries, case)
             problems += [f"case {case_id!r}: {p}" for p in _voxel_problems(case)]
             problems += [
                 f"case {case_id!r}: CorruptChunk: the stored bytes of its {name} array differ from its manifest's digest"
@@ -53,15 +54,22 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
     return problems
 
 
-def _index_problems(stored: ArchiveIndex, case: Case) -> list[str]:
-    if case.case_id not in stored.case_ids:
+def _entries(stored: ArchiveIndex) -> dict[str, ArchiveIndex]:
+    """The stored index split into one index per case (one pass, not one scan per case)."""
+    organs = stored.organs.astype({"case_id": object, "organ": object})
+    rows = dict(tuple(organs.groupby("case_id", sort=False)))
+    return {
+        case_id: ArchiveIndex(rows.get(case_id, organs.iloc[:0]), stored.cases.iloc[[position]])
+        for position, case_id in enumerate(stored.cases["case_id"])
+    }
+
+
+def _index_problems(entries: dict[str, ArchiveIndex], case: Case) -> list[str]:
+    entry = entries.get(case.case_id)
+    if entry is None:
         return [f"index: case {case.case_id!r} has no entry"]
-    truth = ArchiveIndex.from_cases([(case.info, stored.tokens()[case.case_id])])
-    mine = ArchiveIndex(
-        stored.organs[stored.organs["case_id"].astype(str) == case.case_id],
-        stored.cases[stored.cases["case_id"] == case.case_id],
-    )
-    return [] if mine == truth else [f"index: entry of case {case.case_id!r} differs from its attributes"]
+    truth = ArchiveIndex.from_cases([(case.info, entry.cases["token"].iloc[0])])
+    return [] if entry == truth else [f"index: entry of case {case.case_id!r} differs from its attributes"]
 
 
 def _voxel_problems(case: Case) -> list[str]:
