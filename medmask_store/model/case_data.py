@@ -19,12 +19,12 @@ from typing import Any, Literal
 import numpy as np
 from spacetransformer import Space
 
+from medmask_store.concurrency import worker_threads
 from medmask_store.errors import InvalidCase
 from medmask_store.model.stats import OrganStats
 from medmask_store.model.validation import validate_mapping, validate_meta, validate_organ_name, validate_space
 
 Unmapped = Literal["error", "name"]
-SCAN_THREADS = 2
 
 
 def label_dtype(mapping: Mapping[str, int]) -> np.dtype:
@@ -67,7 +67,7 @@ class CaseData:
         if set(mapping) != set(masks):
             missing, extra = sorted(set(masks) - set(mapping)), sorted(set(mapping) - set(masks))
             raise InvalidCase(f"mapping does not match the masks: no value for {missing}, no mask for {extra}")
-        with ThreadPoolExecutor(SCAN_THREADS) as pool:  # numpy scans release the GIL
+        with ThreadPoolExecutor(worker_threads()) as pool:  # numpy scans release the GIL
             found = pool.map(lambda item: _mask_indices(item[0], item[1], space), masks.items())
             voxel_indices = dict(zip(masks, found))
         return cls._from_voxel_indices(space, mapping, voxel_indices, validate_meta(meta))

@@ -23,7 +23,7 @@ from medmask_store.errors import (
     InvalidCase,
     ReadOnlyArchive,
 )
-from medmask_store.model.attributes import CaseInfo, case_attributes
+from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import validate_case_id
 from medmask_store.query.expression import evaluate_query
@@ -31,7 +31,7 @@ from medmask_store.query.index import ArchiveIndex
 from medmask_store.storage.backend import Backend
 from medmask_store.storage.case import Case
 from medmask_store.storage.hdf5 import Hdf5Backend
-from medmask_store.storage.layout import StorageSettings, arrays_to_write
+from medmask_store.storage.layout import EncodedCase, StorageSettings, encode_case
 from medmask_store.storage.packed import MAGIC as PACKED_MAGIC
 from medmask_store.storage.packed import PackedFileBackend
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
@@ -328,10 +328,19 @@ class MaskArchive:
         if not overwrite and case_id in self:
             raise CaseExists(f"case {case_id!r} already exists in {self.path}; pass overwrite=True to replace it")
         case_data = self._to_case_data(data, space, mapping, meta, unmapped)
-        arrays, layer_origins = arrays_to_write(case_data, self.settings)
-        self._backend.write_case(case_id, case_attributes(case_data, layer_origins), arrays, overwrite)
-        self._committed(case_id)
+        self.write_encoded(case_id, self.encode(case_data), overwrite=overwrite)
         return self[case_id]
+
+    def encode(self, data: CaseData) -> EncodedCase:
+        """A case encoded as this archive stores it (no archive access: import workers call it in parallel)."""
+        return encode_case(data, self.settings, self._backend.chunk_encoders)
+
+    def write_encoded(self, case_id: str, case: EncodedCase, overwrite: bool = False) -> None:
+        """Store a case :meth:`encode` made, atomically."""
+        self._check_writable()
+        validate_case_id(case_id)
+        self._backend.write_case(case_id, case, overwrite)
+        self._committed(case_id)
 
     @staticmethod
     def _to_case_data(

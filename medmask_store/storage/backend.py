@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from medmask_store.codecs.chunks import chunk_decoder
+from medmask_store.codecs.chunks import Encoder, chunk_decoder
 from medmask_store.errors import CorruptChunk, CorruptMetadata
 from medmask_store.model.manifest import ArrayManifest, chunk_bytes_digest, chunk_list_digest
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
-from medmask_store.storage.layout import ArrayToWrite
+from medmask_store.storage.layout import EncodedCase
 
 # (shape, dtype string, chunk shape, chunk codec) of an array, as its own metadata describes it.
 ArrayLayout = tuple[tuple[int, ...], str, tuple[int, ...], str]
@@ -84,6 +84,8 @@ class Backend(Protocol):
     # Directory archives take concurrent writers; their index may lag behind the cases
     # and is reconciled through version tokens. Single-file archives have one writer.
     concurrent_writers: bool
+    # How this store's chunks are encoded, by chunk codec (HDF5's label chunks differ from Zarr's).
+    chunk_encoders: dict[str, Encoder]
 
     def case_ids(self) -> list[str]:
         """The names of the stored cases, as listed (the core validates them)."""
@@ -93,11 +95,9 @@ class Backend(Protocol):
         """The case's attributes and arrays; :class:`CaseNotFound` if it is not stored."""
         ...
 
-    def write_case(
-        self, case_id: str, content: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
-    ) -> None:
-        """Write a whole case (``content``: its unsealed attributes, see :func:`case_document`):
-        afterwards it is listed complete, or not at all."""
+    def write_case(self, case_id: str, case: EncodedCase, overwrite: bool) -> None:
+        """Write a whole case, its chunks encoded with :attr:`chunk_encoders`: afterwards it is listed
+        complete, or not at all."""
         ...
 
     def delete_case(self, case_id: str) -> None: ...

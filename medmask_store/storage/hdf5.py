@@ -36,13 +36,14 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from medmask_store.codecs.chunks import ENCODERS
 from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, CorruptMetadata, InvalidArchive, MaskStoreError
 from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
 from medmask_store.model.attributes import ATTRIBUTE_KEY, archive_attributes, case_document, check_archive_attributes
 from medmask_store.model.manifest import ArrayManifest
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
-from medmask_store.storage.layout import CASES_GROUP, ArrayToWrite, StorageSettings
+from medmask_store.storage.layout import CASES_GROUP, EncodedArray, EncodedCase, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 
 # Filter ids by chunk codec. Ours (32766, 32767) are unregistered ids: chunks are written
@@ -97,6 +98,8 @@ def _read_json_attributes(node: h5py.Group, what: str, keys: tuple[str, ...] | N
 
 class Hdf5Backend(SingleWriter):
     """Cases as HDF5 groups under ``/cases``."""
+
+    chunk_encoders = ENCODERS
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
@@ -240,9 +243,7 @@ class Hdf5Backend(SingleWriter):
 
     # -- writing ---------------------------------------------------------
     @_hdf5_errors
-    def write_case(
-        self, case_id: str, content: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
-    ) -> None:
+    def write_case(self, case_id: str, case: EncodedCase, overwrite: bool) -> None:
         self._check_writable()
         cases = self._file[CASES_GROUP]
         if case_id in cases and not overwrite:
@@ -250,8 +251,8 @@ class Hdf5Backend(SingleWriter):
         staging_name = f"{STAGING_GROUP}/{uuid.uuid4().hex}"
         try:
             group = self._file.create_group(staging_name)
-            manifests = {array.name: self._write_array(group, array) for array in arrays}
-            _write_json_attributes(group, case_document(content, manifests))
+            manifests = {array.name: self._write_array(group, array) for array in case.arrays}
+            _write_json_attributes(group, case_document(case.content, manifests))
             if case_id in cases:
                 del cases[case_id]
                 self._versions[case_id] = self._versions.get(case_id, 0) + 1
@@ -263,26 +264,25 @@ class Hdf5Backend(SingleWriter):
                 del self._file[STAGING_GROUP]
         self._dirty = True
 
-    def _write_array(self, group: h5py.Group, array: ArrayToWrite) -> ArrayManifest:
-        data, chunks = array.data, array.chunks
+    def _write_array(self, group: h5py.Group, array: EncodedArray) -> ArrayManifest:
+        chunks = array.chunks
         # HDF5 refuses chunks larger than the maximum shape; Zarr allows them, and the
         # chunk shape must match Zarr's for byte-identical chunks.
-        grid_shape = tuple(-(-size // chunk) * chunk for size, chunk in zip(data.shape, chunks))
+        grid_shape = tuple(count * chunk for count, chunk in zip(array.grid, chunks))
         if array.codec == "zstd":
             filters: dict[str, Any] = dict(hdf5plugin.Zstd(clevel=array.level))
         else:
             filters = {"compression": FILTER_IDS[array.codec], "allow_unknown_filter": True}
         dataset = group.create_dataset(
-            array.name, shape=data.shape, maxshape=grid_shape, dtype=data.dtype, chunks=chunks, **filters
+            array.name, shape=array.shape, maxshape=grid_shape, dtype=array.dtype, chunks=chunks, **filters
         )
         descriptions: dict[str, Any] = {"dimension_names": list(array.dimension_names)}
         if array.codec != "zstd":
             descriptions["medmask_store"] = {"codec": array.codec, "checksum": "crc32c", "reader": "pip install medmask_store"}
         _write_json_attributes(dataset, descriptions)
-        encoded = array.encoded_chunks()
-        for coords, chunk in encoded:
+        for coords, chunk in array.encoded:
             dataset.id.write_direct_chunk(tuple(c * n for c, n in zip(coords, chunks)), chunk)
-        return array.manifest(encoded)
+        return array.manifest()
 
     @_hdf5_errors
     def delete_case(self, case_id: str) -> None:

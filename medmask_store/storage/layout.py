@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from medmask_store.codecs.chunks import ENCODERS, Encoder
+from medmask_store.codecs.chunks import Encoder
+from medmask_store.concurrency import worker_threads
 from medmask_store.errors import InvalidCase
 from medmask_store.limits import MAX_CHUNK_EDGE, MAX_CHUNKS_PER_ARRAY
+from medmask_store.model.attributes import case_attributes
 from medmask_store.model.case_data import CaseData, flat_nonzero
 from medmask_store.model.manifest import BINARY_LAYERS, LABEL_CODECS, LABEL_VOLUME, LAYER_CODEC, ArrayManifest
 from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
 CASES_GROUP = "cases"
 INDEX = "index.npz.zst"
-ENCODING_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,10 @@ class ArrayToWrite:
     codec: str  # "zstd" / "crackle_zstd" (label volume) or "packbits_zstd" (binary layers)
     level: int
 
-    def encoded_chunks(self, encoders: dict[str, Encoder] = ENCODERS) -> list[tuple[ChunkCoords, bytes]]:
+    def encode(self, encoders: dict[str, Encoder]) -> EncodedArray:
         """Every non-empty chunk, zero-padded to the chunk shape and encoded, in chunk order.
 
-        Encoding runs on a thread pool: Zstd and Crackle release the GIL.
+        Encoding runs on ``worker_threads()`` threads: Zstd and Crackle release the GIL.
         """
         encode = encoders[self.codec]
         regions = [(coords, region) for coords, region in iter_chunks(self.data.shape, self.chunks)]
@@ -83,13 +84,57 @@ class ArrayToWrite:
             padded[tuple(slice(0, n) for n in block.shape)] = block
             return encode(padded, self.level)
 
-        with ThreadPoolExecutor(ENCODING_THREADS) as pool:
+        with ThreadPoolExecutor(worker_threads()) as pool:
             results = list(pool.map(encoded, (region for _, region in regions)))
-        return [(coords, data) for (coords, _), data in zip(regions, results) if data is not None]
+        chunks = [(coords, data) for (coords, _), data in zip(regions, results) if data is not None]
+        return EncodedArray(
+            self.name, self.data.shape, self.data.dtype, self.chunks, self.dimension_names, self.codec, self.level, chunks
+        )
 
-    def manifest(self, encoded: list[tuple[ChunkCoords, bytes]], metadata_crc32c: int | None = None) -> ArrayManifest:
-        """What the case's attributes promise about this array, once written as ``encoded`` chunks."""
-        return ArrayManifest.of_chunks(self.data.shape, self.data.dtype, self.chunks, self.codec, dict(encoded), metadata_crc32c)
+
+@dataclass(frozen=True)
+class EncodedArray:
+    """One array of a case with its non-empty chunks encoded (chunk coordinates, bytes): what backends write."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    dimension_names: tuple[str, ...]
+    codec: str
+    level: int
+    encoded: list[tuple[ChunkCoords, bytes]]
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Chunks per axis."""
+        return tuple(-(-size // chunk) for size, chunk in zip(self.shape, self.chunks))
+
+    def manifest(self, metadata_crc32c: int | None = None) -> ArrayManifest:
+        """What the case's attributes promise about this array once written."""
+        return ArrayManifest.of_chunks(self.shape, self.dtype, self.chunks, self.codec, dict(self.encoded), metadata_crc32c)
+
+
+@dataclass(frozen=True)
+class EncodedCase:
+    """A case ready to write: its attributes (unsealed, see :func:`case_document`) and encoded arrays.
+
+    Encoding is the costly part of a write; it needs no archive, so import
+    workers encode cases in parallel and one writer stores them.
+    """
+
+    content: dict[str, Any]
+    arrays: list[EncodedArray]
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(len(data) for array in self.arrays for _, data in array.encoded)
+
+
+def encode_case(data: CaseData, settings: StorageSettings, encoders: dict[str, Encoder]) -> EncodedCase:
+    """Split a case into its arrays and encode their chunks with a backend's ``encoders``."""
+    arrays, layer_origins = arrays_to_write(data, settings)
+    return EncodedCase(case_attributes(data, layer_origins), [array.encode(encoders) for array in arrays])
 
 
 def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[ArrayToWrite], list[list[int]]]:

@@ -50,7 +50,7 @@ from medmask_store.model.attributes import archive_attributes, case_document, ch
 from medmask_store.model.manifest import crc32c
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
-from medmask_store.storage.layout import ArrayToWrite, StorageSettings
+from medmask_store.storage.layout import EncodedCase, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 
 MAGIC = b"MSKP"
@@ -114,6 +114,8 @@ def _location_row(row: object, data_size: int, coordinates: bool = True) -> bool
 
 class PackedFileBackend(SingleWriter):
     """Cases of a ``.msk`` file: catalog in memory, chunks read with ``os.pread``."""
+
+    chunk_encoders = ZARR_ENCODERS
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
@@ -237,16 +239,13 @@ class PackedFileBackend(SingleWriter):
         return self._index
 
     # -- Backend: writing ----------------------------------------------------
-    def write_case(
-        self, case_id: str, content: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
-    ) -> None:
+    def write_case(self, case_id: str, case: EncodedCase, overwrite: bool) -> None:
         self._check_writable()
         if case_id in self._cases and not overwrite:
             raise CaseExists(f"case {case_id!r} already exists in {self.path}; pass overwrite=True to replace it")
-        encoded = {array.name: array.encoded_chunks(ZARR_ENCODERS) for array in arrays}
-        manifests = {array.name: array.manifest(encoded[array.name]) for array in arrays}
-        attributes = json.loads(json.dumps(case_document(content, manifests)))  # plain JSON, as a reader sees it
-        self._cases[case_id] = PackedCase(attributes, in_memory={name: dict(chunks) for name, chunks in encoded.items()})
+        manifests = {array.name: array.manifest() for array in case.arrays}
+        attributes = json.loads(json.dumps(case_document(case.content, manifests)))  # plain JSON, as a reader sees it
+        self._cases[case_id] = PackedCase(attributes, in_memory={array.name: dict(array.encoded) for array in case.arrays})
         self._dirty = True
 
     def delete_case(self, case_id: str) -> None:

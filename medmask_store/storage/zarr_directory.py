@@ -25,10 +25,9 @@ import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
-from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite, StorageSettings
+from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedCase, StorageSettings
 from medmask_store.storage.zarr_store import (
     FolderBytes,
     ZarrCaseReader,
@@ -114,13 +113,11 @@ class ZarrDirectoryBackend(ZarrCaseReader):
             temporary.write_bytes(data)
             os.replace(temporary, self.path / INDEX)
 
-    def write_case(
-        self, case_id: str, content: dict[str, Any], arrays: list[ArrayToWrite], overwrite: bool
-    ) -> None:
+    def write_case(self, case_id: str, case: EncodedCase, overwrite: bool) -> None:
         staging = self._staging_path("new", case_id)
         staging.mkdir(parents=True)
         try:
-            write_case_group(staging, content, arrays)
+            write_case_group(staging, case)
             self._commit_case(staging, case_id, overwrite)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

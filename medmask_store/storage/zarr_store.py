@@ -31,7 +31,7 @@ from medmask_store.model.attributes import archive_attributes, case_document, ch
 from medmask_store.model.manifest import crc32c
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
-from medmask_store.storage.layout import CASES_GROUP, INDEX, ArrayToWrite
+from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, EncodedCase
 
 COMPACT_JSON = {"json_indent": None}
 EMPTY_ENTRY = 2**64 - 1
@@ -64,7 +64,7 @@ def compact_document(path: Path, attributes: dict[str, Any] | None = None) -> by
     return raw
 
 
-def write_case_group(directory: Path, content: dict[str, Any], arrays: list[ArrayToWrite]) -> None:
+def write_case_group(directory: Path, case: EncodedCase) -> None:
     """Write one case as a Zarr group in ``directory``: each array as one shard, then the sealed attributes.
 
     zarr-python writes the metadata (rewritten without spaces); the shard is
@@ -75,8 +75,8 @@ def write_case_group(directory: Path, content: dict[str, Any], arrays: list[Arra
     with zarr.config.set(COMPACT_JSON):
         group = zarr.create_group(LocalStore(directory), zarr_format=3)
     manifests = {}
-    for array in arrays:
-        shard = tuple(-(-size // chunk) * chunk for size, chunk in zip(array.data.shape, array.chunks))
+    for array in case.arrays:
+        shard = tuple(count * chunk for count, chunk in zip(array.grid, array.chunks))
         serializer: Any = BytesCodec()
         compressors: list[Any] = [Crc32cCodec()]
         if array.codec == "zstd":
@@ -85,8 +85,8 @@ def write_case_group(directory: Path, content: dict[str, Any], arrays: list[Arra
             serializer = SERIALIZERS[array.codec](level=array.level)
         group.create_array(
             array.name,
-            shape=array.data.shape,
-            dtype=array.data.dtype,
+            shape=array.shape,
+            dtype=array.dtype,
             chunks=array.chunks,
             shards=shard,
             serializer=serializer,
@@ -95,11 +95,10 @@ def write_case_group(directory: Path, content: dict[str, Any], arrays: list[Arra
             dimension_names=array.dimension_names,
             config={"write_empty_chunks": False},
         )
-        encoded = array.encoded_chunks(ZARR_ENCODERS)
-        _write_shard(directory / array.name / shard_key(array.data.ndim), array, encoded)
+        _write_shard(directory / array.name / shard_key(len(array.shape)), array)
         metadata = compact_document(directory / array.name / "zarr.json")
-        manifests[array.name] = array.manifest(encoded, crc32c(metadata))
-    compact_document(directory / "zarr.json", case_document(content, manifests))
+        manifests[array.name] = array.manifest(crc32c(metadata))
+    compact_document(directory / "zarr.json", case_document(case.content, manifests))
 
 
 def shard_key(ndim: int) -> str:
@@ -107,11 +106,11 @@ def shard_key(ndim: int) -> str:
     return "c/" + "/".join("0" * ndim)
 
 
-def _write_shard(path: Path, array: ArrayToWrite, encoded: list[tuple[ChunkCoords, bytes]]) -> None:
+def _write_shard(path: Path, array: EncodedArray) -> None:
+    encoded = array.encoded
     if not encoded:
         return  # an empty shard is not stored
-    grid = tuple(-(-size // chunk) for size, chunk in zip(array.data.shape, array.chunks))
-    index = np.full((*grid, 2), EMPTY_ENTRY, dtype="<u8")
+    index = np.full((*array.grid, 2), EMPTY_ENTRY, dtype="<u8")
     offset = 0
     for coords, data in encoded:
         index[coords] = offset, len(data)
@@ -432,6 +431,7 @@ class ZarrCaseReader:
     """Reads case groups under ``cases/`` of a Zarr store (directory or zip)."""
 
     closed: bool
+    chunk_encoders = ZARR_ENCODERS
 
     def __init__(self, source: ByteSource, where: object) -> None:
         self._source = source
