@@ -39,8 +39,9 @@ class CaseData:
     space: Space
     mapping: dict[str, int]
     label_volume: np.ndarray
-    layer_names: list[str]
-    binary_layers: np.ndarray  # bool, shape (len(layer_names), *space.shape): overlap voxels
+    # Per binary-layer organ, its voxels that other organs hold in the label volume, as sorted
+    # C-order flat indices: a layer of a few overlap voxels costs their indices, not a volume.
+    layer_voxels: dict[str, np.ndarray]
     stats: dict[str, OrganStats]
     meta: dict[str, Any] = field(default_factory=dict)
     # Exact NIfTI affines of organs whose source file deviated from the Space by float noise.
@@ -111,8 +112,7 @@ class CaseData:
         by_value = {int(v): idx for v, idx in zip(present, groups)}
         stats = {name: OrganStats.from_flat_indices(by_value.get(v, nonzero[:0]), space) for name, v in mapping.items()}
         volume = labels.astype(label_dtype(mapping), copy=False)
-        layers = np.zeros((0, *space.shape), dtype=bool)
-        return cls(space, mapping, volume, [], layers, stats, validate_meta(meta))
+        return cls(space, mapping, volume, {}, stats, validate_meta(meta))
 
     @classmethod
     def _from_voxel_indices(
@@ -132,17 +132,27 @@ class CaseData:
                 overlaps[name] = indices[taken]
                 indices = indices[~taken]
             flat_volume[indices] = mapping[name]
-        layers = np.zeros((len(overlaps), *space.shape), dtype=bool)
-        for layer, indices in zip(layers, overlaps.values()):
-            layer.reshape(-1)[indices] = True
         stats = {name: OrganStats.from_flat_indices(voxel_indices[name], space) for name in mapping}
-        return cls(space, mapping, volume, list(overlaps), layers, stats, meta)
+        return cls(space, mapping, volume, overlaps, stats, meta)
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The organs with a binary layer, in layer order."""
+        return list(self.layer_voxels)
+
+    @property
+    def binary_layers(self) -> np.ndarray:
+        """The binary layers as one dense bool array (layer, i, j, k); a full volume per layer."""
+        layers = np.zeros((len(self.layer_voxels), *self.space.shape), dtype=bool)
+        for layer, indices in zip(layers, self.layer_voxels.values()):
+            layer.reshape(-1)[indices] = True
+        return layers
 
     def organ_mask(self, name: str) -> np.ndarray:
         """Boolean mask of one organ: its label-volume voxels and its binary layer, if any."""
         mask = self.label_volume == self.mapping[name]
-        if name in self.layer_names:
-            mask |= self.binary_layers[self.layer_names.index(name)]
+        if name in self.layer_voxels:
+            mask.reshape(-1)[self.layer_voxels[name]] = True
         return mask
 
 

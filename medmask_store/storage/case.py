@@ -133,6 +133,14 @@ class Case:
         chunk = windows.read_chunk((layer, *inner))
         return None if chunk is None else chunk[0]
 
+    def _layer_voxels(self, layer: int, name: str) -> np.ndarray:
+        """Sorted flat C-order indices of one binary layer's voxels (reads only its organ's bounding box)."""
+        bbox, layers = self.info.stats[name].bbox, self.stored_layers
+        if bbox is None or layers is None:
+            return np.zeros(0, dtype=np.intp)
+        coords = np.nonzero(layers[(layer, *_bbox_slices(bbox))])
+        return np.ravel_multi_index(tuple(c + start for c, (start, _) in zip(coords, bbox)), self.space.shape)
+
     @property
     def labels(self) -> ChunkedArray:
         """Lazy label volume with binary-layer organs painted over it (as :meth:`read_labels`)."""
@@ -287,13 +295,11 @@ class Case:
 
     def to_case_data(self) -> CaseData:
         """The full in-memory content, as written (used to copy cases between archives)."""
-        layers = self.stored_layers
         return CaseData(
             space=self.space,
             mapping=self.mapping,
             label_volume=self.read_labels(include_layers=False),
-            layer_names=list(self.info.layer_names),
-            binary_layers=layers[...] if layers is not None else np.zeros((0, *self.space.shape), bool),
+            layer_voxels={name: self._layer_voxels(k, name) for k, name in enumerate(self.info.layer_names)},
             stats=self.stats,
             meta=self.meta,
             organ_affines=dict(self.info.organ_affines),

@@ -14,7 +14,7 @@ from medmask_store.concurrency import worker_threads
 from medmask_store.errors import InvalidCase
 from medmask_store.limits import MAX_CHUNK_EDGE, MAX_CHUNKS_PER_ARRAY
 from medmask_store.model.attributes import case_attributes
-from medmask_store.model.case_data import CaseData, flat_nonzero
+from medmask_store.model.case_data import CaseData
 from medmask_store.model.manifest import BINARY_LAYERS, LABEL_CODECS, LABEL_VOLUME, LAYER_CODEC, ArrayManifest
 from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
@@ -165,21 +165,16 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
 
 
 def _layer_windows(data: CaseData, chunk: int) -> tuple[list[list[int]], np.ndarray]:
-    boxes = []
-    for name, layer in zip(data.layer_names, data.binary_layers):
-        organ_box = data.stats[name].bbox or ((0, 0),) * 3  # a layer's voxels are the organ's
-        inside = layer[tuple(slice(start, stop) for start, stop in organ_box)]
-        coords = np.unravel_index(flat_nonzero(inside.reshape(-1)), inside.shape)
-        boxes.append([
-            ((int(c.min()) + start) // chunk * chunk, int(c.max()) + 1 + start) if c.size else (0, 1)
-            for c, (start, _) in zip(coords, organ_box)
-        ])
-    layers = data.binary_layers
-    grid = [-(-size // chunk) * chunk for size in layers.shape[1:]]
+    shape = data.label_volume.shape
+    coords = [np.unravel_index(indices, shape) for indices in data.layer_voxels.values()]
+    boxes = [
+        [(int(c.min()) // chunk * chunk, int(c.max()) + 1) if c.size else (0, 1) for c in layer]
+        for layer in coords
+    ]
+    grid = [-(-size // chunk) * chunk for size in shape]
     extent = [max(-(-(stop - start) // chunk) * chunk for start, stop in (box[axis] for box in boxes)) for axis in range(3)]
     origins = [[min(start, g - e) for (start, _), g, e in zip(box, grid, extent)] for box in boxes]
-    windows = np.zeros((len(layers), *extent), dtype=bool)
-    for window, layer, origin in zip(windows, layers, origins):
-        part = layer[tuple(slice(o, o + e) for o, e in zip(origin, extent))]
-        window[tuple(slice(0, n) for n in part.shape)] = part
+    windows = np.zeros((len(boxes), *extent), dtype=bool)
+    for window, layer, origin in zip(windows, coords, origins):
+        window[tuple(c - o for c, o in zip(layer, origin))] = True
     return origins, windows
