@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import warnings
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,8 @@ from tqdm import tqdm
 
 from medmask_store.demo import run_demo
 from medmask_store.errors import CaseNotFound, InvalidCase, MaskStoreError
+from medmask_store.ingest import CaseOutcome, import_cases, plan_import
 from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_label_map
-from medmask_store.io.sources import discover_cases
 from medmask_store.model.case_data import Unmapped
 from medmask_store.model.region import WorldBox
 from medmask_store.model.validation import validate_meta
@@ -70,34 +72,64 @@ def main() -> None:
 @click.option("--case", "case_id", help="Case id (only with a single case; default: folder or file stem).")
 @click.option("--meta", help='Case metadata as JSON, e.g. \'{"age": 61}\' (only with a single case).')
 @click.option("--name-unmapped", is_flag=True, help="Name labels missing from the label map label_<value>.")
-@click.option("--overwrite", is_flag=True, help="Replace cases that already exist.")
+@click.option("--skip-existing/--overwrite", default=True, show_default=True,
+              help="Skip cases already in the archive (a damaged one is replaced), or replace them.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Worker processes [default: the machine's cores].")
+@click.option("--dry-run", is_flag=True, help="List what would be imported, skipped or replaced; change nothing.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar (cases/s, ETA) [default: when stderr is a terminal].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no line per case; only failures and the summary.")
 @click.option("--commit-every", default=50, show_default=True,
               help="Single-file archives (.h5, .zarr.zip, .msk): publish after this many cases.")
 @PRESET_OPTION
 def import_command(
-    archive: Path, sources: tuple[Path, ...], labels: Path | None, case_id: str | None,
-    meta: str | None, name_unmapped: bool, overwrite: bool, commit_every: int, preset: str,
+    archive: Path, sources: tuple[Path, ...], labels: Path | None, case_id: str | None, meta: str | None,
+    name_unmapped: bool, skip_existing: bool, jobs: int | None, dry_run: bool, progress: bool | None, quiet: bool,
+    commit_every: int, preset: str,
 ) -> None:
-    """Import case folders, multi-label NIfTI files or folders of case folders.
+    """Import case folders, multi-label NIfTI files or folders of case folders, in parallel.
 
-    Directory archives (.zarr) commit every case as it is written. Single-file
-    archives publish every --commit-every cases and at the end; a killed import
-    keeps everything published before.
+    Re-running an import resumes it: cases already in the archive are skipped.
+    A bad case is reported with its file and reason and the others go on; the
+    run ends with a summary and exit code 1 if any case failed. Directory
+    archives (.zarr) commit every case as it is written; single-file archives
+    publish every --commit-every cases and at the end (a killed import keeps
+    everything published before).
     """
     label_map = load_label_map(labels) if labels else None
     unmapped: Unmapped = "name" if name_unmapped else "error"
-    cases = [case for source in sources for case in discover_cases(source, label_map, unmapped)]
-    if (case_id or meta) and len(cases) != 1:
-        raise click.UsageError(f"--case and --meta need exactly one case, the sources hold {len(cases)}")
     user_meta = _parse_meta(meta)
-    with MaskArchive(archive, "a", StorageSettings.preset(preset)) as store, store.batch():
-        for done, case in enumerate(tqdm(cases, desc="import", unit="case", disable=len(cases) < 2), 1):
-            data = case.load()
-            data.meta.update(user_meta)
-            store.add_case(case_id or case.case_id, data, overwrite=overwrite)
-            if done % commit_every == 0:
-                store.commit()
-    click.echo(f"imported {len(cases)} case(s) into {archive}")
+    existed = archive.exists()
+    if dry_run:
+        with MaskArchive(archive) if existed else nullcontext() as store:
+            plan = plan_import(store, sources, label_map, unmapped, overwrite=not skip_existing, case_id=case_id)
+        for case in plan.cases:
+            click.echo(f"{case.action:8} {case.case_id}  {case.source.path}" + (f"  ({case.reason})" if case.reason else ""))
+        click.echo(f"would import {len(plan.to_import)}, skip {len(plan.cases) - len(plan.to_import)}")
+        return
+    with MaskArchive(archive, "a", StorageSettings.preset(preset)) as store:
+        plan = plan_import(store, sources, label_map, unmapped, overwrite=not skip_existing, case_id=case_id)
+        if user_meta and len(plan.cases) != 1:
+            raise click.UsageError(f"--meta needs exactly one case, the sources hold {len(plan.cases)}")
+        show_bar = not quiet and (progress if progress is not None else sys.stderr.isatty())
+        with tqdm(total=len(plan.cases), desc="import", unit="case", disable=not show_bar, smoothing=0.1) as bar:
+
+            def on_outcome(outcome: CaseOutcome) -> None:
+                bar.update()
+                if outcome.status == "failed":
+                    tqdm.write(f"failed   {outcome.case_id}  {outcome.path}: {outcome.detail}", file=sys.stderr)
+                elif not quiet and outcome.status != "skipped":
+                    tqdm.write(f"{outcome.status:8} {outcome.case_id}  ({outcome.seconds:.1f} s)")
+
+            report = import_cases(store, plan, jobs, user_meta, commit_every, on_outcome)
+    if not existed and not report.imported:  # a failed first import leaves no empty archive behind
+        shutil.rmtree(archive) if archive.is_dir() else archive.unlink()
+    click.echo(report.summary() + f" into {archive}")
+    if report.failed:
+        click.echo("failed cases:", err=True)
+        for failed_id, reason in report.failed.items():
+            click.echo(f"  {failed_id}: {reason}", err=True)
+        sys.exit(1)
 
 
 def _parse_meta(meta: str | None) -> dict[str, Any]:

@@ -13,9 +13,7 @@ from medmask_store.io.nifti import (
     load_label_map,
     load_mask_folder,
     load_multilabel,
-    mask_files,
     nifti_stem,
-    open_nifti,
 )
 from medmask_store.model.case_data import CaseData, Unmapped
 
@@ -38,9 +36,10 @@ def discover_cases(
 
     ``source`` is a folder of binary masks (one case), a multi-label NIfTI file
     (label map from ``label_map`` or a ``<stem>.json`` beside it), or a folder
-    whose sub-folders are case folders. Every file's header and every label map
-    is checked here (a header and a gzip trailer per file), so that a bad file
-    fails an import before the archive is touched.
+    whose sub-folders are case folders. Only folders are listed and label maps
+    read here: the files are checked when a case is loaded, so that a resumed
+    import skips cases already stored without opening their files, and one bad
+    case fails alone.
     """
     source = Path(source)
     if is_nifti(source):
@@ -49,20 +48,22 @@ def discover_cases(
             if not labels.exists():
                 raise NiftiError(f"{source}: a multi-label file needs a label map (--labels map.json or {labels.name} beside it)")
             labels = load_label_map(labels)
-        open_nifti(source)
         return [CaseSource(nifti_stem(source), source, partial(load_multilabel, source, labels, unmapped=unmapped))]
     if not source.is_dir():
         raise NiftiError(f"{source}: neither a NIfTI file nor a folder")
-    if mask_files(source):
+    if has_masks(source):
         return [case_folder_source(source)]
-    case_folders = sorted(p for p in source.iterdir() if p.is_dir() and mask_files(p))
+    case_folders = sorted(p for p in source.iterdir() if p.is_dir() and has_masks(p))
     if not case_folders:
         raise NiftiError(f"{source}: holds no .nii.gz masks and no case folders with masks")
     return [case_folder_source(p) for p in case_folders]
 
 
 def case_folder_source(folder: Path) -> CaseSource:
-    """A folder of binary masks as one case, once every file's header passed the checks."""
-    for path in mask_files(folder):
-        open_nifti(path)
+    """A folder of binary masks as one case."""
     return CaseSource(folder.name, folder, partial(load_mask_folder, folder))
+
+
+def has_masks(folder: Path) -> bool:
+    """Whether a folder holds a NIfTI file (stops at the first)."""
+    return any(is_nifti(path) for path in folder.iterdir())

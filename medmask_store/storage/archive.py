@@ -8,12 +8,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from spacetransformer import Space
 
+from medmask_store.codecs.chunks import Encoder
 from medmask_store.errors import (
     CaseExists,
     CorruptArchive,
@@ -36,6 +37,9 @@ from medmask_store.storage.packed import MAGIC as PACKED_MAGIC
 from medmask_store.storage.packed import PackedFileBackend
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
 from medmask_store.storage.zarr_zip import open_zarr_zip
+
+if TYPE_CHECKING:
+    from medmask_store.ingest import CaseOutcome, ImportReport
 
 MODES = ("r", "r+", "a", "w", "w-")
 INDEX_SAVE_EVERY = 256
@@ -357,6 +361,44 @@ class MaskArchive:
         if mapping is None:
             raise InvalidCase("a label volume needs a mapping (organ name -> label value)")
         return CaseData.from_labels(np.asarray(data), mapping, space=space, meta=meta, unmapped=unmapped)
+
+    def record_written(self, case_id: str) -> None:
+        """Note a case another process stored in this directory archive: the index covers it at the next commit."""
+        self._committed(case_id)
+
+    @property
+    def concurrent_writers(self) -> bool:
+        """Whether other processes may write cases while this archive is open (directory archives)."""
+        return self._backend.concurrent_writers
+
+    @property
+    def chunk_encoders(self) -> dict[str, Encoder]:
+        """How this archive's backend encodes chunks, by chunk codec (what :meth:`encode` uses)."""
+        return self._backend.chunk_encoders
+
+    def import_cases(
+        self,
+        sources: Iterable[str | os.PathLike[str]],
+        *,
+        jobs: int | None = None,
+        labels: Mapping[str, int] | Path | None = None,
+        unmapped: Unmapped = "error",
+        overwrite: bool = False,
+        meta: Mapping[str, Any] | None = None,
+        commit_every: int = 50,
+        on_outcome: Callable[[CaseOutcome], None] = lambda _: None,
+    ) -> ImportReport:
+        """Import case folders, multi-label NIfTI files or folders of cases, on ``jobs`` processes (default: all cores).
+
+        Cases already here are skipped (``overwrite`` replaces them; a damaged one is
+        replaced); a bad case is reported in the returned :class:`ImportReport`
+        with its file and reason, and the others go on.
+        """
+        from medmask_store.ingest import import_cases, plan_import
+
+        self._check_writable()
+        plan = plan_import(self, sources, labels, unmapped, overwrite)
+        return import_cases(self, plan, jobs, meta, commit_every, on_outcome)
 
     def delete_case(self, case_id: str) -> None:
         """Remove a case; raises :class:`CaseNotFound` if absent."""
