@@ -100,33 +100,36 @@ def import_command(
     unmapped: Unmapped = "name" if name_unmapped else "error"
     user_meta = _parse_meta(meta)
     existed = archive.exists()
+    with MaskArchive(archive) if existed else nullcontext() as current:  # bad sources fail before any write
+        plan = plan_import(current, sources, label_map, unmapped, overwrite=not skip_existing)
+        if (case_id or user_meta) and len(plan.cases) != 1:
+            raise click.UsageError(f"--case and --meta need exactly one case, the sources hold {len(plan.cases)}")
+        if case_id:
+            plan = plan_import(current, sources, label_map, unmapped, overwrite=not skip_existing, case_id=case_id)
     if dry_run:
-        with MaskArchive(archive) if existed else nullcontext() as store:
-            plan = plan_import(store, sources, label_map, unmapped, overwrite=not skip_existing, case_id=case_id)
         for case in plan.cases:
             click.echo(f"{case.action:8} {case.case_id}  {case.source.path}" + (f"  ({case.reason})" if case.reason else ""))
         click.echo(f"would import {len(plan.to_import)}, skip {len(plan.cases) - len(plan.to_import)}")
         return
-    with MaskArchive(archive, "a", StorageSettings.preset(preset)) as store:
-        plan = plan_import(store, sources, label_map, unmapped, overwrite=not skip_existing, case_id=case_id)
-        if user_meta and len(plan.cases) != 1:
-            raise click.UsageError(f"--meta needs exactly one case, the sources hold {len(plan.cases)}")
-        show_bar = not quiet and (progress if progress is not None else sys.stderr.isatty())
-        with tqdm(total=len(plan.cases), desc="import", unit="case", disable=not show_bar, smoothing=0.1) as bar:
+    single = len(plan.cases) == 1
+    show_bar = not quiet and not single and (progress if progress is not None else sys.stderr.isatty())
+    with MaskArchive(archive, "a", StorageSettings.preset(preset)) as store, \
+            tqdm(total=len(plan.cases), desc="import", unit="case", disable=not show_bar, smoothing=0.1) as bar:
 
-            def on_outcome(outcome: CaseOutcome) -> None:
-                bar.update()
-                if outcome.status == "failed":
-                    tqdm.write(f"failed   {outcome.case_id}  {outcome.path}: {outcome.detail}", file=sys.stderr)
-                elif not quiet and outcome.status != "skipped":
-                    tqdm.write(f"{outcome.status:8} {outcome.case_id}  ({outcome.seconds:.1f} s)")
+        def on_outcome(outcome: CaseOutcome) -> None:
+            bar.update()
+            if not quiet and not single:
+                tqdm.write(f"{outcome.status:8} {outcome.case_id}  {outcome.path}  "
+                           + (outcome.detail if outcome.status == "failed" else f"({outcome.seconds:.1f} s)"))
 
-            report = import_cases(store, plan, jobs, user_meta, commit_every, on_outcome)
+        report = import_cases(store, plan, jobs, user_meta, commit_every, on_outcome)
     if not existed and not report.imported:  # a failed first import leaves no empty archive behind
         shutil.rmtree(archive) if archive.is_dir() else archive.unlink()
+    if single and report.failed:  # one case: its error, on one line
+        raise click.ClickException(next(iter(report.failed.values())))
     click.echo(report.summary() + f" into {archive}")
     if report.failed:
-        click.echo("failed cases:", err=True)
+        click.echo(f"{len(report.failed)} case(s) failed:", err=True)
         for failed_id, reason in report.failed.items():
             click.echo(f"  {failed_id}: {reason}", err=True)
         sys.exit(1)

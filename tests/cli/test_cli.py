@@ -92,7 +92,7 @@ def test_import_folder_of_case_folders(tmp_path: Path, archive_path: Path) -> No
     (dataset / "not_a_case").mkdir()  # no masks: skipped
     (dataset / "README.txt").write_text("dataset notes")
 
-    assert "imported 3 case(s)" in ok("import", archive_path, dataset).output
+    assert "imported 3, skipped 0 (already in the archive), failed 0" in ok("import", archive_path, dataset).output
     assert ok("ls", archive_path).output.splitlines() == ["ct_a", "ct_b", "ct_c"]
     with MaskArchive(archive_path) as archive:
         for case_id, case_masks in cases.items():
@@ -242,10 +242,11 @@ def test_single_case_options_with_two_sources(archive_path: Path, tmp_path: Path
     assert not archive_path.exists()
 
 
-def test_import_existing_case_needs_overwrite(imported: Path, case_folder: Path) -> None:
-    result = failed("import", imported, case_folder)
-    assert result.exit_code == 1 and "CaseExists" in result.output
-    ok("import", imported, case_folder, "--overwrite")
+def test_import_skips_an_existing_case_unless_overwrite(imported: Path, case_folder: Path) -> None:
+    before = snapshot(imported)
+    assert "imported 0, skipped 1" in ok("import", imported, case_folder).output
+    assert snapshot(imported) == before
+    assert "imported 1, skipped 0" in ok("import", imported, case_folder, "--overwrite").output
 
 
 # -- hostile NIfTI input ---------------------------------------------------------------

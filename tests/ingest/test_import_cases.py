@@ -148,4 +148,4 @@ def test_cli_progress_bar_only_when_asked_or_on_a_terminal(tmp_path: Path, datas
 def test_cli_meta_needs_one_case(tmp_path: Path, dataset) -> None:
     root, _ = dataset
     result = run("import", tmp_path / "a.zarr", root, "--meta", '{"age": 3}')
-    assert result.exit_code == 2 and "--meta needs exactly one case" in result.output
+    assert result.exit_code == 2 and "--case and --meta need exactly one case" in result.output
