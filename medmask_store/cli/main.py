@@ -119,13 +119,17 @@ def ls_command(archive: Path) -> None:
 
 
 def case_summary(case: Case) -> dict[str, Any]:
-    """A JSON-ready description of a case and its organs."""
+    """A JSON-ready description of a case and its organs (colours as RGBA, 0..255)."""
+    colors = case.colors
     return {
         "case_id": case.case_id,
         "space": json.loads(case.space.to_json()),
         "meta": case.meta,
         "organs": {
-            name: {"value": value, "representation": case.representation(name), **case.stats[name].to_json()}
+            name: {
+                "value": value, "color": list(colors[name]), "representation": case.representation(name),
+                **case.stats[name].to_json(),
+            }
             for name, value in case.mapping.items()
         },
     }
