@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from medmask_store.demo import run_demo
 from medmask_store.errors import CaseNotFound, InvalidCase, MaskStoreError
-from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_label_map
+from medmask_store.io.labels import BUILTIN_TABLES, load_labels
+from medmask_store.io.nifti import export_mask_folder, export_multilabel
 from medmask_store.io.sources import discover_cases
 from medmask_store.model.case_data import Unmapped
 from medmask_store.model.region import WorldBox
@@ -50,6 +51,19 @@ SKIP_DAMAGED_OPTION = click.option(
 )
 
 
+class LabelSourceType(click.ParamType):
+    """A built-in label table's name, kept as given, or an existing file, as a Path."""
+
+    name = "labels"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | Path:
+        if value in BUILTIN_TABLES or isinstance(value, Path):
+            return value
+        if not Path(value).is_file():
+            self.fail(f"{value!r} is neither a file nor a built-in table ({', '.join(BUILTIN_TABLES)})", param, ctx)
+        return Path(value)
+
+
 PRESET_OPTION = click.option(
     "--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
     help="How new cases are stored: default (label volumes plain Zstd, read by any Zarr/HDF5 reader) "
@@ -66,7 +80,13 @@ def main() -> None:
 @main.command("import")
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--labels", type=click.Path(exists=True, path_type=Path), help="JSON label map for multi-label files.")
+@click.option(
+    "--labels", type=LabelSourceType(), metavar="FILE|totalsegmentator",
+    help="Label table: organ values (and colours) for multi-label files and mask folders. A JSON map "
+    '{"liver": 5, ...}, a text file (line n names value n), a NIfTI file with a label table in its header, '
+    "or totalsegmentator (its 117 classes). Default for a multi-label file: <stem>.json beside it, else its "
+    "header's table; for a folder: values 1, 2, ... in file-name order.",
+)
 @click.option("--case", "case_id", help="Case id (only with a single case; default: folder or file stem).")
 @click.option("--meta", help='Case metadata as JSON, e.g. \'{"age": 61}\' (only with a single case).')
 @click.option("--name-unmapped", is_flag=True, help="Name labels missing from the label map label_<value>.")
@@ -84,7 +104,7 @@ def import_command(
     archives publish every --commit-every cases and at the end; a killed import
     keeps everything published before.
     """
-    label_map = load_label_map(labels) if labels else None
+    label_map = load_labels(labels) if labels else None
     unmapped: Unmapped = "name" if name_unmapped else "error"
     cases = [case for source in sources for case in discover_cases(source, label_map, unmapped)]
     if (case_id or meta) and len(cases) != 1:
