@@ -23,6 +23,12 @@ MAX_CHUNKS_PER_ARRAY = 2**20
 MAX_DOCUMENT_BYTES = 16 * 2**20
 #: Decompressed bytes of a packed ``.msk`` catalog (some thousands of cases).
 MAX_CATALOG_BYTES = 16 * 2**20
+#: Bytes of a NIfTI file's header extensions (between its header and its voxels), read to find its label table.
+MAX_EXTENSION_BYTES = 16 * 2**20
+#: Bytes of one label table parsed: a JSON or text label file, the XML label table of a NIfTI header
+#: extension. 2 MiB hold ~15,000 labels as TotalSegmentator writes them (its ``total`` table: 14 KB);
+#: parsing hostile XML costs up to ~30x the bytes.
+MAX_LABEL_TABLE_BYTES = 2 * 2**20
 #: Bytes of a case id (it names a folder or an HDF5 group).
 MAX_CASE_ID_BYTES = 200
 #: Bytes of an organ name: export writes ``<organ>.nii.gz``, and file names hold 255 bytes.

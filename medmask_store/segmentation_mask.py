@@ -47,6 +47,7 @@ from spacetransformer import Space
 
 from medmask_store.errors import CorruptChunk, InvalidArchive, InvalidCase, OrganNotFound
 from medmask_store.model.case_data import CaseData
+from medmask_store.model.palette import Color
 from medmask_store.model.validation import MAX_LABEL_VALUE, validate_organ_name
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
@@ -221,6 +222,7 @@ class SegmentationMask:
         self._chunks: _DecodedChunks | None = None
         self._space = space
         self._mapping = LabelMapping(mapping)
+        self._colors: dict[str, Color] = {}  # of a loaded case's organs, kept by name through save
         for label in _present_labels(array):
             if not self._mapping.has_label(label):
                 name = f"idx_{label}"
@@ -337,7 +339,9 @@ class SegmentationMask:
         array = self._mask_array
         labels = array.view(np.uint8) if array.dtype == np.bool_ else array
         meta = {DTYPE_KEY: array.dtype.name}
-        return CaseData.from_labels(labels, self._mapping.to_dict(), space=self._space, meta=meta)
+        case = CaseData.from_labels(labels, self._mapping.to_dict(), space=self._space, meta=meta)
+        case.colors.update((name, color) for name, color in self._colors.items() if name in self._mapping)
+        return case
 
     def save(self, path: str | os.PathLike[str], preset: str = "default") -> None:
         """Write a one-case archive (case :data:`CASE_ID`), replacing ``path``.
@@ -393,7 +397,7 @@ class SegmentationMask:
         # every stored label is named in the stored mapping: no need to look for unnamed ones
         mask = cls.__new__(cls)
         mask._array, mask._chunks = None, chunks
-        mask._space, mask._mapping = case.space, LabelMapping(case.mapping)
+        mask._space, mask._mapping, mask._colors = case.space, LabelMapping(case.mapping), case.colors
         return mask
 
 

@@ -170,6 +170,25 @@ HOSTILE_NIFTI: dict[str, bytes] = {
     "rgb24.nii.gz": gzipped(header_claiming(GOOD_MASK.shape, dtype="RGB") + bytes(3 * GOOD_MASK.size)),
 }
 
+def header_extension(code: int, content: bytes, endianness: str = "<") -> bytes:
+    """One NIfTI header extension: its size (padded to 16 bytes), its code and ``content``."""
+    size = -(-(len(content) + 8) // 16) * 16
+    return struct.pack(endianness + "ii", size, code) + content.ljust(size - 8, b"\0")
+
+
+def nifti_with_extensions(
+    region: bytes, vox_offset: float | None = None, header_class: type[nib.Nifti1Header] = nib.Nifti1Header,
+    endianness: str = "<",
+) -> bytes:
+    """``GOOD_MASK`` as a single-file NIfTI whose header extensions are the raw bytes ``region`` (extender set);
+    ``vox_offset`` (default: right after them) may lie."""
+    header = header_class(endianness=endianness)
+    header.set_data_shape(GOOD_MASK.shape)
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = header.single_vox_offset + len(region) if vox_offset is None else vox_offset
+    return header.binaryblock + b"\x01\0\0\0" + region + _VOXELS
+
+
 #: Hostile files whose header and gzip trailer look right: the fault shows only while the voxels are read.
 FOUND_WHILE_READING = {"data_shorter_trailer_lies.nii.gz"}
 
@@ -180,6 +199,50 @@ def case_folder_with(folder: Path, name: str, content: bytes) -> Path:
     nib.save(nib.Nifti1Image(GOOD_MASK, np.eye(4)), folder / "liver.nii.gz")
     (folder / name).write_bytes(content)
     return folder
+
+
+# -- TotalSegmentator's label tables ------------------------------------------------------------
+
+
+def totalsegmentator_xml(labels: dict[int, str], colors: dict[int, tuple[int, int, int]] | None = None) -> bytes:
+    """A label table laid out as TotalSegmentator writes one into its multi-label files (its spacing, Date and
+    StudyMetaDataLinkSet, channels as ``value / 255``, Alpha="1"); ``colors`` default to its palette."""
+    from medmask_store.model.palette import PALETTE
+
+    body = ""
+    for key, name in labels.items():
+        r, g, b = (colors or {}).get(key) or PALETTE[key % len(PALETTE)][:3]
+        body += f'<Label Key="{key}" Red="{r / 255}" Green="{g / 255}" Blue="{b / 255}" Alpha="1"><![CDATA[{name}]]></Label>\n'
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?> <CaretExtension>  <Date><![CDATA[2013-07-14T05:45:09]]></Date>   '
+        '<VolumeInformation Index="0">   <LabelTable>\n' + body + "\n  </LabelTable>  <StudyMetaDataLinkSet>  "
+        "</StudyMetaDataLinkSet>  <VolumeType><![CDATA[Label]]></VolumeType>   </VolumeInformation></CaretExtension>\n"
+        "              "
+    ).encode()
+
+
+def save_totalsegmentator_multilabel(path: Path, labels: np.ndarray, affine: np.ndarray, table: bytes) -> Path:
+    """A multi-label NIfTI carrying ``table`` as TotalSegmentator's first header extension (code 0)."""
+    image = nib.Nifti1Image(labels, affine)
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(0, table))
+    nib.save(image, path)
+    return path
+
+
+def totalsegmentator_labels(content: bytes) -> dict[int, str]:
+    """Key -> name of a label table as TotalSegmentator's ``load_multilabel_nifti`` reads it (through xmltodict)."""
+    import xmltodict
+
+    entries = xmltodict.parse(content)["CaretExtension"]["VolumeInformation"]["LabelTable"]["Label"]
+    return {int(e["@Key"]): e["#text"] for e in entries}
+
+
+def totalsegmentator_colors(content: bytes) -> dict[int, tuple[float, ...]]:
+    """Key -> (Red, Green, Blue, Alpha) of a label table, read through xmltodict."""
+    import xmltodict
+
+    entries = xmltodict.parse(content)["CaretExtension"]["VolumeInformation"]["LabelTable"]["Label"]
+    return {int(e["@Key"]): tuple(float(e[f"@{c}"]) for c in ("Red", "Green", "Blue", "Alpha")) for e in entries}
 
 
 # -- the CLI ---------------------------------------------------------------------------------

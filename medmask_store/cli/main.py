@@ -20,7 +20,8 @@ from tqdm import tqdm
 from medmask_store.demo import run_demo
 from medmask_store.errors import CaseNotFound, InvalidCase, MaskStoreError
 from medmask_store.ingest import CaseOutcome, import_cases, plan_import
-from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_label_map
+from medmask_store.io.labels import BUILTIN_TABLES, load_labels
+from medmask_store.io.nifti import export_mask_folder, export_multilabel
 from medmask_store.model.case_data import Unmapped
 from medmask_store.model.region import WorldBox
 from medmask_store.model.validation import validate_meta
@@ -52,6 +53,19 @@ SKIP_DAMAGED_OPTION = click.option(
 )
 
 
+class LabelSourceType(click.ParamType):
+    """A built-in label table's name, kept as given, or an existing file, as a Path."""
+
+    name = "labels"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | Path:
+        if value in BUILTIN_TABLES or isinstance(value, Path):
+            return value
+        if not Path(value).is_file():
+            self.fail(f"{value!r} is neither a file nor a built-in table ({', '.join(BUILTIN_TABLES)})", param, ctx)
+        return Path(value)
+
+
 PRESET_OPTION = click.option(
     "--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
     help="How new cases are stored: default (label volumes plain Zstd, read by any Zarr/HDF5 reader) "
@@ -68,10 +82,16 @@ def main() -> None:
 @main.command("import")
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--labels", type=click.Path(exists=True, path_type=Path), help="JSON label map for multi-label files.")
+@click.option(
+    "--labels", type=LabelSourceType(), metavar="FILE|totalsegmentator",
+    help="Label table: organ values (and colours) for multi-label files and mask folders. A JSON map "
+    '{"liver": 5, ...}, a text file (line n names value n), a NIfTI file with a label table in its header, '
+    "or totalsegmentator (its 117 classes). Default for a multi-label file: <stem>.json beside it, else its "
+    "header's table; for a folder: values 1, 2, ... in file-name order.",
+)
 @click.option("--case", "case_id", help="Case id (only with a single case; default: folder or file stem).")
 @click.option("--meta", help='Case metadata as JSON, e.g. \'{"age": 61}\' (only with a single case).')
-@click.option("--name-unmapped", is_flag=True, help="Name labels missing from the label map label_<value>.")
+@click.option("--name-unmapped", is_flag=True, help="Name labels missing from the label map label_<value>; number mask files the --labels table lacks above its values.")
 @click.option("--skip-existing/--overwrite", default=True, show_default=True,
               help="Skip cases already in the archive (a damaged one is replaced), or replace them.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Worker processes [default: the machine's cores].")
@@ -83,7 +103,7 @@ def main() -> None:
               help="Single-file archives (.h5, .zarr.zip, .msk): publish after this many cases.")
 @PRESET_OPTION
 def import_command(
-    archive: Path, sources: tuple[Path, ...], labels: Path | None, case_id: str | None, meta: str | None,
+    archive: Path, sources: tuple[Path, ...], labels: Path | str | None, case_id: str | None, meta: str | None,
     name_unmapped: bool, skip_existing: bool, jobs: int | None, dry_run: bool, progress: bool | None, quiet: bool,
     commit_every: int, preset: str,
 ) -> None:
@@ -96,7 +116,7 @@ def import_command(
     publish every --commit-every cases and at the end (a killed import keeps
     everything published before).
     """
-    label_map = load_label_map(labels) if labels else None
+    label_map = load_labels(labels) if labels else None
     unmapped: Unmapped = "name" if name_unmapped else "error"
     user_meta = _parse_meta(meta)
     existed = archive.exists()
@@ -154,13 +174,17 @@ def ls_command(archive: Path) -> None:
 
 
 def case_summary(case: Case) -> dict[str, Any]:
-    """A JSON-ready description of a case and its organs."""
+    """A JSON-ready description of a case and its organs (colours as RGBA, 0..255)."""
+    colors = case.colors
     return {
         "case_id": case.case_id,
         "space": json.loads(case.space.to_json()),
         "meta": case.meta,
         "organs": {
-            name: {"value": value, "representation": case.representation(name), **case.stats[name].to_json()}
+            name: {
+                "value": value, "color": list(colors[name]), "representation": case.representation(name),
+                **case.stats[name].to_json(),
+            }
             for name, value in case.mapping.items()
         },
     }

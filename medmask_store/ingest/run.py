@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from medmask_store.concurrency import use_threads, worker_threads
 from medmask_store.errors import CorruptArchive, InvalidArchive, InvalidCase
 from medmask_store.ingest.worker import CaseResult, WorkerSetup, import_case, start_worker
+from medmask_store.io.labels import LabelSource
 from medmask_store.io.sources import CaseSource, discover_cases
 from medmask_store.model.case_data import Unmapped
 from medmask_store.model.validation import validate_case_id, validate_meta
@@ -110,7 +111,7 @@ class ImportReport:
 def plan_import(
     archive: MaskArchive | None,
     sources: Iterable[str | os.PathLike[str]],
-    labels: Mapping[str, int] | Path | None = None,
+    labels: LabelSource | None = None,
     unmapped: Unmapped = "error",
     overwrite: bool = False,
     case_id: str | None = None,

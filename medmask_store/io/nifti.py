@@ -10,19 +10,18 @@ the declared voxels present in the file, a finite affine) before any voxel is
 read, :func:`read_voxels` decompresses a ``.nii.gz`` in pieces so that memory
 follows the data the file holds, and whatever nibabel, gzip, zlib or
 spacetransformer raise on a damaged file becomes a :class:`NiftiError` naming it.
+
+Label values and colours come from a label table (:mod:`medmask_store.io.labels`),
+and go back out as one in every exported file's header (:mod:`medmask_store.io.caret`).
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import math
 import os
-import struct
-import zlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,26 +30,23 @@ import deflate
 import nibabel as nib
 import numpy as np
 from nibabel.arrayproxy import ArrayProxy
-from nibabel.nifti1 import Nifti1Header
-from nibabel.nifti2 import Nifti2Header
-from nibabel.spatialimages import HeaderDataError
+from nibabel.nifti1 import Nifti1Extension, Nifti1Header
 from nibabel.volumeutils import apply_read_scaling
 from spacetransformer import Space
-from spacetransformer.core.exceptions import SpaceTransformerError
 
-from medmask_store.errors import InvalidCase, MaskStoreError, NiftiError
+from medmask_store.errors import InvalidCase, NiftiError
+from medmask_store.io.caret import CARET_CODE, label_table_xml
+from medmask_store.io.labels import BUILTIN_TABLES, LabelSource, LabelTable, embedded_label_table, load_labels
+from medmask_store.io.nifti_header import NIFTI_SUFFIXES, input_errors, read_header
 from medmask_store.limits import MAX_IMAGE_BYTES, MAX_VOXELS
 from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import MAX_LABEL_VALUE, validate_organ_name
 from medmask_store.storage.case import Case
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AFFINE_ATOL = 1e-5
 # Masks of one case whose affines differ by less than this are the same geometry
 # (TotalSegmentator writes some sforms with float32 noise of ~1.5e-4).
 GEOMETRY_ATOL = 1e-3
-GZIP_MAGIC = b"\x1f\x8b"
-HEADER_CLASSES: tuple[type[Nifti1Header], ...] = (Nifti1Header, Nifti2Header)
 #: Voxel types a mask may be stored as (numpy kinds: unsigned, signed, float).
 MASK_KINDS = "uif"
 #: Decompressed bytes per read of a gzip stream (counting it, or reading voxels): the memory a read
@@ -60,23 +56,6 @@ GZIP_PIECE_BYTES = 2**20
 # (with a file name or comment) fit in the overhead.
 DEFLATE_STORED_BLOCK = 13_000
 GZIP_OVERHEAD = 2**16
-#: What nibabel, gzip, zlib, struct, numpy, json and spacetransformer raise on a damaged or
-#: hostile input file, most specific first, and what it means for the user.
-READ_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
-    (EOFError, "truncated"),
-    (gzip.BadGzipFile, "damaged gzip data"),
-    (zlib.error, "corrupt compressed data"),
-    (MemoryError, "not enough memory to read it"),
-    (HeaderDataError, "invalid NIfTI header"),
-    (SpaceTransformerError, "its affine does not describe a voxel grid"),
-    (UnicodeDecodeError, "not UTF-8 text"),
-    (json.JSONDecodeError, "not valid JSON"),
-    (RecursionError, "nested too deeply"),
-    (OSError, "cannot be read"),
-    (ValueError, "cannot be read"),
-    (ArithmeticError, "cannot be read"),
-    (struct.error, "cannot be read"),
-)
 
 
 def is_nifti(path: Path) -> bool:
@@ -97,19 +76,6 @@ def mask_files(folder: Path) -> list[Path]:
 
 
 # -- reading untrusted files -------------------------------------------------
-@contextmanager
-def input_errors(path: Path) -> Iterator[None]:
-    """Turn what the readers raise on a damaged ``path`` into a one-line NiftiError naming it."""
-    try:
-        yield
-    except MaskStoreError:
-        raise
-    except tuple(kind for kind, _ in READ_FAILURES) as exc:
-        reason = next(reason for kind, reason in READ_FAILURES if isinstance(exc, kind))
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise NiftiError(f"{path}: {reason}: {detail}") from exc
-
-
 @dataclass(frozen=True, eq=False)
 class NiftiVolume:
     """A NIfTI file whose header passed the input checks; its voxels are read on demand.
@@ -144,32 +110,6 @@ def open_nifti(path: str | Path) -> NiftiVolume:
         if not np.isfinite(affine).all():
             raise NiftiError(f"{path}: affine holds NaN/inf values; fix the sform/qform of the file")
         return NiftiVolume(path, shape, affine, ArrayProxy(str(path), header))
-
-
-def read_header(path: Path) -> Nifti1Header:
-    """The fixed-size header of a single-file NIfTI-1 or NIfTI-2, checked as ``nibabel.load`` does.
-
-    A ``.gz`` name means gzip, as for nibabel, which picks the decompressor by name.
-    """
-    with open(path, "rb") as raw:
-        magic = raw.read(len(GZIP_MAGIC))
-        if not magic:
-            raise NiftiError(f"{path}: empty file")
-        compressed = path.name.endswith(".gz")
-        if compressed != (magic == GZIP_MAGIC):
-            raise NiftiError(
-                f"{path}: {'not ' if compressed else ''}gzip-compressed although named {path.suffix}; "
-                "name a compressed NIfTI .nii.gz and an uncompressed one .nii"
-            )
-        raw.seek(0)
-        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if compressed else raw
-        block = stream.read(max(kind.sizeof_hdr for kind in HEADER_CLASSES))
-    for header_class in HEADER_CLASSES:
-        if header_class.may_contain_header(block):
-            return header_class(block[: header_class.sizeof_hdr])
-    if len(block) < Nifti1Header.sizeof_hdr:
-        raise NiftiError(f"{path}: truncated or not a NIfTI file: {len(block)} bytes, fewer than a NIfTI header holds")
-    raise NiftiError(f"{path}: not a NIfTI file: no NIfTI-1 or NIfTI-2 header at its start")
 
 
 def declared_shape(header: Nifti1Header, path: Path) -> tuple[int, int, int]:
@@ -395,57 +335,113 @@ class NiftiMaskFolder(Mapping[str, np.ndarray]):
         return len(self.files)
 
 
-def load_mask_folder(folder: str | Path, meta: Mapping[str, Any] | None = None) -> CaseData:
-    """A TotalSegmentator-style folder (one binary mask per organ) as a case."""
+def load_mask_folder(
+    folder: str | Path,
+    meta: Mapping[str, Any] | None = None,
+    labels: LabelSource | None = None,
+    unmapped: Unmapped = "error",
+) -> CaseData:
+    """A TotalSegmentator-style folder (one binary mask per organ) as a case.
+
+    Organs are numbered 1, 2, ... in file-name order, or take their values and
+    colours from ``labels`` (a :class:`LabelTable` or what :func:`load_labels`
+    reads, e.g. ``"totalsegmentator"``); see :func:`folder_values` for files the
+    table does not name.
+    """
     masks = NiftiMaskFolder(folder)
-    case = CaseData.from_masks(masks, space=masks.space, meta=meta)
+    table = None if labels is None else load_labels(labels)
+    mapping = None if table is None else folder_values(masks.folder, table, unmapped)
+    try:
+        case = CaseData.from_masks(masks, space=masks.space, mapping=mapping, meta=meta)
+    except InvalidCase as exc:
+        raise NiftiError(f"{masks.folder}: {exc}") from exc
     case.organ_affines.update(masks.organ_affines)
+    if table is not None:
+        case.colors.update((name, color) for name, color in table.colors.items() if name in case.mapping)
     return case
 
 
-def load_label_map(path: str | Path) -> dict[str, int]:
-    """A JSON label map ``{"liver": 5, ...}``."""
+def folder_values(folder: Path, table: LabelTable, unmapped: Unmapped = "error") -> dict[str, int]:
+    """Label values of a mask folder's organs from ``table``.
+
+    A file whose organ the table lacks is an error naming it, unless ``unmapped="name"``:
+    then such organs take the next free values above the table's largest, in name order.
+    """
+    names = {nifti_stem(path): path.name for path in mask_files(folder)}
+    lacking = [file for name, file in names.items() if name not in table.values]
+    if lacking and unmapped == "error":
+        shown = ", ".join(lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
+        raise NiftiError(
+            f"{folder}: the label table names no organ for {shown}; add them to the table, or number them after "
+            "its largest value (--name-unmapped, unmapped='name')"
+        )
+    return table.values_for(names)
+
+
+def multilabel_table(path: str | Path, labels: LabelSource | None = None) -> LabelTable:
+    """The label table of a multi-label file: ``labels`` if given, else ``<stem>.json`` beside it, else the
+    table in its header (as TotalSegmentator writes one)."""
     path = Path(path)
-    with input_errors(path):
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(mapping, dict):
-        raise NiftiError(f"{path}: a label map must be a JSON object {{name: value}}, not a {type(mapping).__name__}")
-    return mapping
+    sidecar = path.with_name(nifti_stem(path) + ".json")
+    if labels is None and sidecar.is_file():
+        labels = sidecar
+    table = load_labels(labels) if labels is not None else embedded_label_table(path)
+    if table is None:
+        raise NiftiError(
+            f"{path}: a multi-label file needs a label table: --labels (a JSON, text or NIfTI file, or "
+            f"{' / '.join(BUILTIN_TABLES)}), {sidecar.name} beside it, or one in its header"
+        )
+    return table
 
 
 def load_multilabel(
     path: str | Path,
-    mapping: Mapping[str, int] | str | Path,
+    labels: LabelSource | None = None,
     meta: Mapping[str, Any] | None = None,
     unmapped: Unmapped = "error",
 ) -> CaseData:
-    """A multi-label ``.nii.gz`` with its label map (a dict or a JSON file) as a case."""
+    """A multi-label ``.nii.gz`` as a case, with the label table :func:`multilabel_table` finds for it."""
     path = Path(path)
-    if not isinstance(mapping, Mapping):
-        mapping = load_label_map(mapping)
     volume = open_nifti(path)
+    table = multilabel_table(path, labels)
     space = space_of(volume)
-    labels = read_integer_voxels(volume)
+    voxels = read_integer_voxels(volume)
     try:
-        return CaseData.from_labels(labels, mapping, space=space, meta=meta, unmapped=unmapped)
+        case = CaseData.from_labels(voxels, table.values, space=space, meta=meta, unmapped=unmapped)
     except InvalidCase as exc:
         raise NiftiError(f"{path}: {exc}") from exc
+    case.colors.update(table.colors)
+    return case
+
+
+def labelled_image(case: Case, voxels: np.ndarray, affine: np.ndarray, values: Mapping[str, int]) -> nib.Nifti1Image:
+    """A NIfTI image carrying the label table of organs ``values`` (names, values, the case's colours) in its header."""
+    try:
+        table = label_table_xml(values, case.colors)
+    except InvalidCase as exc:
+        raise NiftiError(f"case {case.case_id!r}: {exc}") from exc
+    image = nib.Nifti1Image(voxels, affine)
+    image.header.extensions.append(Nifti1Extension(CARET_CODE, table))
+    return image
 
 
 def export_mask_folder(case: Case, folder: str | Path) -> list[Path]:
-    """Write one ``<organ>.nii.gz`` (uint8 0/1) per organ, empty organs included."""
+    """Write one ``<organ>.nii.gz`` (uint8 0/1) per organ, empty organs included, each with its one-label table
+    (Key 1: the organ's name and colour)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in case.organs:
         path = folder / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image(case.read_organ(name).astype(np.uint8), case.organ_affine(name)), path)
+        mask = case.read_organ(name).astype(np.uint8)
+        nib.save(labelled_image(case, mask, case.organ_affine(name), {name: 1}), path)
         written.append(path)
     return written
 
 
 def export_multilabel(case: Case, path: str | Path, allow_overlap: bool = False) -> tuple[Path, Path]:
-    """Write a multi-label ``.nii.gz`` and its ``.json`` label map beside it.
+    """Write a multi-label ``.nii.gz`` with its label table (names, values, colours) in its header, as
+    TotalSegmentator does, and its ``.json`` label map beside it.
 
     A single label file cannot hold overlapping organs; cases with binary
     layers raise :class:`NiftiError` unless ``allow_overlap`` is set, in which
@@ -459,7 +455,7 @@ def export_multilabel(case: Case, path: str | Path, allow_overlap: bool = False)
             "export a mask folder, or allow overlap to paint them over their neighbours"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(case.read_labels(), case.space.to_nifti_affine()), path)
+    nib.save(labelled_image(case, case.read_labels(), case.space.to_nifti_affine(), case.mapping), path)
     label_map = path.with_name(nifti_stem(path) + ".json")
     label_map.write_text(json.dumps(case.mapping, indent=1))
     return path, label_map

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from medmask_store.errors import NiftiError
+from medmask_store.io.labels import LabelSource, LabelTable, load_labels
 from medmask_store.io.nifti import (
+    folder_values,
     is_nifti,
-    load_label_map,
     load_mask_folder,
     load_multilabel,
+    multilabel_table,
     nifti_stem,
 )
 from medmask_store.model.case_data import CaseData, Unmapped
@@ -29,39 +31,39 @@ class CaseSource:
 
 def discover_cases(
     source: str | Path,
-    label_map: Mapping[str, int] | Path | None = None,
+    labels: LabelSource | None = None,
     unmapped: Unmapped = "error",
 ) -> list[CaseSource]:
     """The cases in ``source``; the case id is the folder name or file stem.
 
     ``source`` is a folder of binary masks (one case), a multi-label NIfTI file
-    (label map from ``label_map`` or a ``<stem>.json`` beside it), or a folder
-    whose sub-folders are case folders. Only folders are listed and label maps
-    read here: the files are checked when a case is loaded, so that a resumed
-    import skips cases already stored without opening their files, and one bad
-    case fails alone.
+    (label table from ``labels``, else a ``<stem>.json`` beside it, else its
+    header), or a folder whose sub-folders are case folders. ``labels`` also
+    numbers the organs of mask folders (see :func:`~medmask_store.io.nifti.folder_values`).
+    Only folders are listed and label tables read here: the files are checked
+    when a case is loaded, so that a resumed import skips cases already stored
+    without opening their files, and one bad case fails alone.
     """
     source = Path(source)
+    table = None if labels is None else load_labels(labels)
     if is_nifti(source):
-        labels = label_map if label_map is not None else source.with_name(nifti_stem(source) + ".json")
-        if isinstance(labels, Path):
-            if not labels.exists():
-                raise NiftiError(f"{source}: a multi-label file needs a label map (--labels map.json or {labels.name} beside it)")
-            labels = load_label_map(labels)
-        return [CaseSource(nifti_stem(source), source, partial(load_multilabel, source, labels, unmapped=unmapped))]
+        table = multilabel_table(source, table)
+        return [CaseSource(nifti_stem(source), source, partial(load_multilabel, source, table, unmapped=unmapped))]
     if not source.is_dir():
         raise NiftiError(f"{source}: neither a NIfTI file nor a folder")
     if has_masks(source):
-        return [case_folder_source(source)]
+        return [case_folder_source(source, table, unmapped)]
     case_folders = sorted(p for p in source.iterdir() if p.is_dir() and has_masks(p))
     if not case_folders:
         raise NiftiError(f"{source}: holds no .nii.gz masks and no case folders with masks")
-    return [case_folder_source(p) for p in case_folders]
+    return [case_folder_source(p, table, unmapped) for p in case_folders]
 
 
-def case_folder_source(folder: Path) -> CaseSource:
-    """A folder of binary masks as one case."""
-    return CaseSource(folder.name, folder, partial(load_mask_folder, folder))
+def case_folder_source(folder: Path, table: LabelTable | None = None, unmapped: Unmapped = "error") -> CaseSource:
+    """A folder of binary masks as one case (with a table, once its organ names passed the checks)."""
+    if table is not None:
+        folder_values(folder, table, unmapped)
+    return CaseSource(folder.name, folder, partial(load_mask_folder, folder, labels=table, unmapped=unmapped))
 
 
 def has_masks(folder: Path) -> bool:

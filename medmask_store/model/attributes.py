@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,15 +28,17 @@ from medmask_store.model.manifest import (
     seal,
     unseal,
 )
+from medmask_store.model.palette import Color, default_color, organ_colors
 from medmask_store.model.stats import OrganStats, stats_from_attributes, stats_to_attributes
-from medmask_store.model.validation import validate_case_id, validate_mapping, validate_space
+from medmask_store.model.validation import validate_case_id, validate_colors, validate_mapping, validate_space
 
 FORMAT_VERSION = 3
 ATTRIBUTE_KEY = "medmask_store"
 ARCHIVE_CONTENT = {"format_version": FORMAT_VERSION, "kind": "archive"}
 SPACE_FIELDS = ("shape", "origin", "spacing", "x_orientation", "y_orientation", "z_orientation")
 CASE_FIELDS = {"format_version", "space", "mapping", "binary_layers", "stats", "meta", "arrays"}
-OPTIONAL_CASE_FIELDS = {"layer_origins", "organ_affines"}
+# colors: added within format 3 (cases written before have none: every organ takes the default palette's).
+OPTIONAL_CASE_FIELDS = {"layer_origins", "organ_affines", "colors"}
 
 
 def archive_attributes(**extra: Any) -> dict[str, Any]:
@@ -77,6 +79,7 @@ class CaseInfo:
     organ_affines: dict[str, np.ndarray]
     layer_origins: tuple[tuple[int, int, int], ...] = ()  # voxel offset of each binary-layer window
     arrays: Mapping[str, ArrayManifest] | None = None  # what the stored arrays must be (None: not stored yet)
+    colors: dict[str, Color] = field(default_factory=dict)  # every organ's RGBA colour, 0..255
 
     @property
     def label_dtype(self) -> np.dtype:
@@ -131,6 +134,7 @@ class CaseInfo:
             organ_affines=_decode_affines(content.get("organ_affines"), mapping, what),
             layer_origins=tuple(tuple(o) for o in content.get("layer_origins", ())),  # type: ignore[misc]
             arrays=_arrays(content["arrays"], what),
+            colors=_decode_colors(content.get("colors"), mapping, what),
         )
         info._check_arrays(what)
         return info
@@ -164,8 +168,13 @@ class CaseInfo:
 
 
 def case_attributes(data: CaseData, layer_origins: list[list[int]]) -> dict[str, Any]:
-    """The content of a case's attributes (sealed by :func:`case_document`); empty organs cost only their mapping entry."""
+    """The content of a case's attributes (sealed by :func:`case_document`); empty organs cost only their mapping entry,
+    organs of the default palette's colour no colour entry."""
     space = data.space
+    colors = {
+        name: list(color) for name, color in validate_colors(data.colors, data.mapping).items()
+        if color != default_color(data.mapping[name])
+    }  # fmt: skip
     return {
         "format_version": FORMAT_VERSION,
         "space": {
@@ -182,6 +191,7 @@ def case_attributes(data: CaseData, layer_origins: list[list[int]]) -> dict[str,
         "stats": stats_to_attributes(data.stats),
         "meta": data.meta,
         **({"organ_affines": _encode_affines(data.organ_affines)} if data.organ_affines else {}),
+        **({"colors": colors} if colors else {}),
     }
 
 
@@ -237,6 +247,18 @@ def _encode_affines(organ_affines: dict[str, np.ndarray]) -> dict[str, Any]:
             distinct.append(flat)
         organs[name] = distinct.index(flat)
     return {"affines": distinct, "organs": organs}
+
+
+def _decode_colors(stored: object, mapping: dict[str, int], what: str) -> dict[str, Color]:
+    """Every organ's colour: the stored ones (RGBA, 4 integers 0..255), the default palette's for the others."""
+    if stored is None:
+        return organ_colors(mapping, {})
+    _require(isinstance(stored, dict) and _names(list(stored), mapping), what, "colour organs")
+    assert isinstance(stored, dict)
+    for name, color in stored.items():
+        channels_ok = _numbers(color, 4) and all(type(c) is int and 0 <= c <= 255 for c in color)
+        _require(channels_ok, what, f"colour {color} of organ {name!r}")
+    return organ_colors(mapping, {name: tuple(color) for name, color in stored.items()})
 
 
 def _decode_affines(encoded: object, mapping: Mapping[str, int], what: str) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from spacetransformer import Space
 
 from medmask_store.concurrency import worker_threads
 from medmask_store.errors import InvalidCase
+from medmask_store.model.palette import Color
 from medmask_store.model.stats import OrganStats
 from medmask_store.model.validation import validate_mapping, validate_meta, validate_organ_name, validate_space
 
@@ -46,6 +47,8 @@ class CaseData:
     meta: dict[str, Any] = field(default_factory=dict)
     # Exact NIfTI affines of organs whose source file deviated from the Space by float noise.
     organ_affines: dict[str, np.ndarray] = field(default_factory=dict)
+    # RGBA colours (0..255) given to organs, e.g. by a label table; the others take the default palette's.
+    colors: dict[str, Color] = field(default_factory=dict)
 
     @classmethod
     def from_masks(

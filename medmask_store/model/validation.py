@@ -13,6 +13,7 @@ from spacetransformer import Space
 
 from medmask_store.errors import InvalidCase
 from medmask_store.limits import MAX_CASE_ID_BYTES, MAX_ORGAN_NAME_BYTES, MAX_VOXELS
+from medmask_store.model.palette import Color
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
 # Names that stores use for their own metadata next to case groups.
@@ -71,6 +72,23 @@ def validate_mapping(mapping: Mapping[str, Any]) -> dict[str, int]:
         owner[value] = name
         result[name] = value
     return result
+
+
+def validate_colors(colors: Mapping[str, Any], mapping: Mapping[str, int]) -> dict[str, Color]:
+    """Check that each colour belongs to an organ of ``mapping`` and is RGBA, 4 integers 0..255."""
+    result: dict[str, Color] = {}
+    for name, color in colors.items():
+        if name not in mapping:
+            raise InvalidCase(f"colour of organ {name!r}, which the mapping does not name")
+        channels = list(color) if isinstance(color, (list, tuple, np.ndarray)) else []
+        if len(channels) != 4 or not all(_is_integer(c) and 0 <= c <= 255 for c in channels):
+            raise InvalidCase(f"colour of organ {name!r} must be RGBA, 4 integers 0..255, got {color!r}")
+        result[name] = (int(channels[0]), int(channels[1]), int(channels[2]), int(channels[3]))
+    return result
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def validate_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:

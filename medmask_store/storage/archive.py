@@ -40,6 +40,7 @@ from medmask_store.storage.zarr_zip import open_zarr_zip
 
 if TYPE_CHECKING:
     from medmask_store.ingest import CaseOutcome, ImportReport
+    from medmask_store.io.labels import LabelSource
 
 MODES = ("r", "r+", "a", "w", "w-")
 INDEX_SAVE_EVERY = 256
@@ -381,7 +382,7 @@ class MaskArchive:
         sources: Iterable[str | os.PathLike[str]],
         *,
         jobs: int | None = None,
-        labels: Mapping[str, int] | Path | None = None,
+        labels: LabelSource | None = None,
         unmapped: Unmapped = "error",
         overwrite: bool = False,
         meta: Mapping[str, Any] | None = None,

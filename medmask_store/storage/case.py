@@ -18,6 +18,7 @@ from medmask_store.errors import ArchiveClosed, CorruptChunk, CorruptMetadata, I
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData
 from medmask_store.model.manifest import BINARY_LAYERS, LABEL_VOLUME
+from medmask_store.model.palette import Color
 from medmask_store.model.region import VoxelBox, box_space, voxel_box
 from medmask_store.model.stats import BBox, OrganStats
 from medmask_store.storage.backend import StoredArray, StoredCase
@@ -61,6 +62,11 @@ class Case:
     @property
     def meta(self) -> dict[str, Any]:
         return dict(self.info.meta)
+
+    @property
+    def colors(self) -> dict[str, Color]:
+        """Organ name -> RGBA colour (0..255): the one imported or given, else the default palette's for its value."""
+        return dict(self.info.colors)
 
     @property
     def organs(self) -> list[str]:
@@ -303,4 +309,5 @@ class Case:
             stats=self.stats,
             meta=self.meta,
             organ_affines=dict(self.info.organ_affines),
+            colors=self.colors,
         )

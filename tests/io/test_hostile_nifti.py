@@ -27,7 +27,8 @@ from helpers import (
 
 import medmask_store.io.nifti as nifti
 from medmask_store.errors import NiftiError
-from medmask_store.io.nifti import load_label_map, load_mask_folder, load_multilabel, open_nifti, read_integer_voxels
+from medmask_store.io.labels import load_labels
+from medmask_store.io.nifti import load_mask_folder, load_multilabel, open_nifti, read_integer_voxels
 from medmask_store.io.sources import discover_cases
 from medmask_store.limits import MAX_IMAGE_BYTES, MAX_VOXELS
 
@@ -167,14 +168,14 @@ def test_uncompressed_file_longer_than_declared_loads(tmp_path: Path) -> None:
 )
 def test_bad_label_map(tmp_path: Path, name: str, content: bytes) -> None:
     path = write(tmp_path / name, content)
-    raises_one_line_naming(name, lambda: load_label_map(path))
+    raises_one_line_naming(name, lambda: load_labels(path))
     seg = write(tmp_path / "seg.nii.gz", gzipped(GOOD_NII))
     raises_one_line_naming(name, lambda: load_multilabel(seg, path))
 
 
 def test_utf8_label_map_with_non_ascii_names_loads(tmp_path: Path) -> None:
     path = write(tmp_path / "map.json", json.dumps({"f\u00edgado": 1}, ensure_ascii=False).encode("utf-8"))
-    assert load_label_map(path) == {"f\u00edgado": 1}
+    assert load_labels(path).values == {"f\u00edgado": 1}
 
 
 # -- bombs: peak memory of a fresh process --------------------------------------------------
