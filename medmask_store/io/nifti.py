@@ -433,10 +433,16 @@ def export_mask_folder(case: Case, folder: str | Path) -> list[Path]:
     written = []
     for name in case.organs:
         path = folder / f"{name}.nii.gz"
-        mask = case.read_organ(name).astype(np.uint8)
+        mask = case.read_organ(name).view(np.uint8)  # a view: no second volume
         nib.save(labelled_image(case, mask, case.organ_affine(name), {name: 1}), path)
         written.append(path)
     return written
+
+
+def save_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write a binary mask as a uint8 0/1 NIfTI with ``nibabel.save``, as TotalSegmentator writes its masks."""
+    voxels = mask.view(np.uint8) if mask.dtype == np.bool_ else mask.astype(np.uint8)  # a view: no second volume
+    nib.save(nib.Nifti1Image(voxels, affine), path)
 
 
 def export_multilabel(case: Case, path: str | Path, allow_overlap: bool = False) -> tuple[Path, Path]:

@@ -2,10 +2,19 @@
 
 TotalSegmentator writes one binary ``<class>.nii.gz`` per class, or one multi-label
 file whose values follow this order (liver = 5); ``--labels totalsegmentator``
-imports a mask folder with these values instead of numbering files alphabetically.
+imports a mask folder with these values instead of numbering files alphabetically;
+:func:`write_totalsegmentator_folder` writes a case as TotalSegmentator's output folder.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from spacetransformer import Space
+
+from medmask_store.io.nifti import save_mask
 
 _VERTEBRAE = ("S1", "L5", "L4", "L3", "L2", "L1", *(f"T{n}" for n in range(12, 0, -1)), *(f"C{n}" for n in range(7, 0, -1)))
 
@@ -28,3 +37,30 @@ TOTAL_CLASSES: tuple[str, ...] = (
 
 #: Class name -> label value, as TotalSegmentator numbers its multi-label output.
 TOTAL_LABELS: dict[str, int] = {name: value for value, name in enumerate(TOTAL_CLASSES, 1)}
+
+
+def write_totalsegmentator_folder(masks: Mapping[str, np.ndarray], space: Space, folder: str | Path) -> list[Path]:
+    """Write ``folder`` as TotalSegmentator writes its output: one ``<class>.nii.gz`` (uint8 0/1) per class.
+
+    Every class of TOTAL_CLASSES gets a file with the affine of ``space``; classes
+    that ``masks`` lacks are written empty. Masks are taken one at a time, so a lazy
+    mapping (a :class:`~medmask_store.phantom.CtPhantom`) never sits in memory whole.
+    Names that are not TotalSegmentator classes are refused before anything is written.
+    """
+    unknown = sorted(set(masks) - set(TOTAL_CLASSES))
+    if unknown:
+        raise ValueError(f"not TotalSegmentator 'total' classes: {', '.join(unknown)}; rename them or leave them out")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = space.to_nifti_affine()
+    written = []
+    for name in TOTAL_CLASSES:
+        mask = masks.get(name)  # one look-up: a lazy mapping computes each mask once
+        if mask is None:
+            mask = np.zeros(space.shape, bool, order="F")  # NIfTI's order: nibabel writes it without transposing
+        if mask.shape != tuple(space.shape):
+            raise ValueError(f"{name}: mask shape {mask.shape} differs from the space's {tuple(space.shape)}")
+        path = folder / f"{name}.nii.gz"
+        save_mask(mask, affine, path)
+        written.append(path)
+    return written

@@ -1,4 +1,8 @@
-"""Synthetic phantoms: ellipsoid organs with real overlaps and empty masks, for demos and tests."""
+"""Synthetic phantoms for demos, tests and benchmarks.
+
+``make_phantom`` draws a few random ellipsoids on a small grid; :class:`CtPhantom`
+(in :mod:`.ct`) lays out TotalSegmentator's 117 classes on a CT grid.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 from spacetransformer import Space
+
+from medmask_store.phantom.ct import CtPhantom, make_ct_phantom
+
+__all__ = ["ORGAN_NAMES", "CtPhantom", "make_ct_phantom", "make_phantom"]
 
 ORGAN_NAMES = (
     "liver", "spleen", "kidney_left", "kidney_right", "stomach", "pancreas", "aorta",
