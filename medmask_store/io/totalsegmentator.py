@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 from spacetransformer import Space
 
-from medmask_store.io.nifti import save_mask
-
 _VERTEBRAE = ("S1", "L5", "L4", "L3", "L2", "L1", *(f"T{n}" for n in range(12, 0, -1)), *(f"C{n}" for n in range(7, 0, -1)))
 
 TOTAL_CLASSES: tuple[str, ...] = (
@@ -47,6 +45,8 @@ def write_totalsegmentator_folder(masks: Mapping[str, np.ndarray], space: Space,
     mapping (a :class:`~medmask_store.phantom.CtPhantom`) never sits in memory whole.
     Names that are not TotalSegmentator classes are refused before anything is written.
     """
+    from medmask_store.io.nifti import save_mask  # here: io.nifti reads label tables, which import this module
+
     unknown = sorted(set(masks) - set(TOTAL_CLASSES))
     if unknown:
         raise ValueError(f"not TotalSegmentator 'total' classes: {', '.join(unknown)}; rename them or leave them out")
