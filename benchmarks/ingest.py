@@ -44,23 +44,29 @@ SPEEDUP_TARGET, FLOOR_TARGET, WORKER_RSS_TARGET, RESUME_TARGET = 1.8, 1.25, 1.5 
 
 @dataclass(frozen=True)
 class Group:
-    """Case folders sharing one voxel grid."""
+    """Case folders of one resolution class (s0000 copies differ by a few voxels of crop)."""
 
-    shape: tuple[int, ...]
+    shapes: list[tuple[int, ...]]
     folders: list[Path]
 
     @property
     def label(self) -> str:
-        return f"{len(self.folders)} cases of {'×'.join(map(str, self.shape))}"
+        low, high = min(self.shapes, key=np.prod), max(self.shapes, key=np.prod)
+        shapes = "×".join(map(str, low)) + (f" to {'×'.join(map(str, high))}" if low != high else "")
+        return f"{len(self.folders)} cases of {shapes}"
 
 
 def groups_of(dataset: Path) -> list[Group]:
-    by_shape: dict[tuple[int, ...], list[Path]] = defaultdict(list)
+    """Case folders grouped by voxel count within a factor of 2, smallest first."""
+    found = []
     for folder in sorted(p for p in dataset.iterdir() if p.is_dir() and not p.name.startswith(".")):
         first = next(folder.glob("*.nii.gz"), None)
         if first is not None:
-            by_shape[tuple(nib.load(first).shape)].append(folder)
-    return [Group(shape, folders) for shape, folders in sorted(by_shape.items(), key=lambda item: np.prod(item[0]))]
+            found.append((tuple(nib.load(first).shape), folder))
+    groups: dict[int, list[tuple[tuple[int, ...], Path]]] = defaultdict(list)
+    for shape, folder in found:
+        groups[int(np.log2(np.prod(shape)))].append((shape, folder))
+    return [Group([s for s, _ in members], [f for _, f in members]) for _, members in sorted(groups.items())]
 
 
 def decode_case(folder: Path) -> int:
