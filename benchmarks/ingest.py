@@ -63,10 +63,12 @@ def groups_of(dataset: Path) -> list[Group]:
         first = next(folder.glob("*.nii.gz"), None)
         if first is not None:
             found.append((tuple(nib.load(first).shape), folder))
-    groups: dict[int, list[tuple[tuple[int, ...], Path]]] = defaultdict(list)
-    for shape, folder in found:
-        groups[int(np.log2(np.prod(shape)))].append((shape, folder))
-    return [Group([s for s, _ in members], [f for _, f in members]) for _, members in sorted(groups.items())]
+    groups: list[list[tuple[tuple[int, ...], Path]]] = []
+    for shape, folder in sorted(found, key=lambda item: np.prod(item[0])):
+        if not groups or np.prod(shape) > 2 * np.prod(groups[-1][0][0]):
+            groups.append([])
+        groups[-1].append((shape, folder))
+    return [Group([s for s, _ in members], sorted(f for _, f in members)) for members in groups]
 
 
 def decode_case(folder: Path) -> int:
