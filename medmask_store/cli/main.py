@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from medmask_store.concurrency import keep_freed_memory
 from medmask_store.demo import run_demo
 from medmask_store.errors import CaseNotFound, InvalidCase, MaskStoreError
 from medmask_store.ingest import CaseOutcome, import_cases, plan_import
@@ -142,6 +143,7 @@ def import_command(
                 tqdm.write(f"{outcome.status:8} {outcome.case_id}  {outcome.path}  "
                            + (outcome.detail if outcome.status == "failed" else f"({outcome.seconds:.1f} s)"))
 
+        keep_freed_memory()  # this process exits after the import
         report = import_cases(store, plan, jobs, user_meta, commit_every, on_outcome)
     if not existed and not report.imported:  # a failed first import leaves no empty archive behind
         shutil.rmtree(archive) if archive.is_dir() else archive.unlink()

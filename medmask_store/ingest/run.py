@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from medmask_store.concurrency import use_threads, worker_threads
 from medmask_store.errors import CorruptArchive, InvalidArchive, InvalidCase
-from medmask_store.ingest.worker import CaseResult, WorkerSetup, import_case, start_worker
+from medmask_store.ingest.worker import CaseResult, WorkerSetup, configure, import_case, start_worker
 from medmask_store.io.labels import LabelSource
 from medmask_store.io.sources import CaseSource, discover_cases
 from medmask_store.model.case_data import Unmapped
@@ -213,7 +213,7 @@ def import_cases(
 def _run_here(archive: MaskArchive, todo: list[PlannedCase], meta: dict[str, Any], finish: Callable[[CaseResult], None]) -> None:
     """One job: import in this process, on one thread (``jobs`` counts the cores an import uses)."""
     previous = worker_threads()
-    start_worker(WorkerSetup(archive.settings, archive.chunk_encoders, directory_archive=None))
+    configure(WorkerSetup(archive.settings, archive.chunk_encoders, directory_archive=None))
     try:
         for case in todo:
             finish(import_case(case.source, case.case_id, meta, case.action == "replace"))

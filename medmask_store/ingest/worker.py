@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medmask_store.codecs.chunks import Encoder
-from medmask_store.concurrency import use_threads
+from medmask_store.concurrency import keep_freed_memory, use_threads
 from medmask_store.errors import MaskStoreError
 from medmask_store.io.sources import CaseSource
 from medmask_store.storage.backend import Backend
@@ -48,7 +48,13 @@ _directory_backend: Backend | None = None
 
 
 def start_worker(setup: WorkerSetup) -> None:
-    """Process initializer: remember the setup, open a directory archive once, limit threads."""
+    """Process initializer: reuse freed memory, then :func:`configure`."""
+    keep_freed_memory()
+    configure(setup)
+
+
+def configure(setup: WorkerSetup) -> None:
+    """Remember the setup, open a directory archive once, limit threads (also for an import run in-process)."""
     global _setup, _directory_backend
     from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
 

@@ -71,8 +71,10 @@ class CaseData:
         if set(mapping) != set(masks):
             missing, extra = sorted(set(masks) - set(mapping)), sorted(set(mapping) - set(masks))
             raise InvalidCase(f"mapping does not match the masks: no value for {missing}, no mask for {extra}")
-        with ThreadPoolExecutor(worker_threads()) as pool:  # numpy scans release the GIL
-            found = pool.map(lambda item: _mask_indices(item[0], item[1], space), masks.items())
+        # Each thread takes a mask from ``masks`` itself (a lazy mapping reads it then), so at most one
+        # mask per thread is in memory, however fast masks load; numpy scans release the GIL.
+        with ThreadPoolExecutor(worker_threads()) as pool:
+            found = pool.map(lambda name: _mask_indices(name, masks[name], space), list(masks))
             voxel_indices = dict(zip(masks, found))
         return cls._from_voxel_indices(space, mapping, voxel_indices, validate_meta(meta))
 
