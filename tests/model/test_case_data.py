@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import re
+import weakref
 
 import numpy as np
 import pytest
 from helpers import box
 from spacetransformer import Space
 
+from medmask_store import concurrency
 from medmask_store.errors import InvalidCase
 from medmask_store.model.case_data import CaseData
 
@@ -520,3 +522,31 @@ def test_from_labels_unmapped_value_out_of_range_refused():
     labels[0, 0, 0] = 70000
     with pytest.raises(InvalidCase, match=r"70000"):
         CaseData.from_labels(labels, {"a": 1}, space=SPACE, unmapped="name")
+
+
+class CountingMasks(dict):
+    """A lazy-looking mapping that counts how many of its masks are alive at once."""
+
+    def __init__(self, masks: dict[str, np.ndarray]) -> None:
+        super().__init__(masks)
+        self.alive = self.most_alive = 0
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        mask = super().__getitem__(name).copy()  # a fresh array, as a NIfTI read gives
+        self.alive += 1
+        self.most_alive = max(self.most_alive, self.alive)
+        weakref.finalize(mask, self._released)
+        return mask
+
+    def _released(self) -> None:
+        self.alive -= 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_masks_are_taken_one_per_thread(phantom, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(concurrency, "_threads", threads)
+    masks = CountingMasks(phantom[0])
+    data = CaseData.from_masks(masks, space=phantom[1])
+    assert masks.most_alive <= threads
+    for name, mask in phantom[0].items():
+        np.testing.assert_array_equal(data.organ_mask(name), mask, err_msg=name)
