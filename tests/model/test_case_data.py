@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import weakref
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -524,19 +525,25 @@ def test_from_labels_unmapped_value_out_of_range_refused():
         CaseData.from_labels(labels, {"a": 1}, space=SPACE, unmapped="name")
 
 
-class CountingMasks(dict):
-    """A lazy-looking mapping that counts how many of its masks are alive at once."""
+class CountingMasks(Mapping[str, np.ndarray]):
+    """A lazy mapping (as a NIfTI folder is) that counts how many of its masks are alive at once."""
 
     def __init__(self, masks: dict[str, np.ndarray]) -> None:
-        super().__init__(masks)
+        self.masks = masks
         self.alive = self.most_alive = 0
 
     def __getitem__(self, name: str) -> np.ndarray:
-        mask = super().__getitem__(name).copy()  # a fresh array, as a NIfTI read gives
+        mask = self.masks[name].copy()  # a fresh array, as a NIfTI read gives
         self.alive += 1
         self.most_alive = max(self.most_alive, self.alive)
         weakref.finalize(mask, self._released)
         return mask
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.masks)
+
+    def __len__(self) -> int:
+        return len(self.masks)
 
     def _released(self) -> None:
         self.alive -= 1
