@@ -53,7 +53,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 def heavy_imports(args: list[str], env: dict[str, str]) -> list[str]:
     """The packages of HEAVY that a command imports, from a ``python -X importtime`` run."""
     script = "import sys; from medmask_store.cli.main import main; main(sys.argv[1:])"
-    stderr = subprocess.run([sys.executable, "-X", "importtime", "-c", script, *args], check=True,
+    stderr = subprocess.run([sys.executable, "-P", "-X", "importtime", "-c", script, *args], check=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env).stderr
     modules = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in stderr.splitlines() if line.startswith("import time:")}
     return [name for name in HEAVY if name in modules]
