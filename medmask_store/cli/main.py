@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 import warnings
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import nibabel as nib
-import numpy as np
-from tqdm import tqdm
 
-from medmask_store.concurrency import keep_freed_memory
-from medmask_store.demo import run_demo
 from medmask_store.errors import CaseNotFound, InvalidCase, MaskStoreError
-from medmask_store.ingest import CaseOutcome, import_cases, plan_import
-from medmask_store.io.labels import BUILTIN_TABLES, load_labels
-from medmask_store.io.nifti import export_mask_folder, export_multilabel
-from medmask_store.model.case_data import Unmapped
-from medmask_store.model.region import WorldBox
-from medmask_store.model.validation import validate_meta
-from medmask_store.storage.archive import MaskArchive
-from medmask_store.storage.case import Case
-from medmask_store.storage.layout import PRESETS, StorageSettings
-from medmask_store.storage.verify import verify_archive
+
+# Each command imports what it uses (NumPy, nibabel, the archive, ...): `--help` and `ls` start fast.
+if TYPE_CHECKING:
+    from medmask_store.ingest import CaseOutcome
+    from medmask_store.model.case_data import Unmapped
+    from medmask_store.storage.case import Case
 
 
 class MaskStoreGroup(click.Group):
@@ -60,6 +49,8 @@ class LabelSourceType(click.ParamType):
     name = "labels"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | Path:
+        from medmask_store.io.labels import BUILTIN_TABLES
+
         if value in BUILTIN_TABLES or isinstance(value, Path):
             return value
         if not Path(value).is_file():
@@ -67,8 +58,9 @@ class LabelSourceType(click.ParamType):
         return Path(value)
 
 
+# The names of storage.layout.PRESETS, written out so that the module imports no NumPy (a test checks).
 PRESET_OPTION = click.option(
-    "--preset", type=click.Choice(list(PRESETS)), default="default", show_default=True,
+    "--preset", type=click.Choice(["default", "compact"]), default="default", show_default=True,
     help="How new cases are stored: default (label volumes plain Zstd, read by any Zarr/HDF5 reader) "
     "or compact (Crackle+Zstd label volumes, ~20% smaller, need medmask_store to read).",
 )
@@ -117,6 +109,16 @@ def import_command(
     publish every --commit-every cases and at the end (a killed import keeps
     everything published before).
     """
+    import shutil
+
+    from tqdm import tqdm
+
+    from medmask_store.concurrency import keep_freed_memory
+    from medmask_store.ingest import import_cases, plan_import
+    from medmask_store.io.labels import load_labels
+    from medmask_store.storage.archive import MaskArchive
+    from medmask_store.storage.layout import StorageSettings
+
     label_map = load_labels(labels) if labels else None
     unmapped: Unmapped = "name" if name_unmapped else "error"
     user_meta = _parse_meta(meta)
@@ -158,6 +160,8 @@ def import_command(
 
 
 def _parse_meta(meta: str | None) -> dict[str, Any]:
+    from medmask_store.model.validation import validate_meta
+
     if meta is None:
         return {}
     try:
@@ -170,6 +174,8 @@ def _parse_meta(meta: str | None) -> dict[str, Any]:
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
 def ls_command(archive: Path) -> None:
     """List the case ids of an archive."""
+    from medmask_store.storage.archive import MaskArchive
+
     with MaskArchive(archive) as store:
         for case_id in store.case_ids():
             click.echo(case_id)
@@ -197,6 +203,8 @@ def case_summary(case: Case) -> dict[str, Any]:
 @click.argument("case_ids", nargs=-1, required=True)
 def delete_command(archive: Path, case_ids: tuple[str, ...]) -> None:
     """Delete cases (a damaged one too: its files go, whatever state they are in)."""
+    from medmask_store.storage.archive import MaskArchive
+
     with MaskArchive(archive, "r+") as store:
         case_ids = tuple(dict.fromkeys(case_ids))
         missing = [case_id for case_id in case_ids if case_id not in store]
@@ -214,6 +222,8 @@ def delete_command(archive: Path, case_ids: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_command(archive: Path, case_id: str, as_json: bool) -> None:
     """Describe one case: geometry, metadata and per-organ statistics."""
+    from medmask_store.storage.archive import MaskArchive
+
     with MaskArchive(archive) as store:
         summary = case_summary(store[case_id])
     if as_json:
@@ -234,6 +244,9 @@ def info_command(archive: Path, case_id: str, as_json: bool) -> None:
 @click.option("--allow-overlap", is_flag=True, help="With --multilabel: paint overlapping organs over their neighbours.")
 def export_command(archive: Path, case_id: str, outdir: Path, multilabel: bool, allow_overlap: bool) -> None:
     """Export a case to NIfTI: one file per organ, or one multi-label file."""
+    from medmask_store.io.nifti import export_mask_folder, export_multilabel
+    from medmask_store.storage.archive import MaskArchive
+
     with MaskArchive(archive) as store:
         case = store[case_id]
         if multilabel:
@@ -263,6 +276,12 @@ def _parse_box(text: str, option: str, kind: type) -> list[tuple[Any, Any]]:
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output .npy, .nii or .nii.gz.")
 def read_command(archive: Path, case_id: str, organ: str | None, region: str | None, mm: str | None, out_path: Path) -> None:
     """Read labels or one organ, whole or a region, into a .npy or NIfTI file (with the region's affine)."""
+    import nibabel as nib
+    import numpy as np
+
+    from medmask_store.model.region import WorldBox
+    from medmask_store.storage.archive import MaskArchive
+
     if region and mm:
         raise click.UsageError("pass --region (voxels) or --mm (millimetres), not both")
     if not out_path.name.endswith((".npy", ".nii", ".nii.gz")):
@@ -298,6 +317,11 @@ def read_command(archive: Path, case_id: str, organ: str | None, region: str | N
 @PRESET_OPTION
 def convert_command(source: Path, destination: Path, overwrite: bool, preset: str) -> None:
     """Copy every case to an archive of another backend (.zarr, .zarr.zip, .h5, .msk) or preset, losslessly."""
+    from tqdm import tqdm
+
+    from medmask_store.storage.archive import MaskArchive
+    from medmask_store.storage.layout import StorageSettings
+
     with MaskArchive(source) as store:
         progress = partial(tqdm, desc="convert", unit="case")
         settings = StorageSettings.preset(preset)
@@ -313,6 +337,8 @@ def convert_command(source: Path, destination: Path, overwrite: bool, preset: st
 @SKIP_DAMAGED_OPTION
 def query_command(archive: Path, expression: str, as_json: bool, as_csv: bool, skip_damaged: bool) -> None:
     """Cases matching EXPRESSION, e.g. 'liver.volume_ml > 2000 and age >= 60' (one id per line)."""
+    from medmask_store.storage.archive import MaskArchive
+
     with MaskArchive(archive) as store:
         matches = store.query(expression, skip_damaged=skip_damaged)
         if as_csv:
@@ -331,6 +357,8 @@ def query_command(archive: Path, expression: str, as_json: bool, as_csv: bool, s
 @SKIP_DAMAGED_OPTION
 def stats_command(archive: Path, as_csv: bool, skip_damaged: bool) -> None:
     """Per-case, per-organ statistics (one row per case × organ) from the archive index."""
+    from medmask_store.storage.archive import MaskArchive
+
     with MaskArchive(archive) as store:
         stats = store.stats(skip_damaged=skip_damaged)
     click.echo(stats.to_csv(index=False) if as_csv else stats.to_string(index=False), nl=not as_csv)
@@ -340,6 +368,10 @@ def stats_command(archive: Path, as_csv: bool, skip_damaged: bool) -> None:
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
 def reindex_command(archive: Path) -> None:
     """Rebuild the archive index from every case's attributes."""
+    from tqdm import tqdm
+
+    from medmask_store.storage.archive import MaskArchive
+
     with MaskArchive(archive, "r+") as store:
         store.reindex(progress=partial(tqdm, desc="reindex", unit="case"))
         click.echo(f"indexed {len(store)} case(s)")
@@ -350,6 +382,11 @@ def reindex_command(archive: Path) -> None:
 def verify_command(archive: Path) -> None:
     """Check every case (attributes, manifests, every chunk, voxel counts) and the index; list every
     problem and exit 1 if there is any."""
+    from tqdm import tqdm
+
+    from medmask_store.storage.archive import MaskArchive
+    from medmask_store.storage.verify import verify_archive
+
     with MaskArchive(archive) as store:
         problems = verify_archive(store, progress=partial(tqdm, desc="verify", unit="case"))
         for problem in problems:
@@ -364,6 +401,10 @@ def verify_command(archive: Path) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), help="Keep the archive and exports here.")
 def demo_command(source: Path | None, workdir: Path | None) -> None:
     """Round-trip a mask folder (default: a built-in phantom) and print sizes."""
+    import tempfile
+
+    from medmask_store.demo import run_demo
+
     with tempfile.TemporaryDirectory() as tmp:
         report = run_demo(workdir or Path(tmp), source)
         click.echo(f"source       {report.source} ({report.organs} organs, {report.nonempty_organs} non-empty)")

@@ -20,10 +20,10 @@ import google_crc32c
 import numpy as np
 import zstandard
 
-from medmask_store.codecs import crackle_zstd
-from medmask_store.codecs.crackle_zstd import CrackleZstd
-from medmask_store.codecs.packbits_zstd import PackBitsZstd, decode_frame
 from medmask_store.errors import CorruptChunk
+
+# The codec modules (numcodecs, crackle) are imported by the functions that use them: listing
+# or describing cases needs neither.
 
 CRC = struct.Struct("<I")
 
@@ -75,19 +75,27 @@ def decode_label_chunk(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], crc3
 
 
 def encode_binary_chunk(chunk: np.ndarray, level: int) -> bytes:
+    from medmask_store.codecs.packbits_zstd import PackBitsZstd
+
     return append_crc32c(PackBitsZstd(level).encode(chunk))
 
 
 def decode_binary_chunk(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    from medmask_store.codecs.packbits_zstd import decode_frame
+
     return decode_frame(strip_crc32c(raw), int(np.prod(shape))).reshape(shape)
 
 
 def encode_crackle_chunk(chunk: np.ndarray, level: int) -> bytes:
+    from medmask_store.codecs.crackle_zstd import CrackleZstd
+
     return append_crc32c(CrackleZstd(level).encode(chunk))
 
 
 def decode_crackle_chunk(raw: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    return crackle_zstd.decode_chunk(strip_crc32c(raw), shape, dtype)
+    from medmask_store.codecs.crackle_zstd import decode_chunk
+
+    return decode_chunk(strip_crc32c(raw), shape, dtype)
 
 
 def chunk_decoder(codec: str, dtype: np.dtype, shape: tuple[int, ...], zarr: bool) -> Callable[[bytes], np.ndarray]:

@@ -248,9 +248,10 @@ def _run_pool(
 ) -> tuple[list[PlannedCase], list[PlannedCase]]:
     """Import ``cases`` on ``width`` workers until done or a worker dies: (cases not started, cases in flight then)."""
     # forkserver: workers fork from a clean server process (the parent may hold threads, e.g. zarr's
-    # event loop), with the worker module imported once there rather than once per worker.
+    # event loop), with the modules they use imported once there rather than once per worker
+    # (the chunk codecs and zarr-python are otherwise imported on first use).
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["medmask_store.ingest.worker"])
+    context.set_forkserver_preload(["medmask_store.ingest.worker", "medmask_store.codecs.zarr3", "medmask_store.storage.zarr_directory"])
     pending = list(reversed(cases))
     running: dict[Future[CaseResult], PlannedCase] = {}
     with ProcessPoolExecutor(width, context, initializer=start_worker, initargs=(setup,)) as pool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -11,10 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from spacetransformer import Space
 
-from medmask_store.codecs.chunks import Encoder
 from medmask_store.errors import (
     CaseExists,
     CorruptArchive,
@@ -27,20 +25,18 @@ from medmask_store.errors import (
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import validate_case_id
-from medmask_store.query.expression import evaluate_query
-from medmask_store.query.index import ArchiveIndex
 from medmask_store.storage.backend import Backend
 from medmask_store.storage.case import Case
-from medmask_store.storage.hdf5 import Hdf5Backend
 from medmask_store.storage.layout import EncodedCase, StorageSettings, encode_case
-from medmask_store.storage.packed import MAGIC as PACKED_MAGIC
-from medmask_store.storage.packed import PackedFileBackend
-from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
-from medmask_store.storage.zarr_zip import open_zarr_zip
 
 if TYPE_CHECKING:
+    import pandas as pd
+    from spacetransformer import Space
+
+    from medmask_store.codecs.chunks import Encoder
     from medmask_store.ingest import CaseOutcome, ImportReport
     from medmask_store.io.labels import LabelSource
+    from medmask_store.query.index import ArchiveIndex
 
 MODES = ("r", "r+", "a", "w", "w-")
 INDEX_SAVE_EVERY = 256
@@ -48,15 +44,23 @@ INDEX_SAVE_EVERY = 256
 # and a one-case archive stays ~3 KB smaller.
 INDEX_MIN_CASES = 32
 BackendFactory = Callable[[Path, str, StorageSettings], Backend]
-# Backend name -> (file suffixes, factory); names are what ``MaskArchive(..., backend=)`` takes.
-BACKENDS: dict[str, tuple[tuple[str, ...], BackendFactory]] = {
-    "zarr.zip": ((".zarr.zip",), open_zarr_zip),
-    "zarr": ((".zarr",), ZarrDirectoryBackend),
-    "h5": ((".h5", ".hdf5"), Hdf5Backend),
-    "msk": ((".msk",), PackedFileBackend),
+# Backend name -> (file suffixes, "module:factory"); names are what ``MaskArchive(..., backend=)``
+# takes. A backend's module (and its library, e.g. h5py) is imported when an archive of it is opened.
+BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "zarr.zip": ((".zarr.zip",), "medmask_store.storage.zarr_zip:open_zarr_zip"),
+    "zarr": ((".zarr",), "medmask_store.storage.zarr_directory:ZarrDirectoryBackend"),
+    "h5": ((".h5", ".hdf5"), "medmask_store.storage.hdf5:Hdf5Backend"),
+    "msk": ((".msk",), "medmask_store.storage.packed:PackedFileBackend"),
 }
-# What existing single files start with, for paths whose suffix names no backend.
-MAGIC_BYTES = {b"PK\x03\x04": "zarr.zip", b"\x89HDF": "h5", PACKED_MAGIC: "msk"}
+# What existing single files start with, for paths whose suffix names no backend
+# (b"MSKP" is storage.packed.MAGIC).
+MAGIC_BYTES = {b"PK\x03\x04": "zarr.zip", b"\x89HDF": "h5", b"MSKP": "msk"}
+
+
+def backend_factory(name: str) -> BackendFactory:
+    """What opens archives of backend ``name`` (its module imported on first use)."""
+    module, factory = BACKENDS[name][1].split(":")
+    return getattr(importlib.import_module(module), factory)
 
 
 def backend_name(path: Path, backend: str | None = None) -> str:
@@ -111,7 +115,7 @@ class MaskArchive:
         self.mode = mode
         self.settings = settings or StorageSettings()
         self.backend = backend_name(self.path, backend)
-        self._backend = BACKENDS[self.backend][1](self.path, mode, self.settings)
+        self._backend = backend_factory(self.backend)(self.path, mode, self.settings)
         self._batch_depth = 0
         self._index: ArchiveIndex | None = None
         self._modified: set[str] = set()  # cases written or deleted since the index was saved
@@ -184,6 +188,8 @@ class MaskArchive:
         cases are left out and a damaged index is rebuilt from the cases, with
         a :class:`DamagedDataWarning` each; otherwise they raise.
         """
+        from medmask_store.query.index import ArchiveIndex  # pandas: imported by the index users only
+
         version = self._backend.listing_version()
         listed = set(self.case_ids(skip_damaged))
         index = ArchiveIndex.from_cases([])
@@ -239,10 +245,14 @@ class MaskArchive:
 
     def query(self, expression: str, skip_damaged: bool = False) -> list[str]:
         """Ids of the cases matching an expression such as ``"liver.volume_ml > 2000 and age >= 60"``."""
+        from medmask_store.query.expression import evaluate_query
+
         return evaluate_query(expression, self.index(skip_damaged))
 
     def reindex(self, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> None:
         """Rebuild the stored index from every case's attributes (damaged cases left out, with a warning)."""
+        from medmask_store.query.index import ArchiveIndex
+
         self._check_writable()
         version = self._backend.listing_version()
         tokens = self._backend.case_tokens()
@@ -256,6 +266,8 @@ class MaskArchive:
 
     def stored_index(self) -> ArchiveIndex | None:
         """The index as stored, without reconciliation (None if none was written)."""
+        from medmask_store.query.index import ArchiveIndex
+
         stored = self._backend.read_index()
         return ArchiveIndex.from_bytes(stored, f"{self.path}: the query index") if stored else None
 

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import h5py
-import hdf5plugin
 import numpy as np
 
 from medmask_store.codecs.chunks import ENCODERS
@@ -46,9 +45,10 @@ from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, EncodedArray, EncodedCase, StorageSettings
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 
-# Filter ids by chunk codec. Ours (32766, 32767) are unregistered ids: chunks are written
-# and read here, and plain h5py reports an unknown filter instead of returning wrong data.
-FILTER_IDS = {"zstd": hdf5plugin.ZSTD_ID, "crackle_zstd": 32766, "packbits_zstd": 32767}
+# Filter ids by chunk codec: Zstd's registered id (hdf5plugin.ZSTD_ID; hdf5plugin is imported by the
+# writer only: chunks are read here, without HDF5 filters). Ours (32766, 32767) are unregistered ids:
+# chunks are written and read here, and plain h5py reports an unknown filter instead of returning wrong data.
+FILTER_IDS = {"zstd": 32015, "crackle_zstd": 32766, "packbits_zstd": 32767}
 CODECS_BY_FILTER = {filter_id: codec for codec, filter_id in FILTER_IDS.items()}
 # HDF5 1.10 object and chunk-index formats: ~10 KB less metadata per case than 1.8's,
 # and checksums on every object header and chunk index (HDF5 verifies them on read).
@@ -270,6 +270,8 @@ class Hdf5Backend(SingleWriter):
         # chunk shape must match Zarr's for byte-identical chunks.
         grid_shape = tuple(count * chunk for count, chunk in zip(array.grid, chunks))
         if array.codec == "zstd":
+            import hdf5plugin
+
             filters: dict[str, Any] = dict(hdf5plugin.Zstd(clevel=array.level))
         else:
             filters = {"compression": FILTER_IDS[array.codec], "allow_unknown_filter": True}

@@ -19,12 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
-from zarr.storage import LocalStore
 
 from medmask_store.codecs.chunks import ZARR_ENCODERS, append_crc32c, strip_crc32c
-from medmask_store.codecs.zarr3 import CrackleZstdCodec, PackBitsZstdCodec
 from medmask_store.errors import CaseNotFound, CorruptChunk, CorruptMetadata, InvalidArchive
 from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
 from medmask_store.model.attributes import archive_attributes, case_document, check_archive_attributes
@@ -35,7 +31,6 @@ from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, Encod
 
 COMPACT_JSON = {"json_indent": None}
 EMPTY_ENTRY = 2**64 - 1
-SERIALIZERS = {"crackle_zstd": CrackleZstdCodec, "packbits_zstd": PackBitsZstdCodec}
 # Our codec chains (inside the sharding codec), by the chunk codec they amount to.
 CODEC_CHAINS = {
     ("bytes", "zstd", "crc32c"): "zstd",
@@ -47,6 +42,9 @@ CASES_GROUP_CHECKSUM = "cases_group_crc32c"  # root attribute: crc32c of cases/z
 
 def create_archive_root(path: Path) -> None:
     """The root group, the empty ``cases`` group, and the sealed archive attributes covering both."""
+    import zarr  # imported by the writers only: readers never call zarr-python
+    from zarr.storage import LocalStore
+
     with zarr.config.set(COMPACT_JSON):
         zarr.create_group(LocalStore(path), zarr_format=3).create_group(CASES_GROUP)
     cases_document = compact_document(path / CASES_GROUP / "zarr.json")
@@ -72,6 +70,13 @@ def write_case_group(directory: Path, case: EncodedCase) -> None:
     layout: the chunks, then the index of (offset, length) pairs and its crc32c.
     The case's manifest records each array's chunks and the crc32c of its ``zarr.json``.
     """
+    import zarr
+    from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+    from zarr.storage import LocalStore
+
+    from medmask_store.codecs.zarr3 import CrackleZstdCodec, PackBitsZstdCodec
+
+    serializers = {"crackle_zstd": CrackleZstdCodec, "packbits_zstd": PackBitsZstdCodec}
     with zarr.config.set(COMPACT_JSON):
         group = zarr.create_group(LocalStore(directory), zarr_format=3)
     manifests = {}
@@ -82,7 +87,7 @@ def write_case_group(directory: Path, case: EncodedCase) -> None:
         if array.codec == "zstd":
             compressors.insert(0, ZstdCodec(level=array.level))
         else:
-            serializer = SERIALIZERS[array.codec](level=array.level)
+            serializer = serializers[array.codec](level=array.level)
         group.create_array(
             array.name,
             shape=array.shape,
