@@ -387,7 +387,8 @@ def targets(rows1: list[Row], t1: Table, rows2: list[Row], t2: Table) -> str:
         f"Table 2 {mean_ratio(rows2, t2, OURS_COMPACT):.1f}×)",
         comparison_line("decode time ≤ NPZ on every row (Tables 1 and 2)", both, "decode_ms", "NPZ"),
         comparison_line("decode time ≤ medmask on every row (Tables 1 and 2)", both, "decode_ms", "medmask"),
-        comparison_line("(not a stated target) Table 2 ours size ≤ medmask on every row", both[1:], "size", "medmask"),
+        comparison_line("Table 2 ours size ≤ medmask on every row", both[1:], "size", "medmask"),
+        comparison_line("encode time ≤ medmask on every row (Tables 1 and 2; issue 13)", both, "encode_ms", "medmask"),
     ]
     return "\n".join(lines)
 

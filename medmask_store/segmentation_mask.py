@@ -49,6 +49,7 @@ from medmask_store.errors import CorruptChunk, InvalidArchive, InvalidCase, Orga
 from medmask_store.model.case_data import CaseData
 from medmask_store.model.palette import Color
 from medmask_store.model.validation import MAX_LABEL_VALUE, validate_organ_name
+from medmask_store.model.voxels import occupied_box
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.case import Case
 from medmask_store.storage.chunked import iter_chunks
@@ -434,15 +435,17 @@ class _DecodedChunks:
 
 
 def _present_labels(array: np.ndarray) -> list[int]:
-    """The nonzero values of a label array, sorted (bincount: one pass, no sort)."""
+    """The nonzero values of a label array, sorted (one bincount over the occupied box)."""
     if array.dtype == np.bool_:
         return [1] if array.any() else []
-    if array.size == 0:
+    box = occupied_box(array) if array.ndim == 3 else (slice(None),) * array.ndim
+    if box is None or array.size == 0:
         return []
-    top = int(array.max())
+    block = array[box]
+    top = int(block.max())
     if top > MAX_LABEL_VALUE:
         raise InvalidCase(f"mask array holds label {top}; labels must be at most {MAX_LABEL_VALUE}")
-    counts = np.bincount(array.ravel(order="K"), minlength=1)
+    counts = np.bincount(block.ravel(order="K"), minlength=1)
     return [int(v) for v in np.flatnonzero(counts[1:]) + 1]
 
 

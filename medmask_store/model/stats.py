@@ -29,12 +29,16 @@ class OrganStats:
     @classmethod
     def from_flat_indices(cls, flat_indices: np.ndarray, space: Space) -> OrganStats:
         """Compute statistics from C-order flat indices into a volume of ``space.shape``."""
-        if flat_indices.size == 0:
+        return cls.from_coords(np.unravel_index(flat_indices, space.shape), space)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_coords(cls, coords: tuple[np.ndarray, np.ndarray, np.ndarray], space: Space) -> OrganStats:
+        """Compute statistics from the (i, j, k) coordinate arrays of the organ's voxels."""
+        if coords[0].size == 0:
             return cls.empty()
-        coords = np.unravel_index(flat_indices, space.shape)
         bbox = tuple((int(c.min()), int(c.max()) + 1) for c in coords)
         centroid = tuple(round(float(c.mean()), 3) for c in coords)
-        return cls.from_summary(int(flat_indices.size), bbox, centroid, space)  # type: ignore[arg-type]
+        return cls.from_summary(int(coords[0].size), bbox, centroid, space)  # type: ignore[arg-type]
 
     @classmethod
     def from_summary(

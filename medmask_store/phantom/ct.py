@@ -8,6 +8,7 @@ import numpy as np
 from spacetransformer import Space
 
 from medmask_store.io.totalsegmentator import TOTAL_CLASSES
+from medmask_store.model.voxels import occupied_box
 from medmask_store.phantom.anatomy import OVERLAPS, body_plan
 from medmask_store.phantom.shapes import Axes, Bounds, Box, paint, window, within
 
@@ -71,7 +72,7 @@ class CtPhantom(Mapping[str, np.ndarray]):
             slab = (axes[0], axes[1], axes[2][start : start + SLAB])
             part = mask[:, :, start : start + SLAB]
             paint(part, self.plan[name], slab)
-            held = occupied(part)
+            held = occupied_box(part)
             if held is not None:  # solids claimed earlier are carved out only where this one lies
                 for blocker in blockers:
                     paint(part[held], blocker, within(held, slab), erase=True)
@@ -91,15 +92,6 @@ class CtPhantom(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(TOTAL_CLASSES)
-
-
-def occupied(mask: np.ndarray) -> Box | None:
-    """The columns of ``mask`` holding a True voxel, as the smallest box in x and y (all of z), or None."""
-    columns = np.any(mask, axis=2)
-    xs, ys = np.flatnonzero(columns.any(axis=1)), np.flatnonzero(columns.any(axis=0))
-    if not xs.size:
-        return None
-    return slice(xs[0], xs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(None)
 
 
 def make_ct_phantom(

@@ -16,6 +16,7 @@ from medmask_store.limits import MAX_CHUNK_EDGE, MAX_CHUNKS_PER_ARRAY
 from medmask_store.model.attributes import case_attributes
 from medmask_store.model.case_data import CaseData
 from medmask_store.model.manifest import BINARY_LAYERS, LABEL_CODECS, LABEL_VOLUME, LAYER_CODEC, ArrayManifest
+from medmask_store.model.voxels import occupied_box
 from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
 CASES_GROUP = "cases"
@@ -71,10 +72,13 @@ class ArrayToWrite:
     def encode(self, encoders: dict[str, Encoder]) -> EncodedArray:
         """Every non-empty chunk, zero-padded to the chunk shape and encoded, in chunk order.
 
-        Encoding runs on ``worker_threads()`` threads: Zstd and Crackle release the GIL.
+        Only chunks inside the volume's occupied box are looked at; encoding runs
+        on ``worker_threads()`` threads: Zstd and Crackle release the GIL.
         """
         encode = encoders[self.codec]
-        regions = [(coords, region) for coords, region in iter_chunks(self.data.shape, self.chunks)]
+        regions = list(iter_chunks(self.data.shape, self.chunks))
+        box = occupied_box(self.data) if self.data.ndim == 3 else tuple(slice(0, n) for n in self.data.shape)
+        regions = [(coords, region) for coords, region in regions if box is not None and _overlap(region, box)]
 
         def encoded(region: tuple[slice, ...]) -> bytes | None:
             block = self.data[region]
@@ -162,6 +166,10 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
         BINARY_LAYERS, windows, (1, *cube), ("layer", "i", "j", "k"), LAYER_CODEC, settings.layer_level
     )
     return [label_volume, layers], origins
+
+
+def _overlap(region: tuple[slice, ...], box: tuple[slice, ...]) -> bool:
+    return all(r.start < b.stop and b.start < r.stop for r, b in zip(region, box))
 
 
 def _layer_windows(data: CaseData, chunk: int) -> tuple[list[list[int]], np.ndarray]:

@@ -557,3 +557,10 @@ def test_masks_are_taken_one_per_thread(phantom, threads: int, monkeypatch: pyte
     assert masks.most_alive <= threads
     for name, mask in phantom[0].items():
         np.testing.assert_array_equal(data.organ_mask(name), mask, err_msg=name)
+
+
+def test_from_labels_refuses_negative_values() -> None:
+    labels = np.zeros(SHAPE, dtype=np.int16)
+    labels[1, 2, 3], labels[4, 4, 4] = -2, 1
+    with pytest.raises(InvalidCase, match=r"negative values \(down to -2\)"):
+        CaseData.from_labels(labels, {"a": 1}, SPACE)
