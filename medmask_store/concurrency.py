@@ -8,8 +8,11 @@ processes already keep every core busy, and more threads would only contend.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 # glibc's mallopt parameters, and the values an import sets.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -22,6 +25,13 @@ _threads = min(2, os.cpu_count() or 1)
 def worker_threads() -> int:
     """Threads for scanning masks and encoding chunks in this process."""
     return _threads
+
+
+def thread_pool() -> ThreadPoolExecutor:
+    """A pool of :func:`worker_threads` threads (``concurrent.futures`` loads on first use: the CLI starts without it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(worker_threads())
 
 
 def use_threads(count: int) -> None:
@@ -41,8 +51,7 @@ def keep_freed_memory() -> None:
     the buffer is reused). Import worker processes and the CLI call this; the
     freed memory stays with the process until it exits, so peak RSS is unchanged.
     """
-    libc_name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library the interpreter runs on
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, MAX_HEAP_ALLOCATION)
         mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)

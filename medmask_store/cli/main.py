@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from contextlib import nullcontext
@@ -25,6 +26,9 @@ class MaskStoreGroup(click.Group):
     """Turns library errors into one-line messages and exit code 1, and warnings into one-line notes."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # No command does linear algebra worth threads, and OpenBLAS starting one per core when NumPy
+        # loads costs ~90 ms of start-up on a busy 2-core machine. A value the user set is kept.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:

@@ -20,7 +20,6 @@ import google_crc32c
 import numpy as np
 import zstandard
 
-from medmask_store.codecs.zstd_tuning import label_compressor
 from medmask_store.errors import CorruptChunk
 
 # The codec modules (numcodecs, crackle) are imported by the functions that use them: listing
@@ -45,8 +44,8 @@ def strip_crc32c(data: bytes) -> bytes:
 
 def encode_label_chunk(chunk: np.ndarray, level: int) -> bytes:
     """A checksummed Zstd frame (the HDF5 label-chunk format)."""
-    raw = np.ascontiguousarray(chunk).tobytes()
-    return label_compressor(level, len(raw), write_checksum=True).compress(raw)
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return compressor.compress(np.ascontiguousarray(chunk).tobytes())
 
 
 _local = threading.local()
@@ -117,8 +116,8 @@ def chunk_decoder(codec: str, dtype: np.dtype, shape: tuple[int, ...], zarr: boo
 
 def encode_zarr_label_chunk(chunk: np.ndarray, level: int) -> bytes:
     """A Zstd frame and its crc32c: what Zarr's ``bytes -> zstd -> crc32c`` chain stores."""
-    raw = np.ascontiguousarray(chunk).tobytes()
-    return append_crc32c(label_compressor(level, len(raw), write_content_size=True).compress(raw))
+    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return append_crc32c(compressor.compress(np.ascontiguousarray(chunk).tobytes()))
 
 
 Encoder = Callable[[np.ndarray, int], bytes]

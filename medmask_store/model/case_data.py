@@ -12,14 +12,13 @@ while two large organs touching in a few voxels cost a layer of those voxels onl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from spacetransformer import Space
 
-from medmask_store.concurrency import worker_threads
+from medmask_store.concurrency import thread_pool
 from medmask_store.errors import InvalidCase
 from medmask_store.model.palette import Color
 from medmask_store.model.stats import OrganStats
@@ -74,7 +73,7 @@ class CaseData:
             raise InvalidCase(f"mapping does not match the masks: no value for {missing}, no mask for {extra}")
         # Each thread takes a mask from ``masks`` itself (a lazy mapping reads it then), so at most one
         # mask per thread is in memory, however fast masks load; numpy scans release the GIL.
-        with ThreadPoolExecutor(worker_threads()) as pool:
+        with thread_pool() as pool:
             found = pool.map(lambda name: _mask_indices(name, masks[name], space), list(masks))
             voxel_indices = dict(zip(masks, found))
         return cls._from_voxel_indices(space, mapping, voxel_indices, validate_meta(meta))

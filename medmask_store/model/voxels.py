@@ -51,7 +51,7 @@ def nonzero_voxels(volume: np.ndarray) -> tuple[Coords, np.ndarray]:
     box = occupied_box(volume)
     if box is None:
         empty = np.empty(0, dtype=np.intp)
-        return (empty, empty, empty), volume.reshape(-1)[:0]
+        return (empty, empty, empty), np.empty(0, dtype=volume.dtype)
     block = volume[box]
     fortran = volume.flags.f_contiguous and not volume.flags.c_contiguous
     flat = np.ascontiguousarray(block.T if fortran else block).reshape(-1)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from medmask_store.codecs.chunks import Encoder
-from medmask_store.concurrency import worker_threads
+from medmask_store.concurrency import thread_pool
 from medmask_store.errors import InvalidCase
 from medmask_store.limits import MAX_CHUNK_EDGE, MAX_CHUNKS_PER_ARRAY
 from medmask_store.model.attributes import case_attributes
@@ -88,7 +87,7 @@ class ArrayToWrite:
             padded[tuple(slice(0, n) for n in block.shape)] = block
             return encode(padded, self.level)
 
-        with ThreadPoolExecutor(worker_threads()) as pool:
+        with thread_pool() as pool:
             results = list(pool.map(encoded, (region for _, region in regions)))
         chunks = [(coords, data) for (coords, _), data in zip(regions, results) if data is not None]
         return EncodedArray(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ from medmask_store.phantom import make_phantom
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.layout import PRESETS
 
-HEAVY = ("numpy", "spacetransformer", "pandas", "zarr", "numcodecs", "h5py", "hdf5plugin", "nibabel", "crackle", "tqdm")
+HEAVY = (
+    "numpy", "spacetransformer", "pandas", "zarr", "numcodecs", "h5py", "hdf5plugin", "nibabel", "crackle", "tqdm",
+    "concurrent.futures",  # stdlib, but 20 ms with the logging it loads
+)  # fmt: skip
 # Runs in a fresh interpreter: the statements, then prints which HEAVY packages got imported.
 REPORT = "; print(sorted(m for m in {heavy!r} if m in sys.modules))"
 
@@ -56,3 +60,16 @@ def test_preset_choices_are_the_presets() -> None:
         (preset,) = (param for param in command.params if param.name == "preset")
         assert isinstance(preset.type, click.Choice)
         assert list(preset.type.choices) == list(PRESETS)
+
+
+def test_commands_start_numpy_without_blas_threads_unless_the_user_asks(tmp_path: Path) -> None:
+    statements = (
+        "import os; from medmask_store.cli.main import main; main(['ls', '--help'], standalone_mode=False); "
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'))"
+    )
+    for given, expected in ((None, "1"), ("3", "3")):
+        env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_NUM_THREADS"}
+        env.update({} if given is None else {"OPENBLAS_NUM_THREADS": given})
+        completed = subprocess.run([sys.executable, "-c", statements], capture_output=True, text=True, env=env, timeout=120)
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.splitlines()[-1] == expected
