@@ -111,14 +111,43 @@ class MaskArchive:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.path = Path(path)
+        self._opened: Backend | None
+        self._attach(Path(path), mode, settings or StorageSettings(), backend_name(Path(path), backend))
+        self._opened = backend_factory(self.backend)(self.path, mode, self.settings)
+
+    def _attach(self, path: Path, mode: str, settings: StorageSettings, backend: str) -> None:
+        self.path = path
         self.mode = mode
-        self.settings = settings or StorageSettings()
-        self.backend = backend_name(self.path, backend)
-        self._backend = backend_factory(self.backend)(self.path, mode, self.settings)
+        self.settings = settings
+        self.backend = backend
+        self._opened = None
         self._batch_depth = 0
         self._index: ArchiveIndex | None = None
         self._modified: set[str] = set()  # cases written or deleted since the index was saved
+
+    @property
+    def _backend(self) -> Backend:
+        """The open backend; an archive unpickled in another process opens its own on first use."""
+        if self._opened is None:
+            self._opened = backend_factory(self.backend)(self.path, self.mode, self.settings)
+        return self._opened
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle by path, for worker processes (DataLoader, multiprocessing, fork or spawn).
+
+        No file descriptor or HDF5 handle crosses processes: the receiving process
+        reopens the archive read-only on first use. Only archives opened with mode
+        ``"r"`` pickle: a writer's uncommitted cases exist in its own process only.
+        """
+        if self.mode != "r":
+            raise TypeError(
+                f"{self.path} is open for writing (mode {self.mode!r}); only archives opened with mode 'r' "
+                "can be pickled (worker processes reopen them by path)"
+            )
+        return {"path": str(self.path.absolute()), "backend": self.backend, "settings": self.settings}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._attach(Path(state["path"]), "r", state["settings"], state["backend"])
 
     def __enter__(self) -> MaskArchive:
         return self
@@ -128,11 +157,13 @@ class MaskArchive:
 
     def close(self) -> None:
         """Commit pending writes (and the index) and release the archive."""
+        if self._opened is None:  # unpickled and never used: nothing to release
+            return
         try:
-            if not self._backend.read_only:
+            if not self._opened.read_only:
                 self.commit()
         finally:
-            self._backend.close()
+            self._opened.close()
 
     def commit(self) -> None:
         """Make all writes so far, and the index, durable and visible to other processes."""
@@ -316,7 +347,7 @@ class MaskArchive:
         validate_case_id(case_id)
         stored = self._backend.open_case(case_id)
         where = f"{self.path}: case {case_id!r}"
-        return Case(stored, CaseInfo.from_attributes(case_id, stored.attributes, self.path), where)
+        return Case(stored, CaseInfo.from_attributes(case_id, stored.attributes, self.path), where, source=self)
 
     # -- writing ---------------------------------------------------------
     def _check_writable(self) -> None:

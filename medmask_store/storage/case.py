@@ -8,8 +8,9 @@ bounding box).
 from __future__ import annotations
 
 import difflib
+import operator
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 from spacetransformer import Space
@@ -24,6 +25,9 @@ from medmask_store.model.stats import BBox, OrganStats
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
 
+if TYPE_CHECKING:
+    from medmask_store.storage.archive import MaskArchive
+
 
 def _bbox_slices(bbox: BBox) -> VoxelBox:
     return tuple(slice(start, stop) for start, stop in bbox)  # type: ignore[return-value]
@@ -32,11 +36,18 @@ def _bbox_slices(bbox: BBox) -> VoxelBox:
 class Case:
     """One case of an archive. Metadata is read at once, voxels only on request."""
 
-    def __init__(self, stored: StoredCase, info: CaseInfo, where: str) -> None:
+    def __init__(self, stored: StoredCase, info: CaseInfo, where: str, source: MaskArchive | None = None) -> None:
         self._stored_case = stored
         self.info = info
         self.where = where  # the archive and case, for messages
+        self._source = source  # the archive it was read from: a pickled case reopens it by path
         self._arrays: dict[str, ChunkedArray] = {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as (archive, case id): the receiving process reopens the archive by path and reads the case."""
+        if self._source is None:
+            raise TypeError(f"{self.where}: a case not read from an archive cannot be pickled")
+        return operator.getitem, (self._source, self.case_id)
 
     def __repr__(self) -> str:
         return f"<Case {self.case_id!r} shape={tuple(self.space.shape)} organs={len(self.mapping)}>"
