@@ -314,6 +314,53 @@ def read_command(archive: Path, case_id: str, organ: str | None, region: str | N
     click.echo(f"wrote {out_path}: shape {data.shape}, {np.count_nonzero(data)} non-zero voxels")
 
 
+@main.command("sample")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.option("--patch", "patch_size", default="96", show_default=True, help="Patch edge in voxels, or X,Y,Z.")
+@click.option("--n", "count", default=8, show_default=True, type=click.IntRange(min=1), help="Patches to write.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--foreground", default=0.33, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of patches centred on a random voxel of a random organ present.")  # fmt: skip
+@click.option("--organs", help="Comma-separated organs: one boolean channel each (overlaps exact) instead of labels.")
+@click.option("--cases", help="Query expression choosing the cases (default: all).")
+@click.option("--seed", default=0, show_default=True, type=int)
+def sample_command(
+    archive: Path, patch_size: str, count: int, out_dir: Path, foreground: float, organs: str | None,
+    cases: str | None, seed: int,
+) -> None:  # fmt: skip
+    """Write patches as a training loader would draw them: NNN.npy, and NNN.json with case, box, organ and affine."""
+    import numpy as np
+
+    from medmask_store.sampling import PatchSampler
+    from medmask_store.storage.archive import MaskArchive
+
+    try:
+        size = [int(n) for n in patch_size.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{patch_size!r} is not an edge or X,Y,Z", param_hint="--patch") from None
+    if len(size) not in (1, 3):
+        raise click.BadParameter(f"{patch_size!r}: give one edge or three", param_hint="--patch")
+    with MaskArchive(archive) as store:
+        try:
+            sampler = PatchSampler(
+                store, size[0] if len(size) == 1 else size, cases=cases, foreground_fraction=foreground,
+                organs=organs.split(",") if organs else None, seed=seed,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            patch = sampler.sample()
+            np.save(out_dir / f"{index:03d}.npy", patch.data)
+            description = {
+                "case_id": patch.case_id, "start": list(patch.start), "shape": list(patch.data.shape),
+                "organ": patch.organ, "channels": sampler.organs, "affine": patch.space.to_nifti_affine().tolist(),
+            }  # fmt: skip
+            (out_dir / f"{index:03d}.json").write_text(json.dumps(description, indent=1) + "\n")
+            what = f"centred on {patch.organ}" if patch.organ else "uniform"
+            click.echo(f"{index:03d}: case {patch.case_id}, start {list(patch.start)}, {what}")
+
+
 @main.command("convert")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("destination", type=click.Path(path_type=Path))

@@ -1,0 +1,175 @@
+"""Patches for training loops: uniform and foreground-oversampled boxes, padded at the border like nnU-Net v2.
+
+A patch is ``patch_size`` voxels of one case. Its lower corner is drawn as
+nnU-Net v2 draws it: uniformly over every position where the patch keeps at
+least half of its excess over the volume inside (so a patch larger than the
+volume is centred), or, for a foreground patch, centred on a random voxel of a
+randomly chosen organ present in the case, then shifted into that same range.
+Voxels outside the volume read :data:`PAD_LABEL` (-1, nnU-Net's segmentation
+padding) in label patches and False in organ channels.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medmask_store.errors import InvalidRegion, OrganNotFound
+from medmask_store.model.voxels import flat_nonzero
+
+if TYPE_CHECKING:
+    from spacetransformer import Space
+
+    from medmask_store.storage.archive import MaskArchive
+    from medmask_store.storage.case import Case
+
+PAD_LABEL = -1
+LABEL_PATCH_DTYPE = np.dtype(np.int16)  # holds every label value (≤ 32767 in practice) and PAD_LABEL
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One sampled patch: where it lies in its case, its voxels and its geometry."""
+
+    case_id: str
+    start: tuple[int, int, int]  # lower corner in the case's voxel grid; negative or past the end where padded
+    data: np.ndarray  # int16 labels (x, y, z), or bool organ channels (organ, x, y, z) when organs are chosen
+    space: Space  # the patch's own geometry (its affine), padding included
+    organ: str | None  # the organ a foreground patch is centred on; None for a uniform one
+
+    @property
+    def box(self) -> tuple[slice, slice, slice]:
+        """The patch as voxel slices of its case (they may reach outside the volume)."""
+        size = self.data.shape[-3:]
+        return (slice(self.start[0], self.start[0] + size[0]), slice(self.start[1], self.start[1] + size[1]),
+                slice(self.start[2], self.start[2] + size[2]))  # fmt: skip
+
+
+class PatchSampler:
+    """Random patches of an archive's cases, reproducible from ``seed``.
+
+    ``cases``: case ids, or a query expression (``archive.query``); all cases by
+    default. ``foreground_fraction`` of the patches are centred on an organ
+    (``class_probabilities``: organ name -> weight, among the organs present in
+    the drawn case; equal weights by default). ``organs``: return one boolean
+    channel per organ, overlaps exact, instead of the label patch. Organ voxels
+    are found from the stored bounding box and the organ's own chunks, never by
+    reading the whole volume. Up to ``open_cases`` cases stay open per process.
+    """
+
+    def __init__(
+        self,
+        archive: MaskArchive,
+        patch_size: int | Sequence[int],
+        *,
+        cases: Sequence[str] | str | None = None,
+        foreground_fraction: float = 0.33,
+        class_probabilities: Mapping[str, float] | None = None,
+        organs: Sequence[str] | None = None,
+        seed: int | None = 0,
+        open_cases: int = 16,
+    ) -> None:
+        size = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(int(n) for n in patch_size)
+        if len(size) != 3 or min(size) < 1:
+            raise ValueError(f"patch_size must be one positive int or three, got {patch_size!r}")
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        if class_probabilities is not None and any(not w >= 0 for w in class_probabilities.values()):
+            raise ValueError("class_probabilities must be non-negative weights")
+        if open_cases < 1:
+            raise ValueError(f"open_cases must be at least 1, got {open_cases}")
+        self.archive = archive
+        self.patch_size: tuple[int, int, int] = size  # type: ignore[assignment]
+        self.case_ids = list(archive.query(cases) if isinstance(cases, str) else archive.case_ids() if cases is None else cases)
+        if not self.case_ids:
+            raise ValueError(f"{archive.path}: no cases to sample from" + (f" (query {cases!r})" if isinstance(cases, str) else ""))
+        self.foreground_fraction = foreground_fraction
+        self.class_probabilities = dict(class_probabilities) if class_probabilities is not None else None
+        self.organs = list(organs) if organs is not None else None
+        self.open_cases = open_cases
+        self.rng = np.random.default_rng(seed)
+        self._open: OrderedDict[str, Case] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles for worker processes without its open cases (the archive pickles by path)."""
+        return {**self.__dict__, "_open": OrderedDict()}
+
+    def reseed(self, seed: int) -> None:
+        """Start a new random stream, e.g. one per DataLoader worker (``worker_info.seed``)."""
+        self.rng = np.random.default_rng(seed)
+
+    def __iter__(self) -> Iterator[Patch]:
+        while True:
+            yield self.sample()
+
+    def sample(self, case_id: str | None = None) -> Patch:
+        """One patch of ``case_id`` (a random case by default)."""
+        case = self.case(case_id if case_id is not None else self.case_ids[int(self.rng.integers(len(self.case_ids)))])
+        organ = self._foreground_organ(case) if self.rng.random() < self.foreground_fraction else None
+        start = self._start(case, organ)
+        return Patch(case.case_id, start, self.read(case, start), case.space.apply_bbox(self._bbox(start)), organ)
+
+    def case(self, case_id: str) -> Case:
+        """An open case, from this process's cache of the ``open_cases`` most recently used."""
+        if case_id in self._open:
+            self._open.move_to_end(case_id)
+            return self._open[case_id]
+        case = self._open[case_id] = self.archive[case_id]
+        if len(self._open) > self.open_cases:
+            self._open.popitem(last=False)
+        return case
+
+    def read(self, case: Case, start: Sequence[int]) -> np.ndarray:
+        """The patch at ``start`` (padded outside the volume): labels, or the chosen organs' channels."""
+        shape = tuple(int(n) for n in case.space.shape)
+        inside = tuple(slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, self.patch_size, shape))
+        placed = tuple(slice(i.start - s, i.stop - s) for i, s in zip(inside, start))
+        if self.organs is None:
+            patch = np.full(self.patch_size, PAD_LABEL, dtype=LABEL_PATCH_DTYPE)
+            patch[placed] = case.read_region(inside)
+            return patch
+        channels = np.zeros((len(self.organs), *self.patch_size), dtype=bool)
+        for channel, name in zip(channels, self.organs):
+            channel[placed] = case.read_organ(name, inside)
+        return channels
+
+    # -- drawing ---------------------------------------------------------------
+    def _foreground_organ(self, case: Case) -> str | None:
+        present = [name for name, stats in case.stats.items() if stats.voxels and (self.organs is None or name in self.organs)]
+        if self.class_probabilities is not None:
+            unknown = sorted(set(self.class_probabilities) - set(case.mapping))
+            if unknown:
+                raise OrganNotFound(f"{case.where}: class_probabilities names organs the case does not have: {unknown}")
+            present = [name for name in present if self.class_probabilities.get(name, 0.0) > 0]
+        if not present:
+            return None  # nnU-Net falls back to a uniform patch when no wanted class is present
+        weights = np.array([self.class_probabilities[n] if self.class_probabilities else 1.0 for n in present])
+        return present[int(self.rng.choice(len(present), p=weights / weights.sum()))]
+
+    def _start(self, case: Case, organ: str | None) -> tuple[int, int, int]:
+        shape = [int(n) for n in case.space.shape]
+        excess = [max(p - n, 0) for p, n in zip(self.patch_size, shape)]
+        low = [-(e // 2) for e in excess]
+        high = [n + e // 2 + e % 2 - p for n, e, p in zip(shape, excess, self.patch_size)]
+        if organ is None:
+            return tuple(int(self.rng.integers(lo, hi + 1)) for lo, hi in zip(low, high))  # type: ignore[return-value]
+        voxel = self._organ_voxel(case, organ)
+        return tuple(int(min(max(v - p // 2, lo), hi)) for v, p, lo, hi in zip(voxel, self.patch_size, low, high))  # type: ignore[return-value]
+
+    def _organ_voxel(self, case: Case, organ: str) -> tuple[int, int, int]:
+        """A random voxel of ``organ``: its stored bounding box, then only the chunks inside it."""
+        mask, _ = case.read_organ(organ, crop=True)
+        hits = flat_nonzero(mask.reshape(-1))
+        if hits.size == 0:
+            raise InvalidRegion(f"{case.where}: organ {organ!r} has no voxels")
+        local = np.unravel_index(int(hits[self.rng.integers(hits.size)]), mask.shape)
+        bbox = case.stats[organ].bbox
+        assert bbox is not None
+        return tuple(int(c) + lo for c, (lo, _) in zip(local, bbox))  # type: ignore[return-value]
+
+    def _bbox(self, start: Sequence[int]) -> np.ndarray:
+        return np.array([[s, s + p] for s, p in zip(start, self.patch_size)])
