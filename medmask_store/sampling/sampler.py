@@ -44,9 +44,15 @@ class Patch:
     @property
     def box(self) -> tuple[slice, slice, slice]:
         """The patch as voxel slices of its case (they may reach outside the volume)."""
-        size = self.data.shape[-3:]
-        return (slice(self.start[0], self.start[0] + size[0]), slice(self.start[1], self.start[1] + size[1]),
-                slice(self.start[2], self.start[2] + size[2]))  # fmt: skip
+        return _box(self.start, self.data.shape[-3:])
+
+    def cut(self, volume: Any, fill: float = 0) -> np.ndarray:
+        """The same box of another array over the case's grid (an image: NumPy, zarr, nibabel proxy...), ``fill`` outside."""
+        inside, placed = _window(self.start, self.data.shape[-3:], volume.shape)
+        region = np.asarray(volume[inside])
+        out = np.full(self.data.shape[-3:], fill, dtype=region.dtype)
+        out[placed] = region
+        return out
 
 
 class PatchSampler:
@@ -125,9 +131,7 @@ class PatchSampler:
 
     def read(self, case: Case, start: Sequence[int]) -> np.ndarray:
         """The patch at ``start`` (padded outside the volume): labels, or the chosen organs' channels."""
-        shape = tuple(int(n) for n in case.space.shape)
-        inside = tuple(slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, self.patch_size, shape))
-        placed = tuple(slice(i.start - s, i.stop - s) for i, s in zip(inside, start))
+        inside, placed = _window(start, self.patch_size, case.space.shape)
         if self.organs is None:
             patch = np.full(self.patch_size, PAD_LABEL, dtype=LABEL_PATCH_DTYPE)
             patch[placed] = case.read_region(inside)
@@ -173,3 +177,13 @@ class PatchSampler:
 
     def _bbox(self, start: Sequence[int]) -> np.ndarray:
         return np.array([[s, s + p] for s, p in zip(start, self.patch_size)])
+
+
+def _box(start: Sequence[int], size: Sequence[int]) -> tuple[slice, slice, slice]:
+    return slice(start[0], start[0] + size[0]), slice(start[1], start[1] + size[1]), slice(start[2], start[2] + size[2])
+
+
+def _window(start: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The part of a box inside a volume of ``shape``, as slices of the volume and of the box."""
+    inside = tuple(slice(max(s, 0), min(s + p, int(n))) for s, p, n in zip(start, size, shape))
+    return inside, tuple(slice(i.start - s, i.stop - s) for i, s in zip(inside, start))
