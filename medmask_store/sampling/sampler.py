@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medmask_store.errors import InvalidRegion, OrganNotFound
+from medmask_store.errors import OrganNotFound
 from medmask_store.model.voxels import flat_nonzero
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from medmask_store.storage.case import Case
 
 PAD_LABEL = -1
+LOCATIONS_PER_ORGAN = 10_000  # voxels kept per organ to centre patches on, as nnU-Net v2's class locations
 LABEL_PATCH_DTYPE = np.dtype(np.int16)  # holds every label value (≤ 32767 in practice) and PAD_LABEL
 
 
@@ -99,10 +100,11 @@ class PatchSampler:
         self.open_cases = open_cases
         self.rng = np.random.default_rng(seed)
         self._open: OrderedDict[str, Case] = OrderedDict()
+        self._locations: dict[tuple[str, str], np.ndarray] = {}  # (case, organ) -> voxels (n, 3), for open cases
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickles for worker processes without its open cases (the archive pickles by path)."""
-        return {**self.__dict__, "_open": OrderedDict()}
+        return {**self.__dict__, "_open": OrderedDict(), "_locations": {}}
 
     def reseed(self, seed: int) -> None:
         """Start a new random stream, e.g. one per DataLoader worker (``worker_info.seed``)."""
@@ -126,7 +128,8 @@ class PatchSampler:
             return self._open[case_id]
         case = self._open[case_id] = self.archive[case_id]
         if len(self._open) > self.open_cases:
-            self._open.popitem(last=False)
+            closed, _ = self._open.popitem(last=False)
+            self._locations = {key: voxels for key, voxels in self._locations.items() if key[0] != closed}
         return case
 
     def read(self, case: Case, start: Sequence[int]) -> np.ndarray:
@@ -165,15 +168,22 @@ class PatchSampler:
         return tuple(int(min(max(v - p // 2, lo), hi)) for v, p, lo, hi in zip(voxel, self.patch_size, low, high))  # type: ignore[return-value]
 
     def _organ_voxel(self, case: Case, organ: str) -> tuple[int, int, int]:
-        """A random voxel of ``organ``: its stored bounding box, then only the chunks inside it."""
-        mask, _ = case.read_organ(organ, crop=True)
-        hits = flat_nonzero(mask.reshape(-1))
-        if hits.size == 0:
-            raise InvalidRegion(f"{case.where}: organ {organ!r} has no voxels")
-        local = np.unravel_index(int(hits[self.rng.integers(hits.size)]), mask.shape)
-        bbox = case.stats[organ].bbox
-        assert bbox is not None
-        return tuple(int(c) + lo for c, (lo, _) in zip(local, bbox))  # type: ignore[return-value]
+        """A random voxel of ``organ``, among up to :data:`LOCATIONS_PER_ORGAN` drawn once per open case.
+
+        They come from the organ's stored bounding box and the chunks inside it only.
+        """
+        key = (case.case_id, organ)
+        if key not in self._locations:
+            mask, _ = case.read_organ(organ, crop=True)
+            hits = flat_nonzero(mask.reshape(-1))
+            if hits.size > LOCATIONS_PER_ORGAN:
+                hits = np.sort(self.rng.choice(hits, LOCATIONS_PER_ORGAN, replace=False))
+            bbox = case.stats[organ].bbox
+            assert bbox is not None
+            origin = np.array([lo for lo, _ in bbox])
+            self._locations[key] = np.stack(np.unravel_index(hits, mask.shape), axis=1) + origin
+        voxels = self._locations[key]
+        return tuple(int(c) for c in voxels[self.rng.integers(len(voxels))])  # type: ignore[return-value]
 
     def _bbox(self, start: Sequence[int]) -> np.ndarray:
         return np.array([[s, s + p] for s, p in zip(start, self.patch_size)])

@@ -16,6 +16,8 @@ from medmask_store.cli.main import main
 from medmask_store.errors import OrganNotFound
 from medmask_store.phantom import make_phantom
 from medmask_store.sampling import PAD_LABEL, Patch, PatchSampler
+from medmask_store.sampling import sampler as sampler_module
+from medmask_store.storage.case import Case
 
 SHAPE = (96, 80, 64)
 
@@ -165,3 +167,19 @@ def test_sample_command_organ_channels_and_bad_patch(stored: Path, tmp_path: Pat
     assert np.load(tmp_path / "o" / "000.npy").shape == (2, 8, 8, 8)
     result = CliRunner().invoke(main, ["sample", str(stored), "--patch", "8,8", "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "give one edge or three" in result.output
+
+
+def test_foreground_centres_come_from_a_bounded_set_of_organ_voxels_per_case(
+    stored: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sampler_module, "LOCATIONS_PER_ORGAN", 5)
+    with MaskArchive(stored) as archive:
+        sampler = PatchSampler(archive, 8, cases=["ct02"], foreground_fraction=1.0, class_probabilities={"liver": 1.0}, seed=9)
+        reads = []
+        original = Case.read_organ
+        monkeypatch.setattr(Case, "read_organ", lambda self, *a, **k: reads.append(a) or original(self, *a, **k))
+        starts = {sampler.sample().start for _ in range(60)}
+        assert len(reads) == 1  # the organ's chunks are read once per open case
+        liver = archive["ct02"].read_organ("liver")
+    assert 1 < len(starts) <= 5
+    assert all(liver[tuple(s + 4 for s in start)] for start in starts)  # each centre is a liver voxel
