@@ -70,7 +70,7 @@ def item(patch: Patch, images: Mapping[str, Any] | None = None, image_fill: floa
     out: dict[str, Any] = {
         "label": torch.from_numpy(np.ascontiguousarray(label)),
         "case_id": patch.case_id,
-        "box": torch.tensor([[s.start, s.stop] for s in patch.box]),
+        "box": torch.from_numpy(patch.bounds),
         "affine": torch.from_numpy(patch.space.to_nifti_affine()),
         "organ": patch.organ or "",
     }

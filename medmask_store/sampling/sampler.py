@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medmask_store.errors import OrganNotFound
-from medmask_store.model.voxels import flat_nonzero
+from medmask_store.model.voxels import nonzero_voxels
 
 if TYPE_CHECKING:
     from spacetransformer import Space
@@ -46,6 +46,11 @@ class Patch:
     def box(self) -> tuple[slice, slice, slice]:
         """The patch as voxel slices of its case (they may reach outside the volume)."""
         return _box(self.start, self.data.shape[-3:])
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """The box as (start, stop) voxel rows, shape (3, 2)."""
+        return _bounds(self.box)
 
     def cut(self, volume: Any, fill: float = 0) -> np.ndarray:
         """The same box of another array over the case's grid (an image: NumPy, zarr, nibabel proxy...), ``fill`` outside."""
@@ -119,7 +124,8 @@ class PatchSampler:
         case = self.case(case_id if case_id is not None else self.case_ids[int(self.rng.integers(len(self.case_ids)))])
         organ = self._foreground_organ(case) if self.rng.random() < self.foreground_fraction else None
         start = self._start(case, organ)
-        return Patch(case.case_id, start, self.read(case, start), case.space.apply_bbox(self._bbox(start)), organ)
+        space = case.space.apply_bbox(_bounds(_box(start, self.patch_size)))
+        return Patch(case.case_id, start, self.read(case, start), space, organ)
 
     def case(self, case_id: str) -> Case:
         """An open case, from this process's cache of the ``open_cases`` most recently used."""
@@ -175,22 +181,23 @@ class PatchSampler:
         key = (case.case_id, organ)
         if key not in self._locations:
             mask, _ = case.read_organ(organ, crop=True)
-            hits = flat_nonzero(mask.reshape(-1))
-            if hits.size > LOCATIONS_PER_ORGAN:
-                hits = np.sort(self.rng.choice(hits, LOCATIONS_PER_ORGAN, replace=False))
+            coords, _ = nonzero_voxels(mask)
+            if coords[0].size > LOCATIONS_PER_ORGAN:
+                kept = np.sort(self.rng.choice(coords[0].size, LOCATIONS_PER_ORGAN, replace=False))
+                coords = (coords[0][kept], coords[1][kept], coords[2][kept])
             bbox = case.stats[organ].bbox
             assert bbox is not None
-            origin = np.array([lo for lo, _ in bbox])
-            self._locations[key] = np.stack(np.unravel_index(hits, mask.shape), axis=1) + origin
+            self._locations[key] = np.stack(coords, axis=1) + np.array([lo for lo, _ in bbox])
         voxels = self._locations[key]
         return tuple(int(c) for c in voxels[self.rng.integers(len(voxels))])  # type: ignore[return-value]
 
-    def _bbox(self, start: Sequence[int]) -> np.ndarray:
-        return np.array([[s, s + p] for s, p in zip(start, self.patch_size)])
-
-
 def _box(start: Sequence[int], size: Sequence[int]) -> tuple[slice, slice, slice]:
     return slice(start[0], start[0] + size[0]), slice(start[1], start[1] + size[1]), slice(start[2], start[2] + size[2])
+
+
+def _bounds(box: Sequence[slice]) -> np.ndarray:
+    """A box as (start, stop) rows, as ``Space.apply_bbox`` takes it."""
+    return np.array([[s.start, s.stop] for s in box])
 
 
 def _window(start: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
