@@ -8,9 +8,9 @@
 
 Key 0 is the background and names no organ; colour channels are fractions of 255.
 The XML comes from untrusted files: it is parsed only if it is at most
-``MAX_LABEL_TABLE_BYTES`` of UTF-8 without a document type declaration (so it
-declares no entity, internal or external), by the standard library's expat, fed
-in pieces and stopped beyond ``MAX_ELEMENTS`` elements, so memory stays bounded.
+``MAX_LABEL_TABLE_BYTES`` of UTF-8, by defusedxml's expat parser, which refuses
+a document type declaration (so no entity, internal or external, is declared),
+and is stopped at the element beyond ``MAX_ELEMENTS``, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from xml.etree.ElementTree import Element, ParseError, XMLPullParser
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder
+
+from defusedxml import DTDForbidden
+from defusedxml.ElementTree import DefusedXMLParser
 
 from medmask_store.errors import InvalidCase, NiftiError
 from medmask_store.limits import MAX_LABEL_TABLE_BYTES
@@ -29,7 +32,6 @@ from medmask_store.model.validation import MAX_LABEL_VALUE, validate_organ_name
 CARET_CODE = 0
 #: Elements of one table: a Label per value, with room for the few other elements.
 MAX_ELEMENTS = 2 * (MAX_LABEL_VALUE + 1)
-PIECE_CHARS = 2**16
 CHANNELS = ("Red", "Green", "Blue", "Alpha")
 KEY = re.compile(r"[0-9]{1,5}")
 #: Characters allowed in organ names that XML 1.0 cannot carry.
@@ -57,8 +59,6 @@ def parse_label_table(content: bytes, where: str) -> tuple[dict[str, int], dict[
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise NiftiError(f"{where}: not UTF-8 text: {exc}") from exc
-    if "<!DOCTYPE" in text:
-        raise NiftiError(f"{where}: holds a document type declaration; a label table needs none")
     root = _parse(text, where)
     table = root.find("VolumeInformation/LabelTable") if root.tag == "CaretExtension" else None
     if table is None:
@@ -87,19 +87,31 @@ def parse_label_table(content: bytes, where: str) -> tuple[dict[str, int], dict[
 
 
 def _parse(text: str, where: str) -> Element:
-    """The root element of ``text``, refused beyond ``MAX_ELEMENTS`` elements before the next piece is parsed."""
-    parser: XMLPullParser[Element] = XMLPullParser(events=("start",))
-    started: list[Element] = []
+    """The root element of ``text``, refused at the element beyond ``MAX_ELEMENTS`` or at a document type declaration."""
+    builder = _BoundedTreeBuilder(where)
+    parser = DefusedXMLParser(target=builder, forbid_dtd=True)
     try:
-        for start in range(0, len(text), PIECE_CHARS):
-            parser.feed(text[start : start + PIECE_CHARS])
-            started.extend(event[-1] for event in parser.read_events() if isinstance(event[-1], Element))
-            if len(started) > MAX_ELEMENTS:
-                raise NiftiError(f"{where}: more than {MAX_ELEMENTS:,} XML elements; a label table holds one per label")
-        parser.close()  # refuses a document without an element
+        parser.feed(text)
+        return parser.close()  # refuses a document without an element
+    except DTDForbidden as exc:
+        raise NiftiError(f"{where}: holds a document type declaration; a label table needs none") from exc
     except ParseError as exc:
         raise NiftiError(f"{where}: not well-formed XML: {exc}") from exc
-    return started[0]
+
+
+class _BoundedTreeBuilder(TreeBuilder):
+    """A tree builder that refuses the element beyond ``MAX_ELEMENTS`` before building it."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+        self.elements = 0
+
+    def start(self, tag: str, attrs: dict[str, str]) -> Element:
+        self.elements += 1
+        if self.elements > MAX_ELEMENTS:
+            raise NiftiError(f"{self.where}: more than {MAX_ELEMENTS:,} XML elements; a label table holds one per label")
+        return super().start(tag, attrs)
 
 
 def _key(text: str | None, what: str) -> int:

@@ -59,7 +59,9 @@ def test_other_xml_holds_no_table(content: bytes) -> None:
 # -- writing ----------------------------------------------------------------------------------------
 organ_names = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\\ufffe\uffff"), min_size=1, max_size=12
-).map(str.strip).filter(lambda name: name not in ("", ".", "..")) | st.sampled_from(["a]]>b", "]]>", "<liver>", "&amp;"])
+).map(str.strip).filter(lambda name: name not in ("", ".", "..")) | st.sampled_from(
+    ["a]]>b", "]]>", "<liver>", "&amp;", "<!DOCTYPE", "<!ENTITY x"]
+)
 colors = st.tuples(*[st.integers(0, 255)] * 4)
 
 
