@@ -6,7 +6,7 @@ import importlib.metadata
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -24,6 +24,18 @@ def median_ms(run: Callable[[], object], repeats: int) -> float:
     """Median milliseconds of ``repeats`` calls, after one warm-up call (file handles, metadata, pools)."""
     run()
     return statistics.median(timed_ms(run) for _ in range(repeats))
+
+
+def interleaved_median_ms(runs: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each run, timed in ``repeats`` rounds that call every run once (after one warm-up round),
+    so a load that comes and goes weighs on all of them."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(repeats + 1):
+        for name, run in runs.items():
+            elapsed = timed_ms(run)
+            if round_:
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def disk_bytes(path: Path) -> int:

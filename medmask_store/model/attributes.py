@@ -4,14 +4,17 @@ Attributes read from an archive are untrusted: :meth:`CaseInfo.from_attributes`
 checks the checksum, then every name (like names given to ``add_case``), every
 size (against :mod:`medmask_store.limits`) and every cross-reference (organs of
 statistics and layers, array shapes against the Space) before anything uses them.
+Statistics, colours and organ affines are decoded and checked on first use (a
+patch read needs none of them), and refused then as they would be at open.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from spacetransformer import Space
@@ -66,6 +69,36 @@ def case_document(content: Mapping[str, Any], manifests: Mapping[str, ArrayManif
     return {ATTRIBUTE_KEY: seal({**content, "arrays": arrays})}
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class DecodedOnUse(Mapping[K, V]):
+    """A mapping decoded by ``decode`` on first access (an error it raises is raised at each access)."""
+
+    def __init__(self, decode: Callable[[], dict[K, V]]) -> None:
+        self._decode = decode
+        self._decoded: dict[K, V] | None = None
+
+    @property
+    def _items(self) -> dict[K, V]:
+        if self._decoded is None:
+            self._decoded = self._decode()
+        return self._decoded
+
+    def __getitem__(self, key: K) -> V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
 @dataclass(frozen=True)
 class CaseInfo:
     """A stored case's metadata, decoded from its attributes without touching voxels."""
@@ -74,12 +107,12 @@ class CaseInfo:
     space: Space
     mapping: dict[str, int]
     layer_names: tuple[str, ...]
-    stats: dict[str, OrganStats]
+    stats: Mapping[str, OrganStats]
     meta: dict[str, Any]
-    organ_affines: dict[str, np.ndarray]
+    organ_affines: Mapping[str, np.ndarray]
     layer_origins: tuple[tuple[int, int, int], ...] = ()  # voxel offset of each binary-layer window
     arrays: Mapping[str, ArrayManifest] | None = None  # what the stored arrays must be (None: not stored yet)
-    colors: dict[str, Color] = field(default_factory=dict)  # every organ's RGBA colour, 0..255
+    colors: Mapping[str, Color] = field(default_factory=dict)  # every organ's RGBA colour, 0..255
 
     @property
     def label_dtype(self) -> np.dtype:
@@ -102,14 +135,8 @@ class CaseInfo:
                 f"this medmask_store reads version {FORMAT_VERSION}"
             )
         content = unseal(content, f"{what}: attributes")
-        try:
+        with _decoding(what):
             return cls._from_content(validate_case_id(case_id), content, what)
-        except InvalidCase as exc:  # a name or value refused as it would be by add_case
-            raise CorruptMetadata(f"{what}: {exc}") from exc
-        except CorruptMetadata:
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, SpaceTransformerError) as exc:
-            raise CorruptMetadata(f"{what}: malformed attributes ({type(exc).__name__}: {exc})") from exc
 
     @classmethod
     def _from_content(cls, case_id: str, content: dict[str, Any], what: str) -> CaseInfo:
@@ -124,17 +151,25 @@ class CaseInfo:
         layer_names = content["binary_layers"]
         _require(_names(layer_names, mapping) and len(set(layer_names)) == len(layer_names), what, "binary layer names")
         _require(isinstance(content["meta"], dict), what, "metadata")
+
+        def on_use(decode: Callable[[], dict[Any, Any]]) -> DecodedOnUse[Any, Any]:
+            def checked() -> dict[Any, Any]:
+                with _decoding(what):
+                    return decode()
+
+            return DecodedOnUse(checked)
+
         info = cls(
             case_id=case_id,
             space=space,
             mapping=mapping,
             layer_names=tuple(layer_names),
-            stats=_stats(content["stats"], mapping, space, what),
+            stats=on_use(lambda: _stats(content["stats"], mapping, space, what)),
             meta=content["meta"],
-            organ_affines=_decode_affines(content.get("organ_affines"), mapping, what),
+            organ_affines=on_use(lambda: _decode_affines(content.get("organ_affines"), mapping, what)),
             layer_origins=tuple(tuple(o) for o in content.get("layer_origins", ())),  # type: ignore[misc]
             arrays=_arrays(content["arrays"], what),
-            colors=_decode_colors(content.get("colors"), mapping, what),
+            colors=on_use(lambda: _decode_colors(content.get("colors"), mapping, what)),
         )
         info._check_arrays(what)
         return info
@@ -193,6 +228,19 @@ def case_attributes(data: CaseData, layer_origins: list[list[int]]) -> dict[str,
         **({"organ_affines": _encode_affines(data.organ_affines)} if data.organ_affines else {}),
         **({"colors": colors} if colors else {}),
     }
+
+
+@contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    """Raise what decoding stored attributes refuses as :class:`CorruptMetadata` naming ``what``."""
+    try:
+        yield
+    except InvalidCase as exc:  # a name or value refused as it would be by add_case
+        raise CorruptMetadata(f"{what}: {exc}") from exc
+    except CorruptMetadata:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, SpaceTransformerError) as exc:
+        raise CorruptMetadata(f"{what}: malformed attributes ({type(exc).__name__}: {exc})") from exc
 
 
 def _require(condition: bool, what: str, detail: str) -> None:

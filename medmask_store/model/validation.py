@@ -44,8 +44,14 @@ def validate_case_id(case_id: object) -> str:
     return case_id
 
 
+_VALID_ORGAN_NAMES: set[str] = set()  # names found valid: the cases of a dataset repeat a few hundred names
+MAX_REMEMBERED_NAMES = 2**16
+
+
 def validate_organ_name(name: object) -> str:
     """Organ names become file names on export (``<organ>.nii.gz``), so they follow case-id rules."""
+    if type(name) is str and name in _VALID_ORGAN_NAMES:
+        return name
     if not isinstance(name, str) or not name or _FORBIDDEN.search(name) or name in (".", ".."):
         raise InvalidCase(f"invalid organ name {name!r}: need a non-empty name without '/', '\\' or control characters")
     if len(_utf8(name, "organ name")) > MAX_ORGAN_NAME_BYTES:
@@ -53,6 +59,8 @@ def validate_organ_name(name: object) -> str:
             f"organ name {name[:40]!r}... is longer than {MAX_ORGAN_NAME_BYTES} bytes: "
             "export writes <organ>.nii.gz, and file names hold 255 bytes"
         )
+    if type(name) is str and len(_VALID_ORGAN_NAMES) < MAX_REMEMBERED_NAMES:
+        _VALID_ORGAN_NAMES.add(name)
     return name
 
 

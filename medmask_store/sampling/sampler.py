@@ -1,10 +1,11 @@
 """Patches for training loops: uniform and foreground-oversampled boxes, padded at the border like nnU-Net v2.
 
 A patch is ``patch_size`` voxels of one case. Its lower corner is drawn as
-nnU-Net v2 draws it: uniformly over every position where the patch keeps at
-least half of its excess over the volume inside (so a patch larger than the
-volume is centred), or, for a foreground patch, centred on a random voxel of a
-randomly chosen organ present in the case, then shifted into that same range.
+nnU-Net v2's ``get_bbox`` draws it: uniformly from ``(-excess) // 2`` to
+``shape + excess // 2 + excess % 2 - patch`` per axis (``excess``: how much the
+patch is larger than the volume, else 0; so a larger patch is centred), or,
+for a foreground patch, centred on a random voxel of a randomly chosen organ
+present in the case, raised to that lower bound if it falls below it.
 Voxels outside the volume read :data:`PAD_LABEL` (-1, nnU-Net's segmentation
 padding) in label patches and False in organ channels.
 """
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medmask_store.errors import OrganNotFound
-from medmask_store.model.voxels import nonzero_voxels
+from medmask_store.model.voxels import flat_nonzero
 
 if TYPE_CHECKING:
     from spacetransformer import Space
@@ -39,8 +40,13 @@ class Patch:
     case_id: str
     start: tuple[int, int, int]  # lower corner in the case's voxel grid; negative or past the end where padded
     data: np.ndarray  # int16 labels (x, y, z), or bool organ channels (organ, x, y, z) when organs are chosen
-    space: Space  # the patch's own geometry (its affine), padding included
+    case_space: Space  # the geometry of the whole case
     organ: str | None  # the organ a foreground patch is centred on; None for a uniform one
+
+    @property
+    def space(self) -> Space:
+        """The patch's own geometry (its affine), padding included; made on request (it costs ~0.1 ms)."""
+        return self.case_space.apply_bbox(self.bounds)
 
     @property
     def box(self) -> tuple[slice, slice, slice]:
@@ -124,8 +130,7 @@ class PatchSampler:
         case = self.case(case_id if case_id is not None else self.case_ids[int(self.rng.integers(len(self.case_ids)))])
         organ = self._foreground_organ(case) if self.rng.random() < self.foreground_fraction else None
         start = self._start(case, organ)
-        space = case.space.apply_bbox(_bounds(_box(start, self.patch_size)))
-        return Patch(case.case_id, start, self.read(case, start), space, organ)
+        return Patch(case.case_id, start, self.read(case, start), case.space, organ)
 
     def case(self, case_id: str) -> Case:
         """An open case, from this process's cache of the ``open_cases`` most recently used."""
@@ -152,7 +157,7 @@ class PatchSampler:
 
     # -- drawing ---------------------------------------------------------------
     def _foreground_organ(self, case: Case) -> str | None:
-        present = [name for name, stats in case.stats.items() if stats.voxels and (self.organs is None or name in self.organs)]
+        present = [name for name, stats in case.info.stats.items() if stats.voxels and (self.organs is None or name in self.organs)]
         if self.class_probabilities is not None:
             unknown = sorted(set(self.class_probabilities) - set(case.mapping))
             if unknown:
@@ -166,12 +171,12 @@ class PatchSampler:
     def _start(self, case: Case, organ: str | None) -> tuple[int, int, int]:
         shape = [int(n) for n in case.space.shape]
         excess = [max(p - n, 0) for p, n in zip(self.patch_size, shape)]
-        low = [-(e // 2) for e in excess]
+        low = [(-e) // 2 for e in excess]
         high = [n + e // 2 + e % 2 - p for n, e, p in zip(shape, excess, self.patch_size)]
         if organ is None:
             return tuple(int(self.rng.integers(lo, hi + 1)) for lo, hi in zip(low, high))  # type: ignore[return-value]
         voxel = self._organ_voxel(case, organ)
-        return tuple(int(min(max(v - p // 2, lo), hi)) for v, p, lo, hi in zip(voxel, self.patch_size, low, high))  # type: ignore[return-value]
+        return tuple(int(max(v - p // 2, lo)) for v, p, lo in zip(voxel, self.patch_size, low))  # type: ignore[return-value]
 
     def _organ_voxel(self, case: Case, organ: str) -> tuple[int, int, int]:
         """A random voxel of ``organ``, among up to :data:`LOCATIONS_PER_ORGAN` drawn once per open case.
@@ -181,13 +186,12 @@ class PatchSampler:
         key = (case.case_id, organ)
         if key not in self._locations:
             mask, _ = case.read_organ(organ, crop=True)
-            coords, _ = nonzero_voxels(mask)
-            if coords[0].size > LOCATIONS_PER_ORGAN:
-                kept = np.sort(self.rng.choice(coords[0].size, LOCATIONS_PER_ORGAN, replace=False))
-                coords = (coords[0][kept], coords[1][kept], coords[2][kept])
-            bbox = case.stats[organ].bbox
+            flat = flat_nonzero(mask.reshape(-1))
+            if flat.size > LOCATIONS_PER_ORGAN:  # unravelled only for those kept
+                flat = np.sort(self.rng.choice(flat, LOCATIONS_PER_ORGAN, replace=False))
+            bbox = case.info.stats[organ].bbox
             assert bbox is not None
-            self._locations[key] = np.stack(coords, axis=1) + np.array([lo for lo, _ in bbox])
+            self._locations[key] = np.stack(np.unravel_index(flat, mask.shape), axis=1) + np.array([lo for lo, _ in bbox])
         voxels = self._locations[key]
         return tuple(int(c) for c in voxels[self.rng.integers(len(voxels))])  # type: ignore[return-value]
 

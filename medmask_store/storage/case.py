@@ -140,15 +140,21 @@ class Case:
 
     # -- lazy views ------------------------------------------------------------
     def _layer_chunk(self, layer: int, coords: ChunkCoords) -> np.ndarray | None:
-        """One chunk of a binary layer in volume chunk coordinates (None outside its stored window)."""
-        windows = self._stored(BINARY_LAYERS)
-        origin = self.info.layer_origins[layer]
-        inner = tuple(c - o // n for c, o, n in zip(coords, origin, windows.chunks[1:]))
-        grid = (-(-size // n) for size, n in zip(windows.shape[1:], windows.chunks[1:]))
-        if not all(0 <= c < g for c, g in zip(inner, grid)):
+        """One chunk of a binary layer in volume chunk coordinates (None outside its stored window).
+
+        The window comes from the manifest: a chunk outside it does not open the layers array.
+        """
+        low, high = self._layer_window(layer)
+        if not all(lo <= c < hi for c, lo, hi in zip(coords, low, high)):
             return None
-        chunk = windows.read_chunk((layer, *inner))
+        chunk = self._stored(BINARY_LAYERS).read_chunk((layer, *(c - lo for c, lo in zip(coords, low))))
         return None if chunk is None else chunk[0]
+
+    def _layer_window(self, layer: int) -> tuple[ChunkCoords, ChunkCoords]:
+        """The volume chunks a binary layer's stored window covers: [low, high) per axis, from the manifest."""
+        windows = (self.info.arrays or {})[BINARY_LAYERS]
+        low = tuple(o // n for o, n in zip(self.info.layer_origins[layer], windows.chunks[1:]))
+        return low, tuple(lo - (-size // n) for lo, size, n in zip(low, windows.shape[1:], windows.chunks[1:]))
 
     def _layer_voxels(self, layer: int, name: str) -> np.ndarray:
         """Sorted flat C-order indices of one binary layer's voxels (reads only its organ's bounding box)."""
@@ -160,18 +166,23 @@ class Case:
 
     @property
     def labels(self) -> ChunkedArray:
-        """Lazy label volume with binary-layer organs painted over it (as :meth:`read_labels`)."""
+        """Lazy label volume with binary-layer organs painted over it (as :meth:`read_labels`).
+
+        Needs no statistics: each layer's stored window bounds where it paints.
+        """
         labels = self._stored(LABEL_VOLUME)
-        layer_boxes = [(k, name) for k, name in enumerate(self.info.layer_names) if self.info.stats[name].bbox]
+        layers = [(k, self.info.mapping[name], *self._layer_window(k)) for k, name in enumerate(self.info.layer_names)]
 
         def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
-            chunk = labels.read_chunk(coords)
-            for layer, name in layer_boxes:
-                if self._chunk_in_box(coords, self.info.stats[name].bbox):  # type: ignore[arg-type]
-                    layer_chunk = self._layer_chunk(layer, coords)
-                    if layer_chunk is not None:
-                        chunk = np.zeros(labels.chunks, labels.dtype) if chunk is None else chunk.copy()
-                        chunk[layer_chunk] = self.info.mapping[name]
+            chunk, writable = labels.read_chunk(coords), False  # a decoded chunk is read-only
+            for layer, value, low, high in layers:
+                if not (low[0] <= coords[0] < high[0] and low[1] <= coords[1] < high[1] and low[2] <= coords[2] < high[2]):
+                    continue
+                layer_chunk = self._layer_chunk(layer, coords)
+                if layer_chunk is not None:
+                    if not writable:
+                        chunk, writable = np.zeros(labels.chunks, labels.dtype) if chunk is None else chunk.copy(), True
+                    chunk[layer_chunk] = value  # type: ignore[index]
             return chunk
 
         return self._view(labels.dtype, read_chunk)

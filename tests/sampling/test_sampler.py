@@ -47,8 +47,11 @@ def test_label_patches_are_the_cases_labels_padded_with_minus_one(stored: Path) 
             patch = sampler.sample()
             assert patch.data.dtype == np.int16 and patch.data.shape == (48, 40, 80)
             np.testing.assert_array_equal(patch.data, padded(labels[patch.case_id], patch, PAD_LABEL))
-            assert patch.box[2] == slice(-8, 72)  # 16 voxels too many: 8 of padding on each side, as nnU-Net
-            assert (patch.data[:, :, :8] == PAD_LABEL).all() and (patch.data[:, :, -8:] == PAD_LABEL).all()
+            if patch.organ is None:  # 16 voxels too many: 8 of padding on each side, as nnU-Net
+                assert patch.box[2] == slice(-8, 72)
+                assert (patch.data[:, :, :8] == PAD_LABEL).all() and (patch.data[:, :, -8:] == PAD_LABEL).all()
+            else:  # centred on the organ, no lower than nnU-Net's lowest start
+                assert patch.start[2] >= -8
 
 
 def test_patch_geometry_is_the_case_geometry_moved_to_the_patch(stored: Path) -> None:
@@ -67,8 +70,8 @@ def test_foreground_patches_are_centred_on_a_voxel_of_the_drawn_organ(stored: Pa
             patch = sampler.sample()
             assert patch.organ == "rib_right_12"
             voxels = np.argwhere(archive[patch.case_id].read_organ("rib_right_12"))
-            # centred on one of them (shifted in where the patch would leave the volume): nnU-Net's rule
-            starts = {tuple(int(v) for v in start) for start in np.clip(voxels - 8, 0, np.array(SHAPE) - 16)}
+            # centred on one of them, raised to the lowest start (0 here): nnU-Net's rule, which sets no upper bound
+            starts = {tuple(int(v) for v in start) for start in np.maximum(voxels - 8, 0)}
             assert patch.start in starts
             assert (patch.data == archive[patch.case_id].mapping["rib_right_12"]).any()  # layers are painted over
 

@@ -1,0 +1,53 @@
+"""Cheap opens: a case decodes its statistics, colours and organ affines on first use, not at open, and
+still refuses them, when used, as an open refused them before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import case_content, write_case_content
+
+from medmask_store import CaseData, CorruptMetadata, MaskArchive
+from medmask_store.model import attributes
+
+
+@pytest.fixture
+def stored(archive_path: Path, phantom) -> tuple[Path, CaseData]:
+    masks, space = phantom
+    data = CaseData.from_masks(masks, space=space)
+    assert data.layer_names, "the phantom's rib overlaps its host: a binary layer"
+    with MaskArchive(archive_path, "w") as archive:
+        archive.add_case("a", data)
+    return archive_path, data
+
+
+def test_opening_and_reading_labels_decode_no_statistics(stored, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, data = stored
+    decoded: list[str] = []
+    for name in ("_stats", "_decode_colors", "_decode_affines"):
+        original = getattr(attributes, name)
+        monkeypatch.setattr(attributes, name, lambda *args, name=name, original=original: decoded.append(name) or original(*args))
+    with MaskArchive(path) as archive:
+        case = archive["a"]
+        region = (slice(3, 70), slice(5, 60), slice(0, 40))
+        np.testing.assert_array_equal(case.read_region(region), case.read_labels()[region])
+        assert decoded == []
+        assert case.stats == data.stats and decoded == ["_stats"]
+        case.stats  # noqa: B018 - decoded once
+        assert decoded == ["_stats"]
+
+
+def test_crafted_statistics_are_refused_where_they_are_used(stored) -> None:
+    path, data = stored
+    content = case_content(path, "a")
+    content["stats"]["bbox"][0][1] = 10**6
+    write_case_content(path, "a", content)  # resealed: only the structural checks can refuse it
+    with MaskArchive(path) as archive:
+        case = archive["a"]
+        np.testing.assert_array_equal(case.read_labels(include_layers=False), data.label_volume)  # needs no statistics
+        organ = content["stats"]["organs"][0]
+        for use in (lambda: case.stats, lambda: case.read_organ(organ), lambda: case.stats):  # refused at every use
+            with pytest.raises(CorruptMetadata, match=rf"case 'a': malformed attributes: bounding box .* of organ '{organ}'"):
+                use()
