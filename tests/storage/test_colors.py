@@ -142,7 +142,7 @@ def test_crafted_colours_are_corrupt_metadata(colored: Path, stored: object, fau
     content["colors"] = stored
     write_case_content(colored, "a", content)  # resealed: only the structural checks can refuse it
     with MaskArchive(colored) as archive, pytest.raises(CorruptMetadata) as caught:
-        archive["a"].colors  # colours are checked on first use
+        archive["a"].colors  # noqa: B018 - colours are checked on first use
     message = str(caught.value)
     assert "case 'a': malformed attributes: " in message and fault in message and suffix_of(colored) in message, message
 
