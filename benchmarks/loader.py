@@ -56,8 +56,9 @@ METHOD = (
     "and pad with -1 as `crop_and_pad_nd`. Patches/s = patches / wall time, medians of the repeats, the stores "
     "interleaved (blosc2, ours, tensorstore) in each. Before timing, the stores are checked to hold identical labels "
     "(a whole case, a patch across its borders), every store's files are read once (page cache warm for all), and "
-    "each sampler makes one untimed run of N patches, keeping its state after it (ours: up to 16 open cases and "
-    "their organ locations). With workers: a spawn pool per store and setting, started and warmed before timing; "
+    "each sampler makes one untimed run of N patches, keeping its state after it: open cases (ours: `open_cases` = "
+    "all cases, as the tensorstore peer keeps every handle) and the organ locations found so far (ours) or loaded "
+    "(tensorstore: every case's precomputed nnU-Net class locations, in memory). With workers: a spawn pool per store and setting, started and warmed before timing; "
     "each worker draws N / workers patches with its own seed and returns a checksum, not the patch."
 )
 B2_CODEC, B2_LEVEL = blosc2.Codec.LZ4HC, 5  # nnUNetDatasetBlosc2.save_case defaults (nnU-Net v2.8.1)
@@ -309,7 +310,7 @@ def measure(layout: Layout, archive: MaskArchive, case_ids: list[str], args: arg
     rows = []
     for (size, count), fg, workers in itertools.product(zip(PATCH_SIZES, args.patches), FOREGROUND, WORKERS):
         sources = {"blosc2": Blosc2Loader(layout, case_ids, size, fg), "tensorstore": TensorstoreLoader(layout, case_ids, size, fg),
-                   "medmask_store": PatchSampler(archive, size, cases=case_ids, foreground_fraction=fg)}
+                   "medmask_store": PatchSampler(archive, size, cases=case_ids, foreground_fraction=fg, open_cases=len(case_ids))}
         runners = {s: Runner(sources[s], workers) for s in STORES}
         for runner in runners.values():  # the same warm-up for every store: one untimed run
             runner.rate(count, seed=99)

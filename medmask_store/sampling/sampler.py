@@ -191,7 +191,8 @@ class PatchSampler:
                 flat = np.sort(self.rng.choice(flat, LOCATIONS_PER_ORGAN, replace=False))
             bbox = case.info.stats[organ].bbox
             assert bbox is not None
-            self._locations[key] = np.stack(np.unravel_index(flat, mask.shape), axis=1) + np.array([lo for lo, _ in bbox])
+            voxels = np.stack(np.unravel_index(flat, mask.shape), axis=1) + np.array([lo for lo, _ in bbox])
+            self._locations[key] = voxels.astype(np.min_scalar_type(max(case.space.shape)))  # 60 KB per organ, not 240
         voxels = self._locations[key]
         return tuple(int(c) for c in voxels[self.rng.integers(len(voxels))])  # type: ignore[return-value]
 
