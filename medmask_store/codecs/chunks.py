@@ -12,6 +12,7 @@ Byte formats (what our Zarr codec chains, HDF5 filters and packed files hold):
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
 from collections.abc import Callable
@@ -61,7 +62,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 def decode_label_chunk(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], crc32c: bool) -> np.ndarray:
     """Decode a label chunk; ``crc32c`` says whether it carries the Zarr crc32c suffix."""
     frame = strip_crc32c(raw) if crc32c else raw
-    size = int(np.prod(shape)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize
     try:
         declared = zstandard.get_frame_parameters(frame).content_size
         if declared != size:  # checked before decoding: a damaged header must not allocate its claim
@@ -83,7 +84,7 @@ def encode_binary_chunk(chunk: np.ndarray, level: int) -> bytes:
 def decode_binary_chunk(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
     from medmask_store.codecs.packbits_zstd import decode_frame
 
-    return decode_frame(strip_crc32c(raw), int(np.prod(shape))).reshape(shape)
+    return decode_frame(strip_crc32c(raw), math.prod(shape)).reshape(shape)
 
 
 def encode_crackle_chunk(chunk: np.ndarray, level: int) -> bytes:

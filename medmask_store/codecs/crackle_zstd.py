@@ -19,6 +19,7 @@ Wire format of one encoded chunk::
 
 from __future__ import annotations
 
+import math
 import struct
 
 import crackle
@@ -103,7 +104,7 @@ class CrackleZstd(Codec):
 
 def decode_chunk(data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Decode one chunk of known shape and dtype, validating it strictly."""
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    size = math.prod(shape) * np.dtype(dtype).itemsize
     mode, payload = _open_frame(data, size)
     if mode == RAW:
         if len(payload) != size:

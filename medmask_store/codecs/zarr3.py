@@ -8,6 +8,7 @@ volumes without importing it.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -86,7 +87,7 @@ class PackBitsZstdCodec(_ChunkCodec):
             raise TypeError(f"packbits_zstd needs a bool array, got {dtype}")
 
     def _decode_array(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return decode_frame(data, int(np.prod(shape))).reshape(shape)
+        return decode_frame(data, math.prod(shape)).reshape(shape)
 
 
 @dataclass(frozen=True, init=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -124,9 +125,9 @@ class ArrayManifest:
         shape, chunks = data["shape"], data["chunks"]
         if not (_ints(shape, 0) and _ints(chunks, 1) and len(shape) == len(chunks)):
             raise CorruptMetadata(f"{what}: malformed shape {shape} or chunk shape {chunks}")
-        if int(np.prod(chunks, dtype=object)) > MAX_CHUNK_VOXELS:
+        if math.prod(chunks) > MAX_CHUNK_VOXELS:
             raise CorruptMetadata(f"{what}: chunk shape {chunks} exceeds the limit of {MAX_CHUNK_VOXELS} voxels")
-        grid = int(np.prod([-(-s // c) for s, c in zip(shape, chunks)], dtype=object))
+        grid = math.prod(-(-s // c) for s, c in zip(shape, chunks))
         if grid > MAX_CHUNKS_PER_ARRAY:
             raise CorruptMetadata(f"{what}: shape {shape} in chunks {chunks} exceeds {MAX_CHUNKS_PER_ARRAY} chunks")
         if data["dtype"] not in ("|b1", "|u1", "<u2") or not isinstance(data["codec"], str):

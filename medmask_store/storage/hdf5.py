@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 import uuid
@@ -214,7 +215,7 @@ class Hdf5Backend(SingleWriter):
             self._file.flush()  # chunk bytes are read from the file itself
         chunks = tuple(dataset.chunks)
         grid = [-(-n // c) for n, c in zip(dataset.shape, chunks)]
-        if int(np.prod(chunks, dtype=object)) > MAX_CHUNK_VOXELS or int(np.prod(grid, dtype=object)) > MAX_CHUNKS_PER_ARRAY:
+        if math.prod(chunks) > MAX_CHUNK_VOXELS or math.prod(grid) > MAX_CHUNKS_PER_ARRAY:
             raise CorruptMetadata(f"{where}: chunks {chunks} of shape {dataset.shape} exceed the limits")
         filter_id = dataset.id.get_create_plist().get_filter(0)[0]
         if filter_id not in CODECS_BY_FILTER:

@@ -10,6 +10,7 @@ read is checked against the object's size before anything is allocated.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import weakref
@@ -374,7 +375,7 @@ def open_sharded_array(source: ByteSource, name: str, what: str) -> StoredArray 
     if codec is None or not all(type(n) is int and n >= 0 for n in sizes) or 0 in chunks or len(chunks) != len(shape):
         raise CorruptMetadata(f"{where}/zarr.json: unsupported array metadata (codecs {metadata.get('codecs')})")
     grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
-    if int(np.prod(chunks, dtype=object)) > MAX_CHUNK_VOXELS or int(np.prod(grid, dtype=object)) > MAX_CHUNKS_PER_ARRAY:
+    if math.prod(chunks) > MAX_CHUNK_VOXELS or math.prod(grid) > MAX_CHUNKS_PER_ARRAY:
         raise CorruptMetadata(f"{where}/zarr.json: chunks {chunks} of shape {shape} exceed the limits")
     if shard != tuple(g * c for g, c in zip(grid, chunks)):
         raise CorruptMetadata(f"{where}/zarr.json: shard shape {shard} is not the whole array")
@@ -397,7 +398,7 @@ class ShardedChunks:
         self._stored = source.open(key)
         if self._stored is None:
             return  # an absent shard holds only empty chunks (the manifest says whether any should be stored)
-        index_bytes = int(np.prod(grid)) * 16 + 4
+        index_bytes = math.prod(grid) * 16 + 4
         data_bytes = self._stored.size - index_bytes
         if data_bytes < 0:
             raise CorruptChunk(f"{where}: shard of {self._stored.size} bytes is shorter than its index ({index_bytes} bytes)")
