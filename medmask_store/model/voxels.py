@@ -61,18 +61,24 @@ def nonzero_voxels(volume: np.ndarray) -> tuple[Coords, np.ndarray]:
     return (coords[0] + box[0].start, coords[1] + box[1].start, coords[2] + box[2].start), flat[local]
 
 
+#: Above one non-zero word in DENSE_WORDS, :func:`flat_nonzero` leaves the scan to ``np.flatnonzero``.
+DENSE_WORDS = 4
+
+
 def flat_nonzero(flat: np.ndarray) -> np.ndarray:
     """``np.flatnonzero`` of a contiguous array, ~5x faster on sparse masks.
 
     Scans 8-byte words first and looks at single elements only inside non-zero
     words: a 10-million-voxel mask of which 1 % is set costs one pass over 1.25
-    million words instead of a branch per voxel.
+    million words instead of a branch per voxel. Dense arrays go to ``np.flatnonzero``.
     """
     usable = flat.size * flat.itemsize // 8 * 8 // flat.itemsize  # elements covered by whole words
     if not flat.flags.c_contiguous or usable == 0:
         return np.flatnonzero(flat)
     words = np.flatnonzero(flat[:usable].view(np.uint64))
     per_word = 8 // flat.itemsize
+    if words.size * DENSE_WORDS > usable // per_word:  # dense: numpy's own scan is faster (6 vs 40 ms on a liver's box)
+        return np.flatnonzero(flat)
     candidates = (words[:, None] * per_word + np.arange(per_word)).ravel()
     indices = candidates[flat[candidates] != 0]
     tail = np.flatnonzero(flat[usable:]) + usable
