@@ -146,8 +146,9 @@ class PatchSampler:
         """The patch at ``start`` (padded outside the volume): labels, or the chosen organs' channels."""
         inside, placed = _window(start, self.patch_size, case.space.shape)
         if self.organs is None:
-            patch = np.full(self.patch_size, PAD_LABEL, dtype=LABEL_PATCH_DTYPE)
-            patch[placed] = case.read_region(inside)
+            padded = any(s.stop - s.start < n for s, n in zip(placed, self.patch_size))
+            patch = np.full(self.patch_size, PAD_LABEL, LABEL_PATCH_DTYPE) if padded else np.empty(self.patch_size, LABEL_PATCH_DTYPE)
+            case.read_region(inside, out=patch[placed])  # decoded straight into the patch
             return patch
         channels = np.zeros((len(self.organs), *self.patch_size), dtype=bool)
         for channel, name in zip(channels, self.organs):

@@ -236,9 +236,10 @@ class Case:
         """
         return (self.labels if include_layers else self.stored_labels)[...]
 
-    def read_region(self, region: Any) -> np.ndarray:
-        """Labels (layers painted) of a region: voxel slices / (start, stop) pairs, or a :class:`WorldBox`."""
-        return self.labels[voxel_box(region, self.space)]
+    def read_region(self, region: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Labels (layers painted) of a region: voxel slices / (start, stop) pairs, or a :class:`WorldBox`;
+        written into ``out`` if given (the region's shape, any integer dtype holding the labels)."""
+        return self.labels.read(voxel_box(region, self.space), out)
 
     def region_space(self, region: Any) -> Space:
         """The Space of a region, e.g. to save it as NIfTI with the right affine."""

@@ -158,16 +158,26 @@ class ChunkedArray:
         return self._read_chunk(coords)
 
     def __getitem__(self, selection: Any) -> np.ndarray:
+        return self.read(selection)
+
+    def read(self, selection: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """The voxels of a basic-indexing ``selection``, written into ``out`` if given (the selection's shape,
+        any dtype they cast to, e.g. a view into a larger patch): no intermediate array is made."""
         selection = normalize_selection(selection, self.shape)
         shape = selection_shape(selection)
-        out = np.zeros(shape, self.dtype) if self._fill_value == 0 else np.full(shape, self._fill_value, self.dtype)
+        filled = out is None
+        if out is None:
+            out = np.zeros(shape, self.dtype) if self._fill_value == 0 else np.full(shape, self._fill_value, self.dtype)
+        elif out.shape != shape:
+            raise ValueError(f"out has shape {out.shape}, the selection {shape}")
         per_axis = [_axis_pieces(item, chunk) for item, chunk in zip(selection, self.chunks)]
         for pieces in itertools.product(*per_axis):
             chunk = self._read_chunk(tuple(piece[0] for piece in pieces))
+            target = tuple(piece[2] for piece in pieces if piece[2] is not None)
             if chunk is not None:
-                inner = tuple(piece[1] for piece in pieces)
-                target = tuple(piece[2] for piece in pieces if piece[2] is not None)
-                out[target] = chunk[inner]
+                out[target] = chunk[tuple(piece[1] for piece in pieces)]
+            elif not filled:
+                out[target] = self._fill_value
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

@@ -107,6 +107,28 @@ def test_chunked_array_equals_numpy_indexing(case):
 
 @HYPOTHESIS
 @given(case=cases())
+def test_read_into_a_view_of_another_dtype_writes_every_voxel(case):
+    shape, chunks, selection, seed = case
+    data = make_data(shape, chunks, seed)  # all-zero chunks are None: the fill value must be written for them
+    expected = np.asarray(data[selection])
+    frame = np.full(tuple(n + 2 for n in expected.shape), -7, dtype=np.int64)  # garbage around and under the view
+    inner = (*(slice(1, n + 1) for n in expected.shape), Ellipsis)  # a view even of 0-d selections
+    view = frame[inner]
+    assert ChunkedArray(shape, data.dtype, chunks, CountingSource(data, chunks)).read(selection, out=view) is view
+    np.testing.assert_array_equal(frame[inner], expected, err_msg=repr(selection))
+    rim = np.ones(frame.shape, bool)
+    rim[inner] = False
+    assert (frame[rim] == -7).all()  # nothing written outside the view
+
+
+def test_read_into_an_array_of_another_shape_is_refused():
+    array = ChunkedArray((4, 4), np.dtype(np.uint8), (2, 2), lambda c: None)
+    with pytest.raises(ValueError, match=r"out has shape \(2, 3\), the selection \(2, 2\)"):
+        array.read((slice(0, 2), slice(0, 2)), out=np.empty((2, 3), np.int16))
+
+
+@HYPOTHESIS
+@given(case=cases())
 def test_each_touched_chunk_is_read_exactly_once(case):
     shape, chunks, selection, seed = case
     data = make_data(shape, chunks, seed)
