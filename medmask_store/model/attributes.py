@@ -98,6 +98,10 @@ class DecodedOnUse(Mapping[K, V]):
     def __repr__(self) -> str:
         return repr(self._items)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as the plain dict it decodes to (so a :class:`CaseInfo` crosses processes)."""
+        return dict, (self._items,)
+
 
 @dataclass(frozen=True)
 class CaseInfo:

@@ -3,6 +3,7 @@ still refuses them, when used, as an open refused them before."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,12 @@ def test_crafted_statistics_are_refused_where_they_are_used(stored) -> None:
         for use in (lambda: case.stats, lambda: case.read_organ(organ), lambda: case.stats):  # refused at every use
             with pytest.raises(CorruptMetadata, match=rf"case 'a': malformed attributes: bounding box .* of organ '{organ}'"):
                 use()
+
+
+def test_case_info_pickles_with_its_metadata_decoded(stored) -> None:
+    path, data = stored
+    with MaskArchive(path) as archive:
+        info = archive["a"].info
+        copy = pickle.loads(pickle.dumps(info))
+    assert copy == info
+    assert copy.stats == data.stats and copy.colors == info.colors and type(copy.stats) is dict
