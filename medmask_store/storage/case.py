@@ -8,6 +8,7 @@ bounding box).
 from __future__ import annotations
 
 import difflib
+import functools
 import operator
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -144,17 +145,21 @@ class Case:
 
         The window comes from the manifest: a chunk outside it does not open the layers array.
         """
-        low, high = self._layer_window(layer)
-        if not all(lo <= c < hi for c, lo, hi in zip(coords, low, high)):
+        low, high = self._layer_windows[layer]
+        if not (low[0] <= coords[0] < high[0] and low[1] <= coords[1] < high[1] and low[2] <= coords[2] < high[2]):
             return None
-        chunk = self._stored(BINARY_LAYERS).read_chunk((layer, *(c - lo for c, lo in zip(coords, low))))
+        chunk = self._stored(BINARY_LAYERS).read_chunk((layer, coords[0] - low[0], coords[1] - low[1], coords[2] - low[2]))
         return None if chunk is None else chunk[0]
 
-    def _layer_window(self, layer: int) -> tuple[ChunkCoords, ChunkCoords]:
-        """The volume chunks a binary layer's stored window covers: [low, high) per axis, from the manifest."""
+    @functools.cached_property
+    def _layer_windows(self) -> list[tuple[ChunkCoords, ChunkCoords]]:
+        """The volume chunks each binary layer's stored window covers: [low, high) per axis, from the manifest."""
+        if not self.info.layer_names:
+            return []
         windows = (self.info.arrays or {})[BINARY_LAYERS]
-        low = tuple(o // n for o, n in zip(self.info.layer_origins[layer], windows.chunks[1:]))
-        return low, tuple(lo - (-size // n) for lo, size, n in zip(low, windows.shape[1:], windows.chunks[1:]))
+        chunks, size = windows.chunks[1:], windows.shape[1:]
+        lows = [tuple(o // n for o, n in zip(origin, chunks)) for origin in self.info.layer_origins]
+        return [(low, tuple(lo - (-w // n) for lo, w, n in zip(low, size, chunks))) for low in lows]
 
     def _layer_voxels(self, layer: int, name: str) -> np.ndarray:
         """Sorted flat C-order indices of one binary layer's voxels (reads only its organ's bounding box)."""
@@ -171,13 +176,11 @@ class Case:
         Needs no statistics: each layer's stored window bounds where it paints.
         """
         labels = self._stored(LABEL_VOLUME)
-        layers = [(k, self.info.mapping[name], *self._layer_window(k)) for k, name in enumerate(self.info.layer_names)]
+        layer_values = [(k, self.info.mapping[name]) for k, name in enumerate(self.info.layer_names)]
 
         def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
             chunk, writable = labels.read_chunk(coords), False  # a decoded chunk is read-only
-            for layer, value, low, high in layers:
-                if not (low[0] <= coords[0] < high[0] and low[1] <= coords[1] < high[1] and low[2] <= coords[2] < high[2]):
-                    continue
+            for layer, value in layer_values:
                 layer_chunk = self._layer_chunk(layer, coords)
                 if layer_chunk is not None:
                     if not writable:
