@@ -20,7 +20,7 @@ import zstandard
 from click.testing import CliRunner, Result
 from hypothesis import strategies as st
 
-from medmask_store import Case
+from medmask_store import Case, StorageSettings
 from medmask_store.cli.main import main
 from medmask_store.storage.packed import CATALOG_DICTIONARY
 
@@ -32,6 +32,14 @@ def box(shape: tuple[int, ...], *bounds: tuple[int, int]) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
     mask[tuple(slice(a, b) for a, b in bounds)] = True
     return mask
+
+
+def chunk_voxels(mask: np.ndarray, edge: int = StorageSettings().chunk_size) -> np.ndarray:
+    """A mask's voxels per chunk of an ``edge``³ grid, counted directly (what ``Case.organ_chunk_voxels`` must give)."""
+    grid = [-(-n // edge) for n in mask.shape]
+    padded = np.zeros([g * edge for g in grid], dtype=np.int64)
+    padded[tuple(slice(0, n) for n in mask.shape)] = mask
+    return padded.reshape(grid[0], edge, grid[1], edge, grid[2], edge).sum(axis=(1, 3, 5))
 
 
 def suffix_of(archive_path: Path) -> str:

@@ -27,6 +27,7 @@ from medmask_store.model.manifest import (
     LABEL_CODECS,
     LABEL_VOLUME,
     LAYER_CODEC,
+    ORGAN_CHUNK_VOXELS,
     ArrayManifest,
     seal,
     unseal,
@@ -182,12 +183,21 @@ class CaseInfo:
         """The manifest must describe exactly the arrays this case's content implies."""
         arrays = self.arrays or {}
         expected = {LABEL_VOLUME, BINARY_LAYERS} if self.layer_names else {LABEL_VOLUME}
-        _require(set(arrays) == expected, what, f"arrays {sorted(arrays)}, expected {sorted(expected)}")
+        allowed = expected | {ORGAN_CHUNK_VOXELS}  # cases written before the table have none
+        _require(expected <= set(arrays) <= allowed, what, f"arrays {sorted(arrays)}, expected {sorted(expected)}")
         labels = arrays[LABEL_VOLUME]
         edge = labels.chunks[0]
         _require(labels.shape == tuple(self.space.shape), what, f"label volume shape {labels.shape}")
         _require(labels.dtype == self.label_dtype and labels.codec in LABEL_CODECS, what, "label volume dtype or codec")
         _require(labels.chunks == (edge,) * 3, what, f"label volume chunks {labels.chunks}")
+        counts = arrays.get(ORGAN_CHUNK_VOXELS)
+        if counts is not None:
+            cells = math.prod(-(-n // edge) for n in self.space.shape)
+            _require(
+                counts.shape == (len(self.mapping), cells) and counts.chunks[1:] == (cells,)
+                and counts.dtype == np.dtype("<u4") and counts.codec == "zstd",
+                what, f"organ chunk voxels {counts.shape} in chunks {counts.chunks}",
+            )  # fmt: skip
         if not self.layer_names:
             _require(not self.layer_origins, what, "layer origins without layers")
             return

@@ -32,6 +32,9 @@ CHECKSUM_KEY = "checksum"
 # The arrays a case stores, and their chunk codecs.
 LABEL_VOLUME = "label_volume"
 BINARY_LAYERS = "binary_layers"
+# Each organ's voxel count in each label-volume chunk (organ in label-value order, chunk in C order), uint32:
+# a sampler draws a random voxel of an organ by decoding one chunk. Cases written before it have none.
+ORGAN_CHUNK_VOXELS = "organ_chunk_voxels"
 LABEL_CODECS = ("zstd", "crackle_zstd")
 LAYER_CODEC = "packbits_zstd"
 ChunkCoords = tuple[int, ...]
@@ -130,7 +133,7 @@ class ArrayManifest:
         grid = math.prod(-(-s // c) for s, c in zip(shape, chunks))
         if grid > MAX_CHUNKS_PER_ARRAY:
             raise CorruptMetadata(f"{what}: shape {shape} in chunks {chunks} exceeds {MAX_CHUNKS_PER_ARRAY} chunks")
-        if data["dtype"] not in ("|b1", "|u1", "<u2") or not isinstance(data["codec"], str):
+        if data["dtype"] not in ("|b1", "|u1", "<u2", "<u4") or not isinstance(data["codec"], str):
             raise CorruptMetadata(f"{what}: unsupported dtype {data['dtype']!r} or codec {data['codec']!r}")
         counts = [data["stored"], data["chunks_crc32c"], data["bytes_crc32c"], data.get("metadata_crc32c", 0)]
         if not _ints(counts, 0) or data["stored"] > grid:

@@ -68,6 +68,15 @@ class OrganStats:
             for count, bbox, centroid, centroid_mm in zip(voxels, bboxes, centroids, world)
         ]
 
+    def chunk_voxel_bounds(self, shape: tuple[int, ...], edge: int) -> np.ndarray:
+        """The most voxels the organ can have in each chunk of an ``edge``³ grid over ``shape``: the chunk's
+        overlap with the bounding box (0 outside it); a stored chunk-voxel count above it is corrupt."""
+        overlaps = []
+        for size, (start, stop) in zip(shape, self.bbox or ((0, 0),) * 3):
+            lows = np.arange(-(-size // edge)) * edge
+            overlaps.append(np.clip(np.minimum(lows + edge, stop) - np.maximum(lows, start), 0, None))
+        return overlaps[0][:, None, None] * overlaps[1][None, :, None] * overlaps[2][None, None, :]
+
     def to_json(self) -> dict[str, Any]:
         return {key: _listify(value) for key, value in asdict(self).items()}
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medmask_store.errors import OrganNotFound
+from medmask_store.errors import CorruptChunk, OrganNotFound
 
 if TYPE_CHECKING:
     from spacetransformer import Space
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from medmask_store.storage.case import Case
 
 PAD_LABEL = -1
-LOCATIONS_PER_ORGAN = 10_000  # voxels kept per organ to centre patches on, as nnU-Net v2's class locations
 LABEL_PATCH_DTYPE = np.dtype(np.int16)  # holds every label value (≤ 32767 in practice) and PAD_LABEL
 
 
@@ -73,9 +72,10 @@ class PatchSampler:
     default. ``foreground_fraction`` of the patches are centred on an organ
     (``class_probabilities``: organ name -> weight, among the organs present in
     the drawn case; equal weights by default). ``organs``: return one boolean
-    channel per organ, overlaps exact, instead of the label patch. Organ voxels
-    are found from the stored bounding box and the organ's own chunks, never by
-    reading the whole volume. Up to ``open_cases`` cases stay open per process.
+    channel per organ, overlaps exact, instead of the label patch. A foreground
+    centre is drawn uniformly among the organ's voxels from the case's stored
+    voxel counts per chunk, decoding one chunk of the organ, never the whole
+    volume. Up to ``open_cases`` cases stay open per process.
     """
 
     def __init__(
@@ -110,7 +110,8 @@ class PatchSampler:
         self.open_cases = open_cases
         self.rng = np.random.default_rng(seed)
         self._open: OrderedDict[str, Case] = OrderedDict()
-        self._locations: dict[tuple[str, str], np.ndarray] = {}  # (case, organ) -> voxels (n, 3), for open cases
+        # (case, organ) -> the chunks holding the organ (n, 3) and its voxels in them, cumulated; for open cases
+        self._locations: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickles for worker processes without its open cases (the archive pickles by path)."""
@@ -179,22 +180,28 @@ class PatchSampler:
         return tuple(int(max(v - p // 2, lo)) for v, p, lo in zip(voxel, self.patch_size, low))  # type: ignore[return-value]
 
     def _organ_voxel(self, case: Case, organ: str) -> tuple[int, int, int]:
-        """A random voxel of ``organ``, among up to :data:`LOCATIONS_PER_ORGAN` drawn once per open case.
-
-        They come from the organ's stored bounding box and the chunks inside it only.
-        """
+        """A voxel of ``organ`` drawn uniformly: a chunk weighted by the organ's voxels in it (the case's stored
+        counts), then one of those voxels, decoding that chunk only."""
         key = (case.case_id, organ)
         if key not in self._locations:
-            bbox = case.info.stats[organ].bbox
-            assert bbox is not None
-            mask = case.read_organ(organ, region=bbox)  # its box; the crop's own Space is not needed
-            flat = np.flatnonzero(mask)  # an organ fills much of its box: numpy's dense scan is the faster one
-            if flat.size > LOCATIONS_PER_ORGAN:  # unravelled only for those kept
-                flat = np.sort(self.rng.choice(flat, LOCATIONS_PER_ORGAN, replace=False))
-            voxels = np.stack(np.unravel_index(flat, mask.shape), axis=1) + np.array([lo for lo, _ in bbox])
-            self._locations[key] = voxels.astype(np.min_scalar_type(max(case.space.shape)))  # 60 KB per organ, not 240
-        voxels = self._locations[key]
-        return tuple(int(c) for c in voxels[self.rng.integers(len(voxels))])  # type: ignore[return-value]
+            counts = case.organ_chunk_voxels(organ)
+            held = np.flatnonzero(counts)
+            self._locations[key] = (np.stack(np.unravel_index(held, counts.shape), axis=1), np.cumsum(counts.ravel()[held]))
+        chunks, cumulative = self._locations[key]
+        drawn = int(self.rng.integers(cumulative[-1]))
+        index = int(np.searchsorted(cumulative, drawn, side="right"))
+        before = int(cumulative[index - 1]) if index else 0
+        edge = case.stored_labels.chunks
+        region = tuple(slice(c * n, min((c + 1) * n, size)) for c, n, size in zip(chunks[index], edge, case.space.shape))
+        mask = case.organ(organ)[region]
+        voxels = np.flatnonzero(mask)
+        if voxels.size != cumulative[index] - before:
+            raise CorruptChunk(
+                f"{case.where}: organ {organ!r} has {voxels.size} voxels in chunk {tuple(chunks[index])}, "
+                f"its stored counts say {cumulative[index] - before}"
+            )
+        local = np.unravel_index(voxels[drawn - before], mask.shape)
+        return tuple(int(r.start + v) for r, v in zip(region, local))  # type: ignore[return-value]
 
 
 def _box(start: Sequence[int], size: Sequence[int]) -> tuple[slice, slice, slice]:

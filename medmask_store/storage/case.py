@@ -19,12 +19,12 @@ from spacetransformer import Space
 from medmask_store.errors import ArchiveClosed, CorruptChunk, CorruptMetadata, InvalidRegion, OrganNotFound
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData
-from medmask_store.model.manifest import BINARY_LAYERS, LABEL_VOLUME
+from medmask_store.model.manifest import BINARY_LAYERS, LABEL_VOLUME, ORGAN_CHUNK_VOXELS
 from medmask_store.model.palette import Color
 from medmask_store.model.region import VoxelBox, box_space, voxel_box
 from medmask_store.model.stats import BBox, OrganStats
 from medmask_store.storage.backend import StoredArray, StoredCase
-from medmask_store.storage.chunked import ChunkCoords, ChunkedArray
+from medmask_store.storage.chunked import ChunkCoords, ChunkedArray, iter_chunks
 
 if TYPE_CHECKING:
     from medmask_store.storage.archive import MaskArchive
@@ -229,6 +229,32 @@ class Case:
             return mask
 
         return self._view(np.dtype(bool), read_chunk)
+
+    def organ_chunk_voxels(self, name: str) -> np.ndarray:
+        """The organ's voxel count in each chunk of the label volume (an array of the chunk grid's shape).
+
+        Read from the case's stored table (one small chunk) and checked against
+        the organ's statistics; cases written before the table count the organ's chunks.
+        """
+        self._check_organ(name)
+        stats, labels = self.info.stats[name], self._stored(LABEL_VOLUME)
+        bounds = stats.chunk_voxel_bounds(labels.shape, labels.chunks[0])
+        if ORGAN_CHUNK_VOXELS in (self.info.arrays or {}):
+            row = sorted(self.info.mapping.values()).index(self.info.mapping[name])
+            counts = self._stored(ORGAN_CHUNK_VOXELS)[row].reshape(bounds.shape).astype(np.int64)
+            error: type[CorruptMetadata | CorruptChunk] = CorruptMetadata
+            source = "stored chunk voxel counts"
+        else:
+            view = self.organ(name)
+            regions = (region for _, region in iter_chunks(labels.shape, labels.chunks))
+            counts = np.array([np.count_nonzero(view[r]) if b else 0 for b, r in zip(bounds.ravel(), regions)])
+            counts, error, source = counts.reshape(bounds.shape), CorruptChunk, "chunks"
+        if (counts > bounds).any() or counts.sum() != stats.voxels:
+            raise error(
+                f"{self.where}: organ {name!r}: its {source} hold {counts.sum()} voxels, its statistics say "
+                f"{stats.voxels} in {stats.bbox}: the archive is damaged or crafted"
+            )
+        return counts
 
     # -- reads -----------------------------------------------------------------
     def read_labels(self, include_layers: bool = True) -> np.ndarray:

@@ -12,6 +12,7 @@ from medmask_store.codecs.chunks import Encoder
 from medmask_store.concurrency import thread_pool
 from medmask_store.errors import InvalidCase
 from medmask_store.limits import MAX_CHUNK_EDGE, MAX_CHUNKS_PER_ARRAY
+from medmask_store.model import manifest
 from medmask_store.model.attributes import case_attributes
 from medmask_store.model.case_data import CaseData
 from medmask_store.model.manifest import BINARY_LAYERS, LABEL_CODECS, LABEL_VOLUME, LAYER_CODEC, ArrayManifest
@@ -20,6 +21,7 @@ from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
 CASES_GROUP = "cases"
 INDEX = "index.npz.zst"
+COUNTS_PER_CHUNK = 2**16  # organ chunk-voxel counts per stored chunk (256 KB decoded): all organs of a 512³ case
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
     Binary layers are stored as windows: each layer keeps only the chunk-aligned
     box around its voxels (all windows share the largest box's shape), so a
     layer of a few overlap voxels costs one chunk index entry, not one per chunk
-    of the volume. The binary-layer array is omitted when no organ overlaps.
+    of the volume. The binary-layer array is omitted when no organ overlaps. The organ
+    chunk-voxel table (:func:`organ_chunk_voxels`) is omitted when the case has no organs.
     """
     cube = (settings.chunk_size,) * 3
     chunk_count = math.prod(-(-n // settings.chunk_size) for n in data.label_volume.shape)
@@ -158,13 +161,42 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
     label_volume = ArrayToWrite(
         LABEL_VOLUME, data.label_volume, cube, ("i", "j", "k"), settings.label_codec, settings.label_level
     )
-    if not data.layer_names:
-        return [label_volume], []
-    origins, windows = _layer_windows(data, settings.chunk_size)
-    layers = ArrayToWrite(
-        BINARY_LAYERS, windows, (1, *cube), ("layer", "i", "j", "k"), LAYER_CODEC, settings.layer_level
-    )
-    return [label_volume, layers], origins
+    arrays, origins = [label_volume], []  # type: list[ArrayToWrite], list[list[int]]
+    if data.layer_names:
+        origins, windows = _layer_windows(data, settings.chunk_size)
+        arrays.append(ArrayToWrite(
+            BINARY_LAYERS, windows, (1, *cube), ("layer", "i", "j", "k"), LAYER_CODEC, settings.layer_level
+        ))  # fmt: skip
+    if data.mapping:
+        counts = organ_chunk_voxels(data, settings.chunk_size)
+        rows = max(1, min(len(counts), COUNTS_PER_CHUNK // counts.shape[1]))
+        arrays.append(ArrayToWrite(
+            manifest.ORGAN_CHUNK_VOXELS, counts, (rows, counts.shape[1]), ("organ", "chunk"), "zstd", settings.label_level
+        ))  # fmt: skip
+    return arrays, origins
+
+
+def organ_chunk_voxels(data: CaseData, chunk: int) -> np.ndarray:
+    """Each organ's voxel count in each chunk of the volume's ``chunk``³ grid, as stored in ``ORGAN_CHUNK_VOXELS``:
+    rows are organs in label-value order, columns chunks in C order (uint32)."""
+    volume = data.label_volume
+    grid = tuple(-(-n // chunk) for n in volume.shape)
+    values = sorted(data.mapping.values())
+    row_of = np.zeros(values[-1] + 1, dtype=np.intp)
+    row_of[values] = np.arange(len(values))
+    counts = np.zeros((len(values), math.prod(grid)), dtype=np.uint32)
+    box = occupied_box(volume)
+    for coords, region in iter_chunks(volume.shape, (chunk,) * 3):
+        if box is not None and _overlap(region, box):
+            found = np.bincount(volume[region].ravel(), minlength=len(row_of))
+            present = np.flatnonzero(found[1:]) + 1
+            counts[row_of[present], np.ravel_multi_index(coords, grid)] = found[present]
+    for name, indices in data.layer_voxels.items():  # layer voxels the label volume gives another organ
+        voxels = np.unravel_index(indices, volume.shape)
+        outside = volume[voxels] != data.mapping[name]
+        cells = np.ravel_multi_index(tuple(c[outside] // chunk for c in voxels), grid)
+        counts[row_of[data.mapping[name]]] += np.bincount(cells, minlength=counts.shape[1]).astype(np.uint32)
+    return counts
 
 
 def _overlap(region: tuple[slice, ...], box: tuple[slice, ...]) -> bool:

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from helpers import chunk_voxels
 from spacetransformer import Space
 
-from medmask_store import MaskArchive, MaskStoreError, StorageSettings
+from medmask_store import Case, MaskArchive, MaskStoreError, StorageSettings
 from medmask_store.errors import CaseNotFound, CorruptArchive
 from medmask_store.phantom import make_phantom
 from medmask_store.storage.verify import verify_archive
@@ -45,9 +46,10 @@ BACKENDS = (".zarr", ".zarr.zip", ".h5", ".msk")
 HERE = Path(__file__).resolve().parent
 SHAPE = (40, 36, 30)
 # Both label codecs: case seeds below COMPACT_FROM are stored with the default preset, the others compact.
+CHUNK_SIZE = 16
 SETTINGS = {
-    "default": StorageSettings(chunk_size=16, label_level=3, layer_level=3),
-    "compact": StorageSettings(chunk_size=16, label_codec="crackle_zstd", label_level=3, layer_level=3),
+    "default": StorageSettings(chunk_size=CHUNK_SIZE, label_level=3, layer_level=3),
+    "compact": StorageSettings(chunk_size=CHUNK_SIZE, label_codec="crackle_zstd", label_level=3, layer_level=3),
 }
 COMPACT_FROM = 1
 
@@ -87,24 +89,29 @@ def case_view(seed: int) -> dict[str, Any]:
         "meta": meta,
         "voxels": {name: int(mask.sum()) for name, mask in masks.items()},
         "organs": {name: digest(mask) for name, mask in masks.items()},
+        "chunk_voxels": {name: chunk_voxels(mask, CHUNK_SIZE).tolist() for name, mask in masks.items()},
+    }
+
+
+
+def read_view(case: Case) -> dict[str, Any]:
+    """Everything a user reads of a case: its geometry, metadata, statistics, every organ's voxels and its
+    voxels per chunk (what samplers draw from), and the painted label volume; comparable to :func:`case_view`."""
+    organs = case.read_organs()
+    case.read_labels()  # decodes every chunk, layers painted
+    return {
+        "space": (tuple(case.space.shape), tuple(case.space.origin), tuple(case.space.spacing)),
+        "meta": case.meta,
+        "voxels": {name: s.voxels for name, s in case.stats.items()},
+        "organs": {name: digest(mask) for name, mask in organs.items()},
+        "chunk_voxels": {name: case.organ_chunk_voxels(name).tolist() for name in organs},
     }
 
 
 def observe(path: Path) -> dict[str, Any]:
-    """Everything a user reads: the case ids, each case's geometry, metadata, statistics and every
-    organ's voxels, the painted label volume, and a query over the metadata."""
+    """Every case's :func:`read_view` and a query over the metadata."""
     with MaskArchive(path) as archive:
-        cases = {}
-        for case_id in archive.case_ids():
-            case = archive[case_id]
-            organs = case.read_organs()
-            case.read_labels()  # decodes every chunk, layers painted
-            cases[case_id] = {
-                "space": (tuple(case.space.shape), tuple(case.space.origin), tuple(case.space.spacing)),
-                "meta": case.meta,
-                "voxels": {name: s.voxels for name, s in case.stats.items()},
-                "organs": {name: digest(mask) for name, mask in organs.items()},
-            }
+        cases = {case_id: read_view(archive[case_id]) for case_id in archive.case_ids()}
         matches = archive.query("age >= 0") if cases else []
     return {"cases": cases, "query": matches}
 
@@ -259,7 +266,7 @@ BASE_CASES = {"c0": 0, "c1": 1}
 IMPORTED = [f"c{i}" for i in range(2, 6)]  # written in this order by the import writer
 WRITER = """
 import sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/.."]  # harness, and the helpers it imports
 from harness import run_writer
 run_writer(*sys.argv[2:])
 """
@@ -408,13 +415,13 @@ def calibrate(suffix: str, operation: str, workdir: Path) -> float:
 
 READER = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/.."]  # harness, and the helpers it imports
 from harness import read_repeatedly
 print(json.dumps(read_repeatedly(sys.argv[2], float(sys.argv[3]))))
 """
 CHURN = """
 import sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/.."]  # harness, and the helpers it imports
 from harness import churn
 churn(sys.argv[2], float(sys.argv[3]))
 """
@@ -444,13 +451,7 @@ def read_repeatedly(path: str, seconds: float) -> dict[str, int]:
             with MaskArchive(path) as archive:
                 for case_id in archive.case_ids():
                     try:
-                        case = archive[case_id]
-                        view = {
-                            "space": (tuple(case.space.shape), tuple(case.space.origin), tuple(case.space.spacing)),
-                            "meta": case.meta,
-                            "voxels": {name: s.voxels for name, s in case.stats.items()},
-                            "organs": {name: digest(mask) for name, mask in case.read_organs().items()},
-                        }
+                        view = read_view(archive[case_id])
                     except CaseNotFound:
                         counts["case changed while read (told so)"] += 1
                         continue

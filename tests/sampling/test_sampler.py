@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from medmask_store import MaskArchive
+from medmask_store import MaskArchive, StorageSettings
 from medmask_store.cli.main import main
 from medmask_store.errors import OrganNotFound
 from medmask_store.phantom import make_phantom
 from medmask_store.sampling import PAD_LABEL, Patch, PatchSampler
-from medmask_store.sampling import sampler as sampler_module
 from medmask_store.storage.case import Case
 
 SHAPE = (96, 80, 64)
@@ -172,17 +172,23 @@ def test_sample_command_organ_channels_and_bad_patch(stored: Path, tmp_path: Pat
     assert result.exit_code == 2 and "give one edge or three" in result.output
 
 
-def test_foreground_centres_come_from_a_bounded_set_of_organ_voxels_per_case(
-    stored: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sampler_module, "LOCATIONS_PER_ORGAN", 5)
-    with MaskArchive(stored) as archive:
-        sampler = PatchSampler(archive, 8, cases=["ct02"], foreground_fraction=1.0, class_probabilities={"liver": 1.0}, seed=9)
-        reads = []
-        original = Case.read_organ
-        monkeypatch.setattr(Case, "read_organ", lambda self, *a, **k: reads.append(a) or original(self, *a, **k))
-        starts = {sampler.sample().start for _ in range(60)}
-        assert len(reads) == 1  # the organ's chunks are read once per open case
-        liver = archive["ct02"].read_organ("liver")
-    assert 1 < len(starts) <= 5
-    assert all(liver[tuple(s + 4 for s in start)] for start in starts)  # each centre is a liver voxel
+def test_foreground_centres_are_drawn_uniformly_from_the_organs_voxels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shape, edge = (40, 40, 40), 16  # chunks 3 x 3 x 3, the last ones 8 voxels wide
+    target = np.zeros(shape, dtype=bool)
+    target[4:10, 4:9, 5] = True  # 30 voxels in chunk (0, 0, 0)
+    target[33:38, 34:36, 38] = True  # 10 in the corner chunk (2, 2, 2)
+    other = np.zeros(shape, dtype=bool)
+    other[10:30, 10:30, 10:30] = True
+    with MaskArchive(tmp_path / "a.zarr", "w", settings=StorageSettings(chunk_size=edge)) as archive:
+        archive.add_case("c", {"target": target, "other": other})
+    counted = []
+    organ_chunk_voxels = Case.organ_chunk_voxels
+    monkeypatch.setattr(Case, "organ_chunk_voxels", lambda self, name: counted.append(name) or organ_chunk_voxels(self, name))
+    monkeypatch.setattr(Case, "read_organ", None)  # no scan of the organ's box
+    with MaskArchive(tmp_path / "a.zarr") as archive:
+        sampler = PatchSampler(archive, 4, foreground_fraction=1.0, class_probabilities={"target": 1.0}, seed=4)
+        centres = Counter(tuple(s + 2 for s in sampler.sample().start) for _ in range(4000))
+    assert counted == ["target"]  # the counts are read once per open case
+    assert set(centres) == {tuple(int(c) for c in v) for v in np.argwhere(target)}  # every voxel, and only those
+    assert abs(sum(n for v, n in centres.items() if v[0] > 30) / 4000 - 0.25) < 0.02  # a quarter in the corner chunk
+    assert 60 < min(centres.values()) and max(centres.values()) < 145  # ~100 draws per voxel

@@ -89,8 +89,8 @@ def test_file_layout(packed: Path, phantom) -> None:
     assert set(case) == {"attributes", "chunks"}
     assert unseal(case["attributes"]["medmask_store"], "case")["meta"]["age"] == 61
     arrays = case["attributes"]["medmask_store"]["arrays"]
-    assert sorted(arrays) == sorted(case["chunks"]) == ["binary_layers", "label_volume"]
-    labels, layers = arrays["label_volume"], arrays["binary_layers"]
+    assert sorted(arrays) == sorted(case["chunks"]) == ["binary_layers", "label_volume", "organ_chunk_voxels"]
+    labels, layers, counts = arrays["label_volume"], arrays["binary_layers"], arrays["organ_chunk_voxels"]
     assert (labels["shape"], labels["dtype"], labels["chunks"], labels["codec"]) == (
         [70, 60, 50],
         "|u1",
@@ -98,10 +98,12 @@ def test_file_layout(packed: Path, phantom) -> None:
         "zstd",
     )
     assert (layers["dtype"], layers["chunks"], layers["codec"]) == ("|b1", [1, 16, 16, 16], "packbits_zstd")
+    organs = len(unseal(case["attributes"]["medmask_store"], "case")["mapping"])
+    assert (counts["shape"], counts["dtype"], counts["chunks"], counts["codec"]) == ([organs, 80], "<u4", [organs, 80], "zstd")
     # chunks are packed back to back from the start of the data section, nothing else in between
-    label_chunks, layer_chunks = case["chunks"]["label_volume"], case["chunks"]["binary_layers"]
-    assert (labels["stored"], layers["stored"]) == (len(label_chunks), len(layer_chunks))
-    entries = label_chunks + layer_chunks
+    label_chunks, layer_chunks, count_chunks = (case["chunks"][name] for name in ("label_volume", "binary_layers", "organ_chunk_voxels"))
+    assert (labels["stored"], layers["stored"], counts["stored"]) == (len(label_chunks), len(layer_chunks), len(count_chunks))
+    entries = label_chunks + layer_chunks + count_chunks
     assert [e[-2] for e in entries] == list(np.cumsum([0] + [e[-1] for e in entries])[:-1])
     assert sum(e[-1] for e in entries) == len(data)
     # every label chunk is a Zstd frame (then its crc32c, as in Zarr); every layer chunk a PackBits+Zstd frame
@@ -143,8 +145,8 @@ def test_one_organ_mask_costs_little_more_than_its_voxels(tmp_path: Path) -> Non
             archive.add_case("mask", {"liver": mask})
         sizes[suffix] = (tmp_path / f"mask{suffix}").stat().st_size
     path = tmp_path / "mask.msk"
-    # measured: header + catalog 136 bytes, whole file 581 bytes (.zarr.zip: 7527)
-    assert data_start(path) < 200
+    # measured: header + catalog 228 bytes, whole file 732 bytes, its organ table 59 + 92 of them (.zarr.zip: 8866)
+    assert data_start(path) < 260
     assert sizes[".msk"] < 0.1 * sizes[".zarr.zip"]
     with MaskArchive(path) as archive:
         assert_case_matches(archive["mask"], {"liver": mask})
@@ -273,7 +275,7 @@ def test_truncated_data_section(packed: Path, phantom, cut: str) -> None:
     data_length = len(raw) - data_start(packed)
     missing = {"one": 1, "half": data_length // 2, "all": data_length}[cut]
     packed.write_bytes(raw[:-missing])
-    damaged = rf"^{re.escape(str(packed))}: case 's1': array '(label_volume|binary_layers)': chunk locations are malformed or lie outside the file"
+    damaged = rf"^{re.escape(str(packed))}: case 's1': array '(label_volume|binary_layers|organ_chunk_voxels)': chunk locations are malformed or lie outside the file"
     with MaskArchive(packed) as archive:  # the catalog is intact: the case is listed ...
         assert archive.case_ids() == ["s1"]
         with pytest.raises(CorruptMetadata, match=damaged):
@@ -341,7 +343,8 @@ def test_label_chunk_declaring_a_huge_size_raises_corrupt_chunk(tmp_path: Path) 
         archive.add_case("a", {"liver": box((16, 16, 16), (2, 9), (3, 12), (1, 15))})
     catalog, _ = read_packed(path)
     frame = append_crc32c(_huge_frame(2**60))
-    catalog["cases"]["a"]["chunks"]["label_volume"] = [[0, 0, 0, 0, len(frame)]]
+    catalog["cases"]["a"]["chunks"] = {"label_volume": [[0, 0, 0, 0, len(frame)]]}  # the frame is all the data left:
+    del catalog["cases"]["a"]["attributes"]["medmask_store"]["arrays"]["organ_chunk_voxels"]  # no organ table
     reseal_packed_case(catalog, "a", frame)  # crafted: every checksum passes
     write_packed(path, catalog, frame)
     with MaskArchive(path) as archive, pytest.raises(CorruptChunk, match=re.escape(f"{path}: case 'a'/label_volume")):
