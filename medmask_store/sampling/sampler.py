@@ -112,10 +112,11 @@ class PatchSampler:
         self._open: OrderedDict[str, Case] = OrderedDict()
         # (case, organ) -> the chunks holding the organ (n, 3) and its voxels in them, cumulated; for open cases
         self._locations: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._organ_draws: dict[str, tuple[list[str], np.ndarray]] = {}  # case -> _organ_weights, for open cases
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickles for worker processes without its open cases (the archive pickles by path)."""
-        return {**self.__dict__, "_open": OrderedDict(), "_locations": {}}
+        return {**self.__dict__, "_open": OrderedDict(), "_locations": {}, "_organ_draws": {}}
 
     def reseed(self, seed: int) -> None:
         """Start a new random stream, e.g. one per DataLoader worker (``worker_info.seed``)."""
@@ -141,6 +142,7 @@ class PatchSampler:
         if len(self._open) > self.open_cases:
             closed, _ = self._open.popitem(last=False)
             self._locations = {key: voxels for key, voxels in self._locations.items() if key[0] != closed}
+            self._organ_draws.pop(closed, None)
         return case
 
     def read(self, case: Case, start: Sequence[int]) -> np.ndarray:
@@ -158,16 +160,23 @@ class PatchSampler:
 
     # -- drawing ---------------------------------------------------------------
     def _foreground_organ(self, case: Case) -> str | None:
+        if case.case_id not in self._organ_draws:
+            self._organ_draws[case.case_id] = self._organ_weights(case)
+        present, cumulative = self._organ_draws[case.case_id]
+        if not present:
+            return None  # nnU-Net falls back to a uniform patch when no wanted class is present
+        return present[int(cumulative.searchsorted(self.rng.random(), side="right"))]  # as Generator.choice(p=...)
+
+    def _organ_weights(self, case: Case) -> tuple[list[str], np.ndarray]:
+        """The organs a foreground patch of ``case`` may be centred on, with their cumulative probabilities."""
         present = [name for name, stats in case.info.stats.items() if stats.voxels and (self.organs is None or name in self.organs)]
         if self.class_probabilities is not None:
             unknown = sorted(set(self.class_probabilities) - set(case.mapping))
             if unknown:
                 raise OrganNotFound(f"{case.where}: class_probabilities names organs the case does not have: {unknown}")
             present = [name for name in present if self.class_probabilities.get(name, 0.0) > 0]
-        if not present:
-            return None  # nnU-Net falls back to a uniform patch when no wanted class is present
-        weights = np.array([self.class_probabilities[n] if self.class_probabilities else 1.0 for n in present])
-        return present[int(self.rng.choice(len(present), p=weights / weights.sum()))]
+        cumulative = np.cumsum([self.class_probabilities[n] if self.class_probabilities else 1.0 for n in present])
+        return present, cumulative / cumulative[-1] if present else cumulative
 
     def _start(self, case: Case, organ: str | None) -> tuple[int, int, int]:
         shape = [int(n) for n in case.space.shape]
