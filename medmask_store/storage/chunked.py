@@ -3,22 +3,29 @@
 Every backend hands out its arrays as :class:`ChunkedArray` over a function that
 returns one decoded chunk; numpy basic indexing (ints, slices with steps,
 negative indices, Ellipsis) is translated into reads of exactly the chunks it
-intersects. Chunks are decoded in the calling thread: a thread pool measured no
-faster on 2 cores (a 64³ chunk decodes in ~60 µs, and the per-chunk Python work
-around it holds the GIL).
+intersects. A read touching ``PARALLEL_CHUNKS`` chunks or more splits them between
+the calling thread and one helper thread (Zstd decoding and numpy's copies release
+the GIL; on 2 cores 192³ regions read 20–25 % and whole volumes 22–34 % faster);
+smaller reads stay in the calling thread, and a pool taking one task per chunk
+measured slower (a 64³ chunk decodes in ~60 µs, less than a task's overhead).
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from medmask_store.concurrency import worker_threads
 from medmask_store.errors import CorruptChunk
 
 ChunkCoords = tuple[int, ...]
+# Reads touching at least this many chunks decode and copy them on two threads (Zstd and numpy copies
+# release the GIL): the calling thread takes every other chunk, one helper thread the rest.
+PARALLEL_CHUNKS = 16
 # One axis of a selection inside one chunk: (chunk index, index within the chunk, output index).
 AxisPiece = tuple[int, "slice | int", "slice | None"]
 
@@ -171,14 +178,37 @@ class ChunkedArray:
         elif out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, the selection {shape}")
         per_axis = [_axis_pieces(item, chunk) for item, chunk in zip(selection, self.chunks)]
-        for pieces in itertools.product(*per_axis):
-            chunk = self._read_chunk(tuple(piece[0] for piece in pieces))
-            target = tuple(piece[2] for piece in pieces if piece[2] is not None)
+        pieces = list(itertools.product(*per_axis))
+        if len(pieces) < PARALLEL_CHUNKS or worker_threads() < 2:
+            self._copy(pieces, out, filled)
+            return out
+        helper_failed: list[BaseException] = []
+
+        def copy_half() -> None:
+            try:
+                self._copy(pieces[1::2], out, filled)
+            except BaseException as exc:  # re-raised in the calling thread
+                helper_failed.append(exc)
+
+        helper = threading.Thread(target=copy_half, daemon=True)
+        helper.start()
+        try:
+            self._copy(pieces[::2], out, filled)
+        finally:
+            helper.join()
+        if helper_failed:
+            raise helper_failed[0]
+        return out
+
+    def _copy(self, pieces: list[tuple[AxisPiece, ...]], out: np.ndarray, filled: bool) -> None:
+        """Decode the chunks of ``pieces`` and copy their parts into ``out`` (``filled``: holds the fill value)."""
+        for piece in pieces:
+            chunk = self._read_chunk(tuple(axis[0] for axis in piece))
+            target = tuple(axis[2] for axis in piece if axis[2] is not None)
             if chunk is not None:
-                out[target] = chunk[tuple(piece[1] for piece in pieces)]
+                out[target] = chunk[tuple(axis[1] for axis in piece)]
             elif not filled:
                 out[target] = self._fill_value
-        return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         data = self[...]

@@ -7,6 +7,7 @@ they live in" come from numpy's basic indexing, never from the code under test.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import numpy as np
@@ -15,6 +16,8 @@ from helpers import selections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medmask_store import concurrency
+from medmask_store.errors import CorruptChunk
 from medmask_store.storage.chunked import ChunkedArray, chunks_touched, iter_chunks, normalize_selection
 
 PAD = -7  # what a chunk source holds beyond the array's edge; must never reach the output
@@ -252,3 +255,38 @@ def test_full_read_touches_every_chunk_once(sc):
     np.testing.assert_array_equal(ChunkedArray(shape, data.dtype, chunks, source)[...], data)
     assert sorted(source.calls) == sorted(coords for coords, _ in iter_chunks(shape, chunks))
     assert set(source.calls.values()) == {1}
+
+
+def test_reads_of_many_chunks_run_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_data((12, 12, 12), (3, 3, 3), seed=1)  # 64 chunks
+    threads: dict[tuple[int, ...], int] = {}
+    source = CountingSource(data, (3, 3, 3))
+
+    def read_chunk(coords):
+        threads[coords] = threading.get_ident()
+        return source(coords)
+
+    array = ChunkedArray(data.shape, data.dtype, (3, 3, 3), read_chunk)
+    np.testing.assert_array_equal(array[...], data)
+    assert len(set(threads.values())) == 2 and len(threads) == 64
+    threads.clear()
+    np.testing.assert_array_equal(array[:6, :6, :3], data[:6, :6, :3])  # 4 chunks: below PARALLEL_CHUNKS
+    assert set(threads.values()) == {threading.get_ident()}
+    monkeypatch.setattr(concurrency, "_threads", 1)  # as import workers set it: one thread
+    threads.clear()
+    np.testing.assert_array_equal(array[...], data)
+    assert set(threads.values()) == {threading.get_ident()}
+
+
+def test_an_error_in_the_helper_thread_is_raised_by_the_read() -> None:
+    data = make_data((12, 12, 12), (3, 3, 3), seed=1)
+    source = CountingSource(data, (3, 3, 3))
+    caller = threading.get_ident()
+
+    def read_chunk(coords):
+        if threading.get_ident() != caller:
+            raise CorruptChunk(f"chunk {coords}: damaged")
+        return source(coords)
+
+    with pytest.raises(CorruptChunk, match="damaged"):
+        ChunkedArray(data.shape, data.dtype, (3, 3, 3), read_chunk)[...]
