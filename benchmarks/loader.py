@@ -36,6 +36,7 @@ from common import RESULTS, disk_bytes, median_ms, package_versions, publish
 from zarr.codecs import BytesCodec, ZstdCodec
 
 from medmask_store import CaseData, MaskArchive
+from medmask_store.concurrency import use_threads
 from medmask_store.phantom import CtPhantom
 from medmask_store.sampling import Patch, PatchSampler
 from medmask_store.storage.layout import EncodedCase, StorageSettings, encode_case
@@ -255,6 +256,7 @@ _source: Any = None  # the sampler of this process (a pool worker's, or the one 
 def start_worker(source: Any) -> None:
     global _source
     _source = source
+    use_threads(1)  # as medmask_store.torch does in DataLoader workers: the processes fill the cores
 
 
 def draw(task: tuple[int, int]) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medmask_store.concurrency import use_threads
 from medmask_store.sampling import Patch, PatchSampler
 
 try:
@@ -46,6 +47,7 @@ class PatchDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.length:
             raise IndexError(f"patch {index} of a dataset of {self.length}")
+        _in_worker()
         self.sampler.reseed(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
         return item(self.sampler.sample(), self.images, self.image_fill)
 
@@ -57,11 +59,20 @@ class PatchStream(IterableDataset[dict[str, Any]]):
         self.sampler, self.images, self.image_fill = sampler, images, image_fill
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker = get_worker_info()
+        worker = _in_worker()
         if worker is not None:
             self.sampler.reseed(worker.seed)
         while True:
             yield item(self.sampler.sample(), self.images, self.image_fill)
+
+
+def _in_worker() -> Any:
+    """PyTorch's worker info in a DataLoader worker process (None outside one), where reads then take one
+    thread: the worker processes already fill the cores."""
+    worker = get_worker_info()
+    if worker is not None:
+        use_threads(1)
+    return worker
 
 
 def item(patch: Patch, images: Mapping[str, Any] | None = None, image_fill: float = 0) -> dict[str, Any]:

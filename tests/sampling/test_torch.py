@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from medmask_store import MaskArchive  # noqa: E402
+from medmask_store import MaskArchive, concurrency  # noqa: E402
 from medmask_store.phantom import make_phantom  # noqa: E402
 from medmask_store.sampling import PatchSampler  # noqa: E402
 from medmask_store.torch import PatchDataset, PatchStream  # noqa: E402
@@ -68,3 +68,21 @@ def test_streams_differ_between_workers(stored: Path) -> None:
         loader = torch.utils.data.DataLoader(stream, batch_size=4, num_workers=2, multiprocessing_context="spawn")
         first, second = [batch for batch, _ in zip(loader, range(2))]  # one batch from each worker
     assert not torch.equal(first["box"], second["box"])
+
+
+class ThreadsSeen(PatchDataset):
+    """Items that also say how many threads reads take in the process drawing them."""
+
+    def __getitem__(self, index: int) -> dict:
+        return {**super().__getitem__(index), "threads": concurrency.worker_threads()}
+
+
+def test_reads_take_one_thread_in_dataloader_workers(stored: Path) -> None:
+    threads = concurrency.worker_threads()
+    with MaskArchive(stored) as archive:
+        dataset = ThreadsSeen(PatchSampler(archive, 16), 4)
+        assert dataset[0]["threads"] == threads  # outside a worker: unchanged
+        loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="fork")
+        seen = torch.cat([batch["threads"] for batch in loader])
+    assert seen.tolist() == [1, 1, 1, 1]  # the worker processes fill the cores
+    assert concurrency.worker_threads() == threads
