@@ -43,6 +43,7 @@ class Case:
         self.where = where  # the archive and case, for messages
         self._source = source  # the archive it was read from: a pickled case reopens it by path
         self._arrays: dict[str, ChunkedArray] = {}
+        self._table_rows: tuple[int, np.ndarray] = (-1, np.empty(0))  # see _organ_chunk_row
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as (archive, case id): the receiving process reopens the archive by path and reads the case."""
@@ -240,8 +241,8 @@ class Case:
         stats, labels = self.info.stats[name], self._stored(LABEL_VOLUME)
         bounds = stats.chunk_voxel_bounds(labels.shape, labels.chunks[0])
         if ORGAN_CHUNK_VOXELS in (self.info.arrays or {}):
-            row = sorted(self.info.mapping.values()).index(self.info.mapping[name])
-            counts = self._stored(ORGAN_CHUNK_VOXELS)[row].reshape(bounds.shape).astype(np.int64)
+            counts = self._organ_chunk_row(sorted(self.info.mapping.values()).index(self.info.mapping[name]))
+            counts = counts.reshape(bounds.shape).astype(np.int64)
             error: type[CorruptMetadata | CorruptChunk] = CorruptMetadata
             source = "stored chunk voxel counts"
         else:
@@ -255,6 +256,16 @@ class Case:
                 f"{stats.voxels} in {stats.bbox}: the archive is damaged or crafted"
             )
         return counts
+
+    def _organ_chunk_row(self, row: int) -> np.ndarray:
+        """One organ's row of the stored chunk-voxel table; the last table chunk read is kept (one holds
+        every organ of a case up to 512³ voxels), so a sampler drawing organ after organ decodes it once."""
+        table = self._stored(ORGAN_CHUNK_VOXELS)
+        rows = table.chunks[0]
+        first = row // rows * rows
+        if self._table_rows[0] != first:
+            self._table_rows = (first, table[first : first + rows])
+        return self._table_rows[1][row - first]
 
     # -- reads -----------------------------------------------------------------
     def read_labels(self, include_layers: bool = True) -> np.ndarray:
