@@ -66,6 +66,12 @@ def validate_organ_name(name: object) -> str:
 
 def validate_mapping(mapping: Mapping[str, Any]) -> dict[str, int]:
     """Check names and values (unique integers in 1..65535); return a plain dict."""
+    values = list(mapping.values())
+    if (
+        _VALID_ORGAN_NAMES.issuperset(mapping) and all(type(v) is int for v in values)
+        and (not values or 1 <= min(values) and max(values) <= MAX_LABEL_VALUE) and len(set(values)) == len(values)
+    ):  # fmt: skip
+        return dict(mapping)  # names seen before and plain values: every case open checks its mapping
     result: dict[str, int] = {}
     owner: dict[int, str] = {}
     for name, value in mapping.items():
@@ -121,10 +127,13 @@ def validate_space(space: object) -> Space:
         raise InvalidCase(f"space shape must be 3 positive integers, got {shape}")
     if math.prod(int(n) for n in shape) > MAX_VOXELS:
         raise InvalidCase(f"space shape {shape} exceeds the limit of {MAX_VOXELS} voxels")
-    for name in ("origin", "spacing", "x_orientation", "y_orientation", "z_orientation"):
-        values = np.asarray(getattr(space, name), dtype=float)
-        if values.shape != (3,) or not np.isfinite(values).all():
+    for name in ("origin", "spacing", "x_orientation", "y_orientation", "z_orientation"):  # plain Python: every open
+        try:
+            values = [float(v) for v in getattr(space, name)]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
             raise InvalidCase(f"space {name} must be 3 finite numbers, got {getattr(space, name)}")
-    if not (np.asarray(space.spacing, dtype=float) > 0).all():
+    if not all(float(v) > 0 for v in space.spacing):
         raise InvalidCase(f"space spacing must be positive, got {space.spacing}")
     return space

@@ -31,6 +31,7 @@ class StoredArray:
     zarr_chunks: bool  # Zstd label chunks carry Zarr's crc32c suffix (else a Zstd frame checksum)
     layout: ArrayLayout | None = None  # None where the store keeps no description of its own (.msk)
     metadata_crc32c: int | None = None  # crc32c of the array's metadata document, where it has one
+    chunks_crc32c: int | None = None  # chunk_list_digest(lengths), where the backend computed it faster
 
     def checked(self, manifest: ArrayManifest, where: str) -> ChunkedArray:
         """A lazy array over these chunks, once they agree with the case's manifest.
@@ -43,7 +44,8 @@ class StoredArray:
             raise CorruptMetadata(f"{where}: stored as {self.layout}, its manifest says {expected}; {fix}")
         if manifest.metadata_crc32c is not None and self.metadata_crc32c != manifest.metadata_crc32c:
             raise CorruptMetadata(f"{where}: its metadata document was changed or damaged (checksum mismatch); {fix}")
-        if len(self.lengths) != manifest.stored or chunk_list_digest(self.lengths) != manifest.chunks_crc32c:
+        digest = self.chunks_crc32c if self.chunks_crc32c is not None else chunk_list_digest(self.lengths)
+        if len(self.lengths) != manifest.stored or digest != manifest.chunks_crc32c:
             raise CorruptMetadata(
                 f"{where}: {len(self.lengths)} stored chunks do not match the {manifest.stored} of its manifest "
                 f"(chunks or files are missing, added or damaged); {fix}"

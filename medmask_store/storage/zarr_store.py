@@ -25,7 +25,7 @@ from medmask_store.codecs.chunks import ZARR_ENCODERS, append_crc32c, strip_crc3
 from medmask_store.errors import CaseNotFound, CorruptChunk, CorruptMetadata, InvalidArchive
 from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
 from medmask_store.model.attributes import archive_attributes, case_document, check_archive_attributes
-from medmask_store.model.manifest import crc32c
+from medmask_store.model.manifest import chunk_list_digest, crc32c
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, EncodedCase
@@ -381,11 +381,12 @@ def open_sharded_array(source: ByteSource, name: str, what: str) -> StoredArray 
         raise CorruptMetadata(f"{where}/zarr.json: shard shape {shard} is not the whole array")
     chunks_reader = ShardedChunks(source, f"{name}/{shard_key(len(shape))}", grid, where)
     return StoredArray(
-        lengths={coords: length for coords, (_, length) in chunks_reader.locations.items()},
+        lengths=chunks_reader.lengths,
         fetch=chunks_reader.fetch,
         zarr_chunks=True,
         layout=(shape, dtype.str, chunks, codec),
         metadata_crc32c=crc32c(raw),
+        chunks_crc32c=chunks_reader.chunks_crc32c,
     )
 
 
@@ -394,7 +395,9 @@ class ShardedChunks:
 
     def __init__(self, source: ByteSource, key: str, grid: tuple[int, ...], where: str) -> None:
         self.path = where
-        self.locations: dict[ChunkCoords, tuple[int, int]] = {}
+        self.lengths: dict[ChunkCoords, int] = {}  # of the stored chunks
+        self.chunks_crc32c = chunk_list_digest({})  # of ``lengths``, from the index's arrays (every open checks it)
+        self._strides = [math.prod(grid[axis + 1 :]) for axis in range(len(grid))]
         self._stored = source.open(key)
         if self._stored is None:
             return  # an absent shard holds only empty chunks (the manifest says whether any should be stored)
@@ -406,19 +409,22 @@ class ShardedChunks:
             raw = strip_crc32c(self._stored.read(data_bytes, index_bytes))
         except CorruptChunk as exc:
             raise CorruptMetadata(f"{where}: shard index: {exc}") from exc
-        index = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
-        stored = np.flatnonzero(index[:, 0] != EMPTY_ENTRY)
-        offsets, lengths = index[stored, 0], index[stored, 1]
+        self._index = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+        stored = np.flatnonzero(self._index[:, 0] != EMPTY_ENTRY)
+        offsets, lengths = self._index[stored, 0], self._index[stored, 1]
         if (offsets > data_bytes).any() or (lengths > data_bytes - np.minimum(offsets, data_bytes)).any():
             raise CorruptMetadata(f"{where}: shard index points beyond the shard's {data_bytes} bytes of chunks")
-        coords = np.stack(np.unravel_index(stored, grid), axis=1).tolist()
-        self.locations = {tuple(c): (int(o), int(n)) for c, o, n in zip(coords, offsets, lengths)}
+        rows = np.empty((stored.size, len(grid) + 1), dtype="<i8")  # in C order: sorted by coordinates
+        rows[:, :-1] = np.stack(np.unravel_index(stored, grid), axis=1)
+        rows[:, -1] = lengths
+        self.chunks_crc32c = crc32c(rows.tobytes())  # chunk_list_digest(self.lengths), without sorting a dict
+        self.lengths = dict(zip(map(tuple, rows[:, :-1].tolist()), lengths.tolist()))
 
     def fetch(self, coords: ChunkCoords) -> bytes:
-        """The stored bytes of one stored chunk."""
+        """The bytes of one stored chunk."""
         assert self._stored is not None
-        offset, length = self.locations[coords]
-        return self._stored.read(offset, length)
+        offset, length = self._index[sum(c * s for c, s in zip(coords, self._strides))]
+        return self._stored.read(int(offset), int(length))
 
 
 def _chunk_codec(metadata: dict[str, Any]) -> str | None:

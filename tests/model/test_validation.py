@@ -77,6 +77,7 @@ def test_validate_mapping_returns_plain_int_dict():
     ],
 )
 def test_invalid_mappings(mapping, pattern):
+    validate_mapping({"a": 1, "b": 2})  # names seen before take the fast path, which must refuse the same values
     with pytest.raises(InvalidCase, match=pattern):
         validate_mapping(mapping)
 
