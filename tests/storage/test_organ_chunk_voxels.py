@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def test_counts_are_each_organs_voxels_per_chunk(
     grid = math.prod(-(-n // EDGE) for n in data.space.shape)
     if rows_per_chunk:
         monkeypatch.setattr(layout, "COUNTS_PER_CHUNK", rows_per_chunk * grid)
-    settings = StorageSettings(**{**vars(StorageSettings.preset(preset)), "chunk_size": EDGE})
+    settings = dataclasses.replace(StorageSettings.preset(preset), chunk_size=EDGE)
     with MaskArchive(archive_path, "w", settings=settings) as archive:
         archive.add_case("a", data)
     with MaskArchive(archive_path) as archive:
