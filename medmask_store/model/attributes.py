@@ -4,12 +4,14 @@ Attributes read from an archive are untrusted: :meth:`CaseInfo.from_attributes`
 checks the checksum, then every name (like names given to ``add_case``), every
 size (against :mod:`medmask_store.limits`) and every cross-reference (organs of
 statistics and layers, array shapes against the Space) before anything uses them.
-Statistics, colours and organ affines are decoded and checked on first use (a
-patch read needs none of them), and refused then as they would be at open.
+Statistics, colours, organ affines and the Space object itself (its values are
+checked at open) are decoded and checked on first use (a voxel read needs none of
+them), and refused then as they would be at open.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,7 +36,13 @@ from medmask_store.model.manifest import (
 )
 from medmask_store.model.palette import Color, default_color, organ_colors
 from medmask_store.model.stats import OrganStats, stats_from_attributes, stats_to_attributes
-from medmask_store.model.validation import validate_case_id, validate_colors, validate_mapping, validate_space
+from medmask_store.model.validation import (
+    validate_case_id,
+    validate_colors,
+    validate_geometry,
+    validate_mapping,
+    validate_space,
+)
 
 FORMAT_VERSION = 3
 ATTRIBUTE_KEY = "medmask_store"
@@ -105,11 +113,30 @@ class DecodedOnUse(Mapping[K, V]):
 
 
 @dataclass(frozen=True)
+class StoredSpace:
+    """A stored case's Space fields, their values checked at open. The Space itself is built on first use:
+    spacetransformer's own checks (an orthonormal basis, ...) cost ~0.25 ms, most of an open, and voxel
+    reads need only the shape. A Space it refuses raises :class:`CorruptMetadata` at every use."""
+
+    fields: dict[str, Any]
+    what: str  # the archive and case, for messages
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.fields["shape"])
+
+    @functools.cached_property
+    def space(self) -> Space:
+        with _decoding(self.what):
+            return validate_space(Space.from_dict(self.fields))
+
+
+@dataclass(frozen=True)
 class CaseInfo:
     """A stored case's metadata, decoded from its attributes without touching voxels."""
 
     case_id: str
-    space: Space
+    geometry: Space | StoredSpace  # a stored case's Space, built on first use (see :attr:`space`)
     mapping: dict[str, int]
     layer_names: tuple[str, ...]
     stats: Mapping[str, OrganStats]
@@ -118,6 +145,16 @@ class CaseInfo:
     layer_origins: tuple[tuple[int, int, int], ...] = ()  # voxel offset of each binary-layer window
     arrays: Mapping[str, ArrayManifest] | None = None  # what the stored arrays must be (None: not stored yet)
     colors: Mapping[str, Color] = field(default_factory=dict)  # every organ's RGBA colour, 0..255
+
+    @property
+    def space(self) -> Space:
+        """The case's geometry (for a stored case, built from its fields on first use)."""
+        return self.geometry if isinstance(self.geometry, Space) else self.geometry.space
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The volume's shape, known without building the Space."""
+        return tuple(self.geometry.shape)
 
     @property
     def label_dtype(self) -> np.dtype:
@@ -150,7 +187,8 @@ class CaseInfo:
         _require(isinstance(space_fields, dict) and set(space_fields) == set(SPACE_FIELDS), what, "space fields")
         _require(all(_numbers(space_fields[f], 3) for f in SPACE_FIELDS), what, "space values")
         _require(all(type(n) is int for n in space_fields["shape"]), what, "space shape")
-        space = validate_space(Space.from_dict(space_fields))
+        validate_geometry(**space_fields)
+        geometry = StoredSpace(space_fields, what)
         _require(isinstance(content["mapping"], dict), what, "mapping")
         mapping = validate_mapping(content["mapping"])
         layer_names = content["binary_layers"]
@@ -166,10 +204,10 @@ class CaseInfo:
 
         info = cls(
             case_id=case_id,
-            space=space,
+            geometry=geometry,
             mapping=mapping,
             layer_names=tuple(layer_names),
-            stats=on_use(lambda: _stats(content["stats"], mapping, space, what)),
+            stats=on_use(lambda: _stats(content["stats"], mapping, geometry.space, what)),
             meta=content["meta"],
             organ_affines=on_use(lambda: _decode_affines(content.get("organ_affines"), mapping, what)),
             layer_origins=tuple(tuple(o) for o in content.get("layer_origins", ())),  # type: ignore[misc]
@@ -187,12 +225,12 @@ class CaseInfo:
         _require(expected <= set(arrays) <= allowed, what, f"arrays {sorted(arrays)}, expected {sorted(expected)}")
         labels = arrays[LABEL_VOLUME]
         edge = labels.chunks[0]
-        _require(labels.shape == tuple(self.space.shape), what, f"label volume shape {labels.shape}")
+        _require(labels.shape == self.shape, what, f"label volume shape {labels.shape}")
         _require(labels.dtype == self.label_dtype and labels.codec in LABEL_CODECS, what, "label volume dtype or codec")
         _require(labels.chunks == (edge,) * 3, what, f"label volume chunks {labels.chunks}")
         counts = arrays.get(ORGAN_CHUNK_VOXELS)
         if counts is not None:
-            cells = math.prod(-(-n // edge) for n in self.space.shape)
+            cells = math.prod(-(-n // edge) for n in self.shape)
             _require(
                 counts.shape == (len(self.mapping), cells) and counts.chunks[1:] == (cells,)
                 and counts.dtype == np.dtype("<u4") and counts.codec == "zstd",
@@ -202,7 +240,7 @@ class CaseInfo:
             _require(not self.layer_origins, what, "layer origins without layers")
             return
         layers = arrays[BINARY_LAYERS]
-        grid = [-(-n // edge) * edge for n in self.space.shape]
+        grid = [-(-n // edge) * edge for n in self.shape]
         window = layers.shape[1:]
         _require(layers.shape[0] == len(self.layer_names) and len(window) == 3, what, f"binary layers shape {layers.shape}")
         _require(layers.dtype == np.dtype(bool) and layers.codec == LAYER_CODEC, what, "binary layers dtype or codec")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from spacetransformer import Space
@@ -39,9 +39,19 @@ class WorldBox:
                 raise InvalidRegion(f"WorldBox.{name} must be finite millimetres, got {corner!r}")
 
 
-def voxel_box(region: Any, space: Space) -> VoxelBox:
-    """A region (voxel slices / (start, stop) pairs, or a :class:`WorldBox`) as three slices."""
+class Shaped(Protocol):
+    """Anything with a volume's shape (a Space, or a stored case's space fields)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+def voxel_box(region: Any, space: Space | Shaped) -> VoxelBox:
+    """A region (voxel slices / (start, stop) pairs, or a :class:`WorldBox`) as three slices; voxel regions
+    need only the volume's shape, a WorldBox its Space."""
     if isinstance(region, WorldBox):
+        if not isinstance(space, Space):
+            raise TypeError(f"a WorldBox needs the volume's Space, got {type(space).__name__}")
         return _world_to_voxels(region, space)
     if not isinstance(region, (tuple, list)) or len(region) != 3:
         raise InvalidRegion(

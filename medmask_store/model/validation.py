@@ -118,22 +118,31 @@ def validate_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def validate_space(space: object) -> Space:
-    """A Space whose geometry is usable: finite origin and orientation, finite positive spacing,
-    at most ``MAX_VOXELS`` voxels."""
+    """A Space whose geometry is usable (:func:`validate_geometry`)."""
     if not isinstance(space, Space):
         raise InvalidCase(f"space must be a spacetransformer.Space, got {type(space).__name__}")
-    shape = tuple(space.shape)
+    validate_geometry(space.shape, space.origin, space.spacing, space.x_orientation, space.y_orientation, space.z_orientation)
+    return space
+
+
+def validate_geometry(
+    shape: Any, origin: Any, spacing: Any, x_orientation: Any, y_orientation: Any, z_orientation: Any
+) -> None:
+    """Check a Space's values (plain Python: every open checks them): finite origin and orientation, finite
+    positive spacing, at most ``MAX_VOXELS`` voxels."""
+    shape = tuple(shape)
     if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape):
         raise InvalidCase(f"space shape must be 3 positive integers, got {shape}")
     if math.prod(int(n) for n in shape) > MAX_VOXELS:
         raise InvalidCase(f"space shape {shape} exceeds the limit of {MAX_VOXELS} voxels")
-    for name in ("origin", "spacing", "x_orientation", "y_orientation", "z_orientation"):  # plain Python: every open
+    vectors = {"origin": origin, "spacing": spacing, "x_orientation": x_orientation,
+               "y_orientation": y_orientation, "z_orientation": z_orientation}  # fmt: skip
+    for name, vector in vectors.items():
         try:
-            values = [float(v) for v in getattr(space, name)]
+            values = [float(v) for v in vector]
         except (TypeError, ValueError):
             values = []
         if len(values) != 3 or not all(math.isfinite(v) for v in values):
-            raise InvalidCase(f"space {name} must be 3 finite numbers, got {getattr(space, name)}")
-    if not all(float(v) > 0 for v in space.spacing):
-        raise InvalidCase(f"space spacing must be positive, got {space.spacing}")
-    return space
+            raise InvalidCase(f"space {name} must be 3 finite numbers, got {vector}")
+    if not all(float(v) > 0 for v in spacing):
+        raise InvalidCase(f"space spacing must be positive, got {spacing}")

@@ -147,7 +147,7 @@ class PatchSampler:
 
     def read(self, case: Case, start: Sequence[int]) -> np.ndarray:
         """The patch at ``start`` (padded outside the volume): labels, or the chosen organs' channels."""
-        inside, placed = _window(start, self.patch_size, case.space.shape)
+        inside, placed = _window(start, self.patch_size, case.info.shape)
         if self.organs is None:
             padded = any(s.stop - s.start < n for s, n in zip(placed, self.patch_size))
             patch = np.full(self.patch_size, PAD_LABEL, LABEL_PATCH_DTYPE) if padded else np.empty(self.patch_size, LABEL_PATCH_DTYPE)
@@ -179,7 +179,7 @@ class PatchSampler:
         return present, cumulative / cumulative[-1] if present else cumulative
 
     def _start(self, case: Case, organ: str | None) -> tuple[int, int, int]:
-        shape = [int(n) for n in case.space.shape]
+        shape = list(case.info.shape)
         excess = [max(p - n, 0) for p, n in zip(self.patch_size, shape)]
         low = [(-e) // 2 for e in excess]
         high = [n + e // 2 + e % 2 - p for n, e, p in zip(shape, excess, self.patch_size)]
@@ -201,7 +201,7 @@ class PatchSampler:
         index = int(np.searchsorted(cumulative, drawn, side="right"))
         before = int(cumulative[index - 1]) if index else 0
         edge = case.stored_labels.chunks
-        region = tuple(slice(c * n, min((c + 1) * n, size)) for c, n, size in zip(chunks[index], edge, case.space.shape))
+        region = tuple(slice(c * n, min((c + 1) * n, size)) for c, n, size in zip(chunks[index], edge, case.info.shape))
         mask = case.organ(organ)[region]
         voxels = np.flatnonzero(mask)
         if voxels.size != cumulative[index] - before:

@@ -21,7 +21,7 @@ from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData
 from medmask_store.model.manifest import BINARY_LAYERS, LABEL_VOLUME, ORGAN_CHUNK_VOXELS
 from medmask_store.model.palette import Color
-from medmask_store.model.region import VoxelBox, box_space, voxel_box
+from medmask_store.model.region import VoxelBox, WorldBox, box_space, voxel_box
 from medmask_store.model.stats import BBox, OrganStats
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray, iter_chunks
@@ -52,7 +52,7 @@ class Case:
         return operator.getitem, (self._source, self.case_id)
 
     def __repr__(self) -> str:
-        return f"<Case {self.case_id!r} shape={tuple(self.space.shape)} organs={len(self.mapping)}>"
+        return f"<Case {self.case_id!r} shape={self.info.shape} organs={len(self.mapping)}>"
 
     # -- metadata ----------------------------------------------------------
     @property
@@ -168,7 +168,7 @@ class Case:
         if bbox is None or layers is None:
             return np.zeros(0, dtype=np.intp)
         coords = np.nonzero(layers[(layer, *_bbox_slices(bbox))])
-        return np.ravel_multi_index(tuple(c + start for c, (start, _) in zip(coords, bbox)), self.space.shape)
+        return np.ravel_multi_index(tuple(c + start for c, (start, _) in zip(coords, bbox)), self.info.shape)
 
     @property
     def labels(self) -> ChunkedArray:
@@ -279,11 +279,15 @@ class Case:
     def read_region(self, region: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Labels (layers painted) of a region: voxel slices / (start, stop) pairs, or a :class:`WorldBox`;
         written into ``out`` if given (the region's shape, any integer dtype holding the labels)."""
-        return self.labels.read(voxel_box(region, self.space), out)
+        return self.labels.read(self._voxel_box(region), out)
+
+    def _voxel_box(self, region: Any) -> VoxelBox:
+        """A region as voxel slices: a WorldBox needs the case's Space, voxel regions only its shape."""
+        return voxel_box(region, self.space if isinstance(region, WorldBox) else self.info.geometry)
 
     def region_space(self, region: Any) -> Space:
         """The Space of a region, e.g. to save it as NIfTI with the right affine."""
-        return box_space(voxel_box(region, self.space), self.space)
+        return box_space(self._voxel_box(region), self.space)
 
     @overload
     def read_organ(self, name: str, region: Any = None, crop: Literal[False] = False) -> np.ndarray: ...
@@ -302,11 +306,11 @@ class Case:
         if region is not None:
             if crop:
                 raise InvalidRegion("pass either a region or crop=True, not both")
-            return view[voxel_box(region, self.space)]
+            return view[self._voxel_box(region)]
         if stats.bbox is None:
             if crop:
                 raise InvalidRegion(f"case {self.case_id!r}: organ {name!r} has no voxels, so nothing to crop to")
-            return np.zeros(self.space.shape, dtype=bool)
+            return np.zeros(self.info.shape, dtype=bool)
         box = _bbox_slices(stats.bbox)
         cropped = view[box]
         if np.count_nonzero(cropped) != stats.voxels:
@@ -316,7 +320,7 @@ class Case:
             )
         if crop:
             return cropped, box_space(box, self.space)
-        mask = np.zeros(self.space.shape, dtype=bool)
+        mask = np.zeros(self.info.shape, dtype=bool)
         mask[box] = cropped
         return mask
 
@@ -333,7 +337,7 @@ class Case:
         layers = self.stored_layers
         masks = {}
         for name in names:
-            masks[name] = mask = np.zeros(self.space.shape, dtype=bool)
+            masks[name] = mask = np.zeros(self.info.shape, dtype=bool)
             bbox = self.info.stats[name].bbox
             if bbox is None:
                 continue

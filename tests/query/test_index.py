@@ -121,7 +121,7 @@ def case_infos(draw) -> tuple[CaseInfo, str]:
     values = draw(st.lists(st.integers(1, 65535), min_size=len(organs), max_size=len(organs), unique=True))
     info = CaseInfo(
         case_id=case_id,
-        space=Space(shape=(8, 8, 8)),
+        geometry=Space(shape=(8, 8, 8)),
         mapping=dict(zip(organs, values)),
         layer_names=(),
         stats={organ: draw(organ_stats()) for organ in organs},

@@ -40,6 +40,35 @@ def test_opening_and_reading_labels_decode_no_statistics(stored, monkeypatch: py
         assert decoded == ["_stats"]
 
 
+def test_voxel_reads_build_no_space(stored, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, data = stored
+    built: list[object] = []
+    original = attributes.Space.from_dict
+    monkeypatch.setattr(attributes.Space, "from_dict", lambda fields: built.append(fields) or original(fields))
+    with MaskArchive(path) as archive:
+        case = archive["a"]
+        region = (slice(3, 70), slice(5, 60), slice(0, 40))
+        np.testing.assert_array_equal(case.read_region(region), case.read_labels()[region])
+        np.testing.assert_array_equal(case.stored_labels[region], data.label_volume[region])
+        assert built == []  # voxel regions need only the shape
+        assert case.space == data.space and case.space is case.space and len(built) == 1  # built once, on first use
+        case.read_organ("liver")  # organ reads use statistics, whose world centroids use that Space
+        assert len(built) == 1
+
+
+def test_a_crafted_orientation_is_refused_where_the_space_is_used(stored) -> None:
+    path, data = stored
+    content = case_content(path, "a")
+    content["space"]["x_orientation"] = [0.0, 1.0, 0.0]  # the y axis again: no basis
+    write_case_content(path, "a", content)  # resealed: only spacetransformer's checks can refuse it
+    with MaskArchive(path) as archive:
+        case = archive["a"]
+        np.testing.assert_array_equal(case.read_labels(include_layers=False), data.label_volume)  # no orientation needed
+        for use in (lambda: case.space, lambda: case.stats, lambda: case.region_space((slice(0, 4),) * 3)):
+            with pytest.raises(CorruptMetadata, match=r"case 'a': malformed attributes \(.*orthonormal"):
+                use()
+
+
 def test_crafted_statistics_are_refused_where_they_are_used(stored) -> None:
     path, data = stored
     content = case_content(path, "a")
