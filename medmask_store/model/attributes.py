@@ -36,13 +36,7 @@ from medmask_store.model.manifest import (
 )
 from medmask_store.model.palette import Color, default_color, organ_colors
 from medmask_store.model.stats import OrganStats, stats_from_attributes, stats_to_attributes
-from medmask_store.model.validation import (
-    validate_case_id,
-    validate_colors,
-    validate_geometry,
-    validate_mapping,
-    validate_space,
-)
+from medmask_store.model.validation import validate_case_id, validate_colors, validate_geometry, validate_mapping
 
 FORMAT_VERSION = 3
 ATTRIBUTE_KEY = "medmask_store"
@@ -128,7 +122,7 @@ class StoredSpace:
     @functools.cached_property
     def space(self) -> Space:
         with _decoding(self.what):
-            return validate_space(Space.from_dict(self.fields))
+            return Space.from_dict(self.fields)  # its values were checked at open (validate_geometry)
 
 
 @dataclass(frozen=True)

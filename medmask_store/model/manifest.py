@@ -71,12 +71,16 @@ def unseal(document: object, what: str) -> dict[str, Any]:
 def chunk_list_digest(lengths: Mapping[ChunkCoords, int]) -> int:
     """crc32c of the sorted (coordinates..., byte length) of every stored chunk: checked on every open."""
     keys = sorted(lengths)
-    if not keys:
-        return crc32c(b"")
-    ndim = len(keys[0])
-    rows = np.empty((len(keys), ndim + 1), dtype="<i8")
-    rows[:, :ndim] = np.fromiter(itertools.chain.from_iterable(keys), "<i8", len(keys) * ndim).reshape(-1, ndim)
-    rows[:, ndim] = np.fromiter((lengths[k] for k in keys), "<i8", len(keys))
+    ndim = len(keys[0]) if keys else 0
+    coords = np.fromiter(itertools.chain.from_iterable(keys), "<i8", len(keys) * ndim).reshape(len(keys), ndim)
+    return sorted_chunk_list_digest(coords, np.fromiter((lengths[k] for k in keys), "<i8", len(keys)))
+
+
+def sorted_chunk_list_digest(coords: np.ndarray, lengths: np.ndarray) -> int:
+    """:func:`chunk_list_digest` of chunks given as arrays already in coordinate order: (chunks, ndim) and (chunks,)."""
+    rows = np.empty((len(lengths), coords.shape[1] + 1), dtype="<i8")
+    rows[:, :-1] = coords
+    rows[:, -1] = lengths
     return crc32c(rows.tobytes())
 
 

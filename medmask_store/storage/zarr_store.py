@@ -25,7 +25,7 @@ from medmask_store.codecs.chunks import ZARR_ENCODERS, append_crc32c, strip_crc3
 from medmask_store.errors import CaseNotFound, CorruptChunk, CorruptMetadata, InvalidArchive
 from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
 from medmask_store.model.attributes import archive_attributes, case_document, check_archive_attributes
-from medmask_store.model.manifest import chunk_list_digest, crc32c
+from medmask_store.model.manifest import chunk_list_digest, crc32c, sorted_chunk_list_digest
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, EncodedCase
@@ -414,11 +414,9 @@ class ShardedChunks:
         offsets, lengths = self._index[stored, 0], self._index[stored, 1]
         if (offsets > data_bytes).any() or (lengths > data_bytes - np.minimum(offsets, data_bytes)).any():
             raise CorruptMetadata(f"{where}: shard index points beyond the shard's {data_bytes} bytes of chunks")
-        rows = np.empty((stored.size, len(grid) + 1), dtype="<i8")  # in C order: sorted by coordinates
-        rows[:, :-1] = np.stack(np.unravel_index(stored, grid), axis=1)
-        rows[:, -1] = lengths
-        self.chunks_crc32c = crc32c(rows.tobytes())  # chunk_list_digest(self.lengths), without sorting a dict
-        self.lengths = dict(zip(map(tuple, rows[:, :-1].tolist()), lengths.tolist()))
+        coords = np.stack(np.unravel_index(stored, grid), axis=1)  # in C order: sorted by coordinates
+        self.chunks_crc32c = sorted_chunk_list_digest(coords, lengths)  # without sorting a dict
+        self.lengths = dict(zip(map(tuple, coords.tolist()), lengths.tolist()))
 
     def fetch(self, coords: ChunkCoords) -> bytes:
         """The bytes of one stored chunk."""
