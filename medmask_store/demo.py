@@ -85,7 +85,8 @@ def run_demo(workdir: Path, source: Path | None = None) -> DemoReport:
     for preset, suffix in COPIES:
         with MaskArchive(archive_path) as archive:
             destination = workdir / f"demo-{preset}{suffix}"
-            converted = archive.copy_to(destination, mode="w", settings=StorageSettings.preset(preset)).path
+            archive.copy_to(destination, mode="w", settings=StorageSettings.preset(preset))
+            converted = destination
         sizes[preset, suffix] = folder_bytes(converted) if converted.is_dir() else (converted.stat().st_size, 1)
         with MaskArchive(converted) as archive:
             copy = archive[source.name]

@@ -69,5 +69,9 @@ class InvalidQuery(MaskStoreError, ValueError):
     """A query expression is malformed, unsafe, or names unknown organs or fields."""
 
 
+class StorageUnavailable(MaskStoreError, OSError):
+    """An object store refused or failed a request (credentials, endpoint, bucket, network)."""
+
+
 class DamagedDataWarning(UserWarning):
     """A damaged case or index was skipped (``skip_damaged=True``) or rebuilt by a writer."""

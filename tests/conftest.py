@@ -1,12 +1,15 @@
-"""Shared fixtures: synthetic phantoms, one archive path per backend, the optional real case."""
+"""Shared fixtures: synthetic phantoms, one archive path per backend, the optional real case, an S3 server."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from s3server import CountingProxy, S3Service, SeaweedStartError, start_seaweedfs
 from spacetransformer import Space
 
 from medmask_store.phantom import make_phantom
@@ -49,3 +52,30 @@ def index_every_archive() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(archive_module, "INDEX_MIN_CASES", 1)
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
+    """A SeaweedFS S3 server for the session behind a ``CountingProxy``: clients use ``.endpoint`` (the proxy).
+
+    Skips when weed cannot start, except on CI (``CI=true``), where that fails.
+    """
+    try:
+        server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    except SeaweedStartError as error:
+        reason = f"SeaweedFS did not start: {error}"
+        if os.environ.get("CI", "").lower() == "true":
+            raise pytest.fail.Exception(reason, pytrace=False) from None
+        raise pytest.skip.Exception(reason) from None
+    proxy = CountingProxy(server.endpoint)
+    try:
+        yield S3Service(server, proxy)
+    finally:
+        proxy.close()
+        server.stop()
+
+
+@pytest.fixture
+def s3_prefix(s3_server: S3Service) -> str:
+    """A fresh ``s3://<bucket>/<hex>/`` URL prefix, so tests do not see each other's objects."""
+    return f"s3://{s3_server.bucket}/{uuid.uuid4().hex}/"

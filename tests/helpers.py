@@ -253,6 +253,17 @@ def totalsegmentator_colors(content: bytes) -> dict[int, tuple[float, ...]]:
     return {int(e["@Key"]): tuple(float(e[f"@{c}"]) for c in ("Red", "Green", "Blue", "Alpha")) for e in entries}
 
 
+def write_case_folder(folder: Path, seed: int, organs: int = 5) -> dict[str, np.ndarray]:
+    """A case folder of NIfTI masks as TotalSegmentator writes them (a phantom: rib_right_12 inside the liver)."""
+    from medmask_store.phantom import make_phantom
+
+    masks, space = make_phantom(shape=(40, 36, 30), n_organs=organs, n_empty=1, seed=seed)
+    folder.mkdir(parents=True)
+    for name, mask in masks.items():
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
+    return masks
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 

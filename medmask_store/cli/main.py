@@ -47,6 +47,30 @@ SKIP_DAMAGED_OPTION = click.option(
 )
 
 
+class ArchiveLocation(click.ParamType):
+    """An archive's local path (a Path; ``exists``: it must exist) or its URL (kept as given: s3://, https://...).
+
+    Object stores take their credentials and endpoint from the standard environment
+    variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION).
+    """
+
+    name = "archive"
+
+    def __init__(self, exists: bool) -> None:
+        self.exists = exists
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | Path:
+        if isinstance(value, Path) or "://" in str(value):
+            return value
+        if self.exists and not os.path.exists(value):
+            self.fail(f"{value!r} does not exist", param, ctx)
+        return Path(value)
+
+
+ARCHIVE = ArchiveLocation(exists=True)
+NEW_ARCHIVE = ArchiveLocation(exists=False)
+
+
 class LabelSourceType(click.ParamType):
     """A built-in label table's name, kept as given, or an existing file, as a Path."""
 
@@ -77,7 +101,7 @@ def main() -> None:
 
 
 @main.command("import")
-@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("archive", type=NEW_ARCHIVE)
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--labels", type=LabelSourceType(), metavar="FILE|totalsegmentator",
@@ -98,11 +122,14 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no line per case; only failures and the summary.")
 @click.option("--commit-every", default=50, show_default=True,
               help="Single-file archives (.h5, .zarr.zip, .msk): publish after this many cases.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Read and encode the cases on the workers of this Dask scheduler (e.g. tcp://host:8786) instead of "
+              "local processes; they must reach the sources (and a .zarr archive) at the same paths.")
 @PRESET_OPTION
 def import_command(
-    archive: Path, sources: tuple[Path, ...], labels: Path | str | None, case_id: str | None, meta: str | None,
+    archive: Path | str, sources: tuple[Path, ...], labels: Path | str | None, case_id: str | None, meta: str | None,
     name_unmapped: bool, skip_existing: bool, jobs: int | None, dry_run: bool, progress: bool | None, quiet: bool,
-    commit_every: int, preset: str,
+    commit_every: int, scheduler: str | None, preset: str,
 ) -> None:
     """Import case folders, multi-label NIfTI files or folders of case folders, in parallel.
 
@@ -117,16 +144,22 @@ def import_command(
 
     from tqdm import tqdm
 
+    from medmask_store.cluster.client import connect
     from medmask_store.concurrency import keep_freed_memory
     from medmask_store.ingest import import_cases, plan_import
     from medmask_store.io.labels import load_labels
     from medmask_store.storage.archive import MaskArchive
     from medmask_store.storage.layout import StorageSettings
 
+    if scheduler and jobs:
+        raise click.UsageError("--jobs sets local processes, --scheduler a cluster's workers: pass one of them")
+    if scheduler:  # workers elsewhere resolve relative paths from their own working directory
+        archive = archive.absolute() if isinstance(archive, Path) else archive
+        sources = tuple(source.absolute() for source in sources)
     label_map = load_labels(labels) if labels else None
     unmapped: Unmapped = "name" if name_unmapped else "error"
     user_meta = _parse_meta(meta)
-    existed = archive.exists()
+    existed = _archive_exists(archive)
     with MaskArchive(archive) if existed else nullcontext() as current:  # bad sources fail before any write
         plan = plan_import(current, sources, label_map, unmapped, overwrite=not skip_existing)
         if (case_id or user_meta) and len(plan.cases) != 1:
@@ -140,7 +173,7 @@ def import_command(
         return
     single = len(plan.cases) == 1
     show_bar = not quiet and not single and (progress if progress is not None else sys.stderr.isatty())
-    with MaskArchive(archive, "a", StorageSettings.preset(preset)) as store, \
+    with connect(scheduler) as client, MaskArchive(archive, "a", StorageSettings.preset(preset)) as store, \
             tqdm(total=len(plan.cases), desc="import", unit="case", disable=not show_bar, smoothing=0.1) as bar:
 
         def on_outcome(outcome: CaseOutcome) -> None:
@@ -150,8 +183,8 @@ def import_command(
                            + (outcome.detail if outcome.status == "failed" else f"({outcome.seconds:.1f} s)"))
 
         keep_freed_memory()  # this process exits after the import
-        report = import_cases(store, plan, jobs, user_meta, commit_every, on_outcome)
-    if not existed and not report.imported:  # a failed first import leaves no empty archive behind
+        report = import_cases(store, plan, jobs, user_meta, commit_every, on_outcome, client)
+    if not existed and not report.imported and isinstance(archive, Path):  # a failed first import leaves no empty archive
         shutil.rmtree(archive) if archive.is_dir() else archive.unlink()
     if single and report.failed:  # one case: its error, on one line
         raise click.ClickException(next(iter(report.failed.values())))
@@ -161,6 +194,21 @@ def import_command(
         for failed_id, reason in report.failed.items():
             click.echo(f"  {failed_id}: {reason}", err=True)
         sys.exit(1)
+
+
+def _archive_exists(archive: Path | str) -> bool:
+    """Whether a local path exists, or a URL names an archive."""
+    from medmask_store.errors import InvalidArchive
+    from medmask_store.storage.archive import MaskArchive
+
+    if isinstance(archive, Path):
+        return archive.exists()
+    try:
+        with MaskArchive(archive) as opened:
+            opened.case_ids()  # an archive in an object store is read when first used
+    except InvalidArchive:
+        return False
+    return True
 
 
 def _parse_meta(meta: str | None) -> dict[str, Any]:
@@ -175,8 +223,8 @@ def _parse_meta(meta: str | None) -> dict[str, Any]:
 
 
 @main.command("ls")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
-def ls_command(archive: Path) -> None:
+@click.argument("archive", type=ARCHIVE)
+def ls_command(archive: Path | str) -> None:
     """List the case ids of an archive."""
     from medmask_store.storage.archive import MaskArchive
 
@@ -203,9 +251,9 @@ def case_summary(case: Case) -> dict[str, Any]:
 
 
 @main.command("delete")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("archive", type=ARCHIVE)
 @click.argument("case_ids", nargs=-1, required=True)
-def delete_command(archive: Path, case_ids: tuple[str, ...]) -> None:
+def delete_command(archive: Path | str, case_ids: tuple[str, ...]) -> None:
     """Delete cases (a damaged one too: its files go, whatever state they are in)."""
     from medmask_store.storage.archive import MaskArchive
 
@@ -221,10 +269,10 @@ def delete_command(archive: Path, case_ids: tuple[str, ...]) -> None:
 
 
 @main.command("info")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("archive", type=ARCHIVE)
 @click.argument("case_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info_command(archive: Path, case_id: str, as_json: bool) -> None:
+def info_command(archive: Path | str, case_id: str, as_json: bool) -> None:
     """Describe one case: geometry, metadata and per-organ statistics."""
     from medmask_store.storage.archive import MaskArchive
 
@@ -241,12 +289,12 @@ def info_command(archive: Path, case_id: str, as_json: bool) -> None:
 
 
 @main.command("export")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("archive", type=ARCHIVE)
 @click.argument("case_id")
 @click.argument("outdir", type=click.Path(path_type=Path))
 @click.option("--multilabel", is_flag=True, help="Write OUTDIR/<case>.nii.gz + <case>.json instead of one file per organ.")
 @click.option("--allow-overlap", is_flag=True, help="With --multilabel: paint overlapping organs over their neighbours.")
-def export_command(archive: Path, case_id: str, outdir: Path, multilabel: bool, allow_overlap: bool) -> None:
+def export_command(archive: Path | str, case_id: str, outdir: Path, multilabel: bool, allow_overlap: bool) -> None:
     """Export a case to NIfTI: one file per organ, or one multi-label file."""
     from medmask_store.io.nifti import export_mask_folder, export_multilabel
     from medmask_store.storage.archive import MaskArchive
@@ -272,13 +320,13 @@ def _parse_box(text: str, option: str, kind: type) -> list[tuple[Any, Any]]:
 
 
 @main.command("read")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("archive", type=ARCHIVE)
 @click.argument("case_id")
 @click.option("--organ", help="Read one organ (cropped to its bounding box unless a region is given).")
 @click.option("--region", help="Voxel box i0:i1,j0:j1,k0:k1 in array axis order (as nibabel's).")
 @click.option("--mm", help="World box x0:x1,y0:y1,z0:z1 in millimetres (voxels whose centres lie inside).")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output .npy, .nii or .nii.gz.")
-def read_command(archive: Path, case_id: str, organ: str | None, region: str | None, mm: str | None, out_path: Path) -> None:
+def read_command(archive: Path | str, case_id: str, organ: str | None, region: str | None, mm: str | None, out_path: Path) -> None:
     """Read labels or one organ, whole or a region, into a .npy or NIfTI file (with the region's affine)."""
     import nibabel as nib
     import numpy as np
@@ -315,7 +363,7 @@ def read_command(archive: Path, case_id: str, organ: str | None, region: str | N
 
 
 @main.command("sample")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("archive", type=ARCHIVE)
 @click.option("--patch", "patch_size", default="96", show_default=True, help="Patch edge in voxels, or X,Y,Z.")
 @click.option("--n", "count", default=8, show_default=True, type=click.IntRange(min=1), help="Patches to write.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
@@ -325,7 +373,7 @@ def read_command(archive: Path, case_id: str, organ: str | None, region: str | N
 @click.option("--cases", help="Query expression choosing the cases (default: all).")
 @click.option("--seed", default=0, show_default=True, type=int)
 def sample_command(
-    archive: Path, patch_size: str, count: int, out_dir: Path, foreground: float, organs: str | None,
+    archive: Path | str, patch_size: str, count: int, out_dir: Path, foreground: float, organs: str | None,
     cases: str | None, seed: int,
 ) -> None:  # fmt: skip
     """Write patches as a training loader would draw them: NNN.npy, and NNN.json with case, box, organ and affine."""
@@ -362,8 +410,8 @@ def sample_command(
 
 
 @main.command("convert")
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.argument("destination", type=click.Path(path_type=Path))
+@click.argument("source", type=ARCHIVE)
+@click.argument("destination", type=NEW_ARCHIVE)
 @click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it is an archive.")
 @PRESET_OPTION
 def convert_command(source: Path, destination: Path, overwrite: bool, preset: str) -> None:
@@ -381,12 +429,12 @@ def convert_command(source: Path, destination: Path, overwrite: bool, preset: st
 
 
 @main.command("query")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("archive", type=ARCHIVE)
 @click.argument("expression")
 @click.option("--json", "as_json", is_flag=True, help="Print the matching case ids as a JSON list.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print the statistics rows of the matching cases as CSV.")
 @SKIP_DAMAGED_OPTION
-def query_command(archive: Path, expression: str, as_json: bool, as_csv: bool, skip_damaged: bool) -> None:
+def query_command(archive: Path | str, expression: str, as_json: bool, as_csv: bool, skip_damaged: bool) -> None:
     """Cases matching EXPRESSION, e.g. 'liver.volume_ml > 2000 and age >= 60' (one id per line)."""
     from medmask_store.storage.archive import MaskArchive
 
@@ -403,10 +451,10 @@ def query_command(archive: Path, expression: str, as_json: bool, as_csv: bool, s
 
 
 @main.command("stats")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("archive", type=ARCHIVE)
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 @SKIP_DAMAGED_OPTION
-def stats_command(archive: Path, as_csv: bool, skip_damaged: bool) -> None:
+def stats_command(archive: Path | str, as_csv: bool, skip_damaged: bool) -> None:
     """Per-case, per-organ statistics (one row per case × organ) from the archive index."""
     from medmask_store.storage.archive import MaskArchive
 
@@ -415,9 +463,51 @@ def stats_command(archive: Path, as_csv: bool, skip_damaged: bool) -> None:
     click.echo(stats.to_csv(index=False) if as_csv else stats.to_string(index=False), nl=not as_csv)
 
 
+@main.command("map")
+@click.argument("archive", type=ARCHIVE)
+@click.argument("function", metavar="MODULE:FUNCTION")
+@click.option("--cases", help="Query expression choosing the cases (default: all).")
+@click.option("--scheduler", metavar="ADDRESS", help="Run on this Dask scheduler, e.g. tcp://host:8786 [default: local processes].")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per case.")
+def map_command(archive: Path | str, function: str, cases: str | None, scheduler: str | None, as_csv: bool, as_json: bool) -> None:
+    """Run FUNCTION(case) over the cases on Dask and print one row per case: case_id, the keys of the dict it
+    returns (or result), and error (the exception of a case that failed; exit code 1 if any did).
+
+    MODULE is imported from the current directory or the installed packages; the workers import it too.
+    """
+    import pkgutil
+
+    from medmask_store.cluster.client import connect
+    from medmask_store.storage.archive import MaskArchive
+
+    if as_csv and as_json:
+        raise click.UsageError("pass --csv or --json, not both")
+    if ":" not in function:
+        raise click.BadParameter(f"expected MODULE:FUNCTION, got {function!r}", param_hint="MODULE:FUNCTION")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does; local worker processes inherit the path
+    try:
+        fn = pkgutil.resolve_name(function)
+    except (ImportError, AttributeError) as exc:
+        raise click.BadParameter(f"cannot import {function}: {exc}", param_hint="MODULE:FUNCTION") from exc
+    if not callable(fn):
+        raise click.BadParameter(f"{function} is not a function", param_hint="MODULE:FUNCTION")
+    with connect(scheduler) as client, MaskArchive(archive) as store:
+        results = store.map_cases(fn, client, cases)
+    if as_json:
+        click.echo(results.to_json(orient="records"))
+    else:
+        click.echo(results.to_csv(index=False) if as_csv else results.to_string(index=False), nl=not as_csv)
+    failed = results["error"].notna()
+    if failed.any():
+        click.echo(f"{failed.sum()} of {len(results)} case(s) failed", err=True)
+        sys.exit(1)
+
+
 @main.command("reindex")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
-def reindex_command(archive: Path) -> None:
+@click.argument("archive", type=ARCHIVE)
+def reindex_command(archive: Path | str) -> None:
     """Rebuild the archive index from every case's attributes."""
     from tqdm import tqdm
 
@@ -429,8 +519,8 @@ def reindex_command(archive: Path) -> None:
 
 
 @main.command("verify")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
-def verify_command(archive: Path) -> None:
+@click.argument("archive", type=ARCHIVE)
+def verify_command(archive: Path | str) -> None:
     """Check every case (attributes, manifests, every chunk, voxel counts) and the index; list every
     problem and exit 1 if there is any."""
     from tqdm import tqdm

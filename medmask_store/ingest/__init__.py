@@ -1,4 +1,5 @@
-"""Import of whole datasets: cases read and encoded in worker processes, resumable, one bad case reported."""
+"""Import of whole datasets: cases read and encoded in worker processes (local, or a Dask cluster's), resumable,
+one bad case reported."""
 
 from typing import TYPE_CHECKING
 

@@ -1,12 +1,14 @@
 """Plan and run the import of many cases into one archive.
 
-Cases are read and encoded in worker processes (``jobs``). Directory archives
-(``.zarr``) take concurrent writers, so each worker stores its own cases; for
-single-file archives the workers hand encoded cases to this process, the one
-writer, which publishes every ``commit_every`` cases. A case already in the
-archive is skipped unless ``overwrite`` (a damaged one is replaced), a bad case
-is reported with its file and reason while the others go on, and a worker
-process that dies (killed, out of memory) costs only the case it was importing.
+Cases are read and encoded in worker processes: ``jobs`` local ones, or the
+workers of a Dask cluster (``client``), through the same ``concurrent.futures``
+loop. Directory archives (``.zarr``) take concurrent writers, so each worker
+stores its own cases; for single-file archives the workers hand encoded cases to
+this process, the one writer, which publishes every ``commit_every`` cases. A
+case already in the archive is skipped unless ``overwrite`` (a damaged one is
+replaced), a bad case is reported with its file and reason while the others go
+on, and a worker process that dies (killed, out of memory) costs only the case
+it was importing.
 """
 
 from __future__ import annotations
@@ -15,22 +17,23 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from medmask_store.concurrency import use_threads, worker_threads
+from medmask_store.concurrency import keep_freed_memory, use_threads, worker_threads
 from medmask_store.errors import CorruptArchive, InvalidArchive, InvalidCase
-from medmask_store.ingest.worker import CaseResult, WorkerSetup, configure, import_case, start_worker
+from medmask_store.ingest.worker import CaseResult, WorkerSetup, import_case
 from medmask_store.io.labels import LabelSource
 from medmask_store.io.sources import CaseSource, discover_cases
 from medmask_store.model.case_data import Unmapped
 from medmask_store.model.validation import validate_case_id, validate_meta
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from medmask_store.storage.archive import MaskArchive
 
 Action = Literal["import", "replace", "skip"]
@@ -160,14 +163,22 @@ def import_cases(
     meta: Mapping[str, Any] | None = None,
     commit_every: int = 50,
     on_outcome: Callable[[CaseOutcome], None] = lambda _: None,
+    client: Client | None = None,
 ) -> ImportReport:
-    """Run ``plan``: every case to import is read and encoded in one of ``jobs`` processes (default: all cores).
+    """Run ``plan``: every case to import is read and encoded in one of ``jobs`` processes (default: all cores),
+    or with ``client`` (a ``distributed.Client``) on its cluster's workers, one case per worker thread.
 
-    ``on_outcome`` is called once per case as it ends (skipped cases first).
+    On a cluster the workers must reach the sources and a directory archive at the same paths (a shared
+    file system). ``on_outcome`` is called once per case as it ends (skipped cases first).
     """
     started = time.perf_counter()
     todo = plan.to_import
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+    if client is not None:
+        if jobs is not None:
+            raise ValueError("pass jobs (local processes) or client (a Dask cluster's workers), not both")
+        jobs = max(1, sum(client.nthreads().values()))
+    else:
+        jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
     report = ImportReport(jobs=jobs)
 
     def record(outcome: CaseOutcome) -> None:
@@ -201,37 +212,46 @@ def import_cases(
             stored_since_commit = 0
 
     meta = validate_meta(meta)
+    setup = _worker_setup(archive)
     with archive.batch():
-        if jobs == 1:
-            _run_here(archive, todo, meta, finish)
+        if client is not None:
+            client.run(keep_freed_memory)  # as the local pool's initializer does: Dask workers trim freed memory
+            with client.get_executor(pure=False) as executor:  # leaving waits for the cases in flight
+                _run_on(executor, jobs, setup, meta, finish, todo)
+        elif jobs == 1:
+            _run_here(replace(setup, directory_archive=None), todo, meta, finish)
         else:
-            _run_in_workers(archive, todo, meta, jobs, finish)
+            _run_in_workers(setup, todo, meta, jobs, finish)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _run_here(archive: MaskArchive, todo: list[PlannedCase], meta: dict[str, Any], finish: Callable[[CaseResult], None]) -> None:
+def _worker_setup(archive: MaskArchive) -> WorkerSetup:
+    """What the workers need; for a directory archive (concurrent writers) they store their own cases in it."""
+    directory = archive.path if archive.concurrent_writers else None
+    return WorkerSetup(archive.settings, archive.chunk_encoders, directory, archive.backend)
+
+
+def _run_here(setup: WorkerSetup, todo: list[PlannedCase], meta: dict[str, Any], finish: Callable[[CaseResult], None]) -> None:
     """One job: import in this process, on one thread (``jobs`` counts the cores an import uses)."""
     previous = worker_threads()
-    configure(WorkerSetup(archive.settings, archive.chunk_encoders, directory_archive=None))
     try:
         for case in todo:
-            finish(import_case(case.source, case.case_id, meta, case.action == "replace"))
+            finish(import_case(setup, case.source, case.case_id, meta, case.action == "replace"))
     finally:
         use_threads(previous)
 
 
 def _run_in_workers(
-    archive: MaskArchive, todo: list[PlannedCase], meta: dict[str, Any], jobs: int, finish: Callable[[CaseResult], None]
+    setup: WorkerSetup, todo: list[PlannedCase], meta: dict[str, Any], jobs: int, finish: Callable[[CaseResult], None]
 ) -> None:
     """``jobs`` worker processes, one case each at a time.
 
     When a worker dies, the pool breaks and every case in flight is interrupted:
     each is retried alone in a fresh pool, so only the case that kills its
-    worker fails, and the rest go on in a new pool.
+    worker fails, and the rest go on in a new pool. (A Dask scheduler retries
+    such a case on other workers itself, then reports it failed.)
     """
-    directory = archive.path if archive.concurrent_writers else None
-    setup = WorkerSetup(archive.settings, archive.chunk_encoders, directory)
     run = partial(_run_pool, setup, meta, finish)
     pending = todo
     while pending:
@@ -246,28 +266,46 @@ def _run_in_workers(
 def _run_pool(
     setup: WorkerSetup, meta: dict[str, Any], finish: Callable[[CaseResult], None], cases: list[PlannedCase], width: int
 ) -> tuple[list[PlannedCase], list[PlannedCase]]:
-    """Import ``cases`` on ``width`` workers until done or a worker dies: (cases not started, cases in flight then)."""
+    """Import ``cases`` on ``width`` worker processes until done or a worker dies: (cases not started, cases in flight then)."""
     # forkserver: workers fork from a clean server process (the parent may hold threads, e.g. zarr's
     # event loop), with the modules they use imported once there rather than once per worker
     # (the chunk codecs and zarr-python are otherwise imported on first use).
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["medmask_store.ingest.worker", "medmask_store.codecs.zarr3", "medmask_store.storage.zarr_directory"])
-    pending = list(reversed(cases))
-    running: dict[Future[CaseResult], PlannedCase] = {}
-    with ProcessPoolExecutor(width, context, initializer=start_worker, initargs=(setup,)) as pool:
+    with ProcessPoolExecutor(width, context, initializer=keep_freed_memory) as pool:
         try:
-            while pending or running:
-                while pending and len(running) < width:  # as many cases in flight as workers
-                    case = pending.pop()
-                    running[pool.submit(import_case, case.source, case.case_id, meta, case.action == "replace")] = case
-                done, _ = wait(running, return_when="FIRST_COMPLETED")
-                for future in done:
-                    if not isinstance(future.exception(), BrokenProcessPool):
-                        finish(future.result())
-                        running.pop(future)
-                if any(isinstance(future.exception(), BrokenProcessPool) for future in done):
-                    return list(reversed(pending)), list(running.values())
+            return _run_on(pool, width, setup, meta, finish, cases)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _run_on(
+    executor: Executor,
+    width: int,
+    setup: WorkerSetup,
+    meta: dict[str, Any],
+    finish: Callable[[CaseResult], None],
+    cases: list[PlannedCase],
+) -> tuple[list[PlannedCase], list[PlannedCase]]:
+    """Import ``cases`` on ``executor``, ``width`` at a time, until done or it breaks (a worker process died):
+    (cases not started, cases in flight then). A case whose task fails otherwise is reported failed."""
+    pending = list(reversed(cases))
+    running: dict[Future[CaseResult], PlannedCase] = {}
+    while pending or running:
+        while pending and len(running) < width:  # as many cases in flight as workers
+            case = pending.pop()
+            running[executor.submit(import_case, setup, case.source, case.case_id, meta, case.action == "replace")] = case
+        done, _ = wait(running, return_when="FIRST_COMPLETED")
+        for future in done:
+            failure = future.exception()
+            if isinstance(failure, BrokenExecutor):
+                continue
+            case = running.pop(future)
+            if failure is None:
+                finish(future.result())
+            else:  # e.g. Dask's KilledWorker: every worker that tried the case died
+                finish(CaseResult(case.case_id, 0.0, error=f"its worker failed: {type(failure).__name__}: {failure}"))
+        if any(isinstance(future.exception(), BrokenExecutor) for future in done):
+            return list(reversed(pending)), list(running.values())
     return [], []

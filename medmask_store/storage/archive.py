@@ -28,6 +28,7 @@ from medmask_store.model.validation import validate_case_id
 from medmask_store.storage.backend import Backend
 from medmask_store.storage.case import Case
 from medmask_store.storage.layout import EncodedCase, StorageSettings, encode_case
+from medmask_store.storage.remote import RemoteLocation, parse_location
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,7 +44,7 @@ INDEX_SAVE_EVERY = 256
 # Below this many cases no index is stored: reading every case's attributes is as fast,
 # and a one-case archive stays ~3 KB smaller.
 INDEX_MIN_CASES = 32
-BackendFactory = Callable[[Path, str, StorageSettings], Backend]
+BackendFactory = Callable[[Any, str, StorageSettings], Backend]  # (Path or RemoteLocation, mode, settings)
 # Backend name -> (file suffixes, "module:factory"); names are what ``MaskArchive(..., backend=)``
 # takes. A backend's module (and its library, e.g. h5py) is imported when an archive of it is opened.
 BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -52,18 +53,30 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "h5": ((".h5", ".hdf5"), "medmask_store.storage.hdf5:Hdf5Backend"),
     "msk": ((".msk",), "medmask_store.storage.packed:PackedFileBackend"),
 }
+# Backend name -> "module:factory" of its reader (and, for "zarr", writer) of archives in object stores.
+REMOTE_BACKENDS: dict[str, str] = {
+    "zarr": "medmask_store.storage.zarr_remote:RemoteZarrBackend",
+    "zarr.zip": "medmask_store.storage.zarr_zip:open_zarr_zip",  # single files: read-only, in place
+    "h5": "medmask_store.storage.hdf5:Hdf5Backend",
+    "msk": "medmask_store.storage.packed:PackedFileBackend",
+}
 # What existing single files start with, for paths whose suffix names no backend
 # (b"MSKP" is storage.packed.MAGIC).
 MAGIC_BYTES = {b"PK\x03\x04": "zarr.zip", b"\x89HDF": "h5", b"MSKP": "msk"}
 
 
-def backend_factory(name: str) -> BackendFactory:
-    """What opens archives of backend ``name`` (its module imported on first use)."""
-    module, factory = BACKENDS[name][1].split(":")
+def backend_factory(name: str, location: Path | RemoteLocation) -> BackendFactory:
+    """What opens archives of backend ``name`` at ``location`` (its module imported on first use)."""
+    if isinstance(location, RemoteLocation):
+        if name not in REMOTE_BACKENDS:
+            raise InvalidArchive(f"{location}: {name} archives are not read from object stores; use {', '.join(REMOTE_BACKENDS)}")
+        module, factory = REMOTE_BACKENDS[name].split(":")
+    else:
+        module, factory = BACKENDS[name][1].split(":")
     return getattr(importlib.import_module(module), factory)
 
 
-def backend_name(path: Path, backend: str | None = None) -> str:
+def backend_name(path: Path | RemoteLocation, backend: str | None = None) -> str:
     """The backend for a path: ``backend`` if given, else by suffix, else by an existing file's magic bytes."""
     if backend is not None:
         if backend not in BACKENDS:
@@ -72,7 +85,7 @@ def backend_name(path: Path, backend: str | None = None) -> str:
     for name, (suffixes, _) in BACKENDS.items():
         if path.name.endswith(suffixes):
             return name
-    if path.is_file():
+    if isinstance(path, Path) and path.is_file():
         with open(path, "rb") as handle:
             magic = handle.read(4)
         if magic in MAGIC_BYTES:
@@ -100,22 +113,28 @@ class MaskArchive:
         ``StorageSettings.preset("compact")``.
     backend : {"zarr", "zarr.zip", "h5", "msk"}, optional
         The format, whatever the suffix.
+    storage_options : dict, optional
+        For URLs (``s3://bucket/archive.zarr``, ``gs://``, ``az://``, ``https://``):
+        obstore's options, e.g. ``endpoint``, ``access_key_id``, ``secret_access_key``,
+        ``region``; without them the standard environment variables (``AWS_*``) apply.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | RemoteLocation,
         mode: str = "r",
         settings: StorageSettings | None = None,
         backend: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self._opened: Backend | None
-        self._attach(Path(path), mode, settings or StorageSettings(), backend_name(Path(path), backend))
-        self._opened = backend_factory(self.backend)(self.path, mode, self.settings)
+        location = parse_location(path, storage_options)
+        self._attach(location, mode, settings or StorageSettings(), backend_name(location, backend))
+        self._opened = backend_factory(self.backend, self.path)(self.path, mode, self.settings)
 
-    def _attach(self, path: Path, mode: str, settings: StorageSettings, backend: str) -> None:
+    def _attach(self, path: Path | RemoteLocation, mode: str, settings: StorageSettings, backend: str) -> None:
         self.path = path
         self.mode = mode
         self.settings = settings
@@ -129,7 +148,7 @@ class MaskArchive:
     def _backend(self) -> Backend:
         """The open backend; an archive unpickled in another process opens its own on first use."""
         if self._opened is None:
-            self._opened = backend_factory(self.backend)(self.path, self.mode, self.settings)
+            self._opened = backend_factory(self.backend, self.path)(self.path, self.mode, self.settings)
         return self._opened
 
     def __getstate__(self) -> dict[str, Any]:
@@ -144,10 +163,12 @@ class MaskArchive:
                 f"{self.path} is open for writing (mode {self.mode!r}); only archives opened with mode 'r' "
                 "can be pickled (worker processes reopen them by path)"
             )
-        return {"path": str(self.path.absolute()), "backend": self.backend, "settings": self.settings}
+        path = self.path if isinstance(self.path, RemoteLocation) else str(self.path.absolute())
+        return {"path": path, "backend": self.backend, "settings": self.settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._attach(Path(state["path"]), "r", state["settings"], state["backend"])
+        path = state["path"]
+        self._attach(path if isinstance(path, RemoteLocation) else Path(path), "r", state["settings"], state["backend"])
 
     def __enter__(self) -> MaskArchive:
         return self
@@ -222,7 +243,6 @@ class MaskArchive:
         from medmask_store.query.index import ArchiveIndex  # pandas: imported by the index users only
 
         version = self._backend.listing_version()
-        listed = set(self.case_ids(skip_damaged))
         index = ArchiveIndex.from_cases([])
         if stored:
             try:
@@ -231,6 +251,9 @@ class MaskArchive:
                 if not skip_damaged:
                     raise
                 warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=3)
+        if stored and not self._modified and index.listing_version == version and self._backend.listing_version_is_exact:
+            return index  # the store's listing version proves the index lists every case: none is listed
+        listed = set(self.case_ids(skip_damaged))
         if not stored or self._modified or index.listing_version != version or set(index.case_ids) != listed:
             index.replace(self._modified, [])
             tokens = {c: t for c, t in self._backend.case_tokens().items() if c in listed}
@@ -431,8 +454,10 @@ class MaskArchive:
         meta: Mapping[str, Any] | None = None,
         commit_every: int = 50,
         on_outcome: Callable[[CaseOutcome], None] = lambda _: None,
+        client: Any = None,
     ) -> ImportReport:
-        """Import case folders, multi-label NIfTI files or folders of cases, on ``jobs`` processes (default: all cores).
+        """Import case folders, multi-label NIfTI files or folders of cases, on ``jobs`` processes (default: all cores),
+        or on the workers of a Dask cluster given its ``distributed.Client`` as ``client``.
 
         Cases already here are skipped (``overwrite`` replaces them; a damaged one is
         replaced); a bad case is reported in the returned :class:`ImportReport`
@@ -442,7 +467,7 @@ class MaskArchive:
 
         self._check_writable()
         plan = plan_import(self, sources, labels, unmapped, overwrite)
-        return import_cases(self, plan, jobs, meta, commit_every, on_outcome)
+        return import_cases(self, plan, jobs, meta, commit_every, on_outcome, client)
 
     def delete_case(self, case_id: str) -> None:
         """Remove a case; raises :class:`CaseNotFound` if absent."""
@@ -461,15 +486,25 @@ class MaskArchive:
         mode: str = "w-",
         settings: StorageSettings | None = None,
         progress: Callable[[Iterable[str]], Iterable[str]] = iter,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> MaskArchive:
-        """Copy every case to a new archive of any backend (picked by suffix), losslessly.
+        """Copy every case to a new archive of any backend (picked by suffix; a URL for object stores), losslessly.
 
         ``progress`` wraps the case ids, e.g. ``tqdm``. Returns the destination, closed.
         """
-        destination = Path(destination)
-        if destination.exists() and os.path.samefile(destination, self.path):
+        location = parse_location(destination, storage_options)
+        if str(location) == str(self.path) or (
+            isinstance(location, Path) and isinstance(self.path, Path) and location.exists() and os.path.samefile(location, self.path)
+        ):
             raise InvalidArchive(f"cannot copy {self.path} onto itself")
-        with MaskArchive(destination, mode, settings or self.settings) as target, target.batch():
+        with MaskArchive(location, mode, settings or self.settings, storage_options=storage_options) as target, target.batch():
             for case_id in progress(self.case_ids()):
                 target.copy_case_from(self[case_id])
         return target
+
+    def map_cases(self, fn: Callable[[Case], Any], client: Any = None, cases: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """``fn(case)`` for every case (or ``cases``: ids or a query) on Dask (a ``distributed.Client``, else local
+        processes): one row per case, errors per case; see :func:`medmask_store.cluster.map_cases`."""
+        from medmask_store.cluster.mapping import map_cases
+
+        return map_cases(self, fn, client, cases)

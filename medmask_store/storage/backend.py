@@ -32,6 +32,8 @@ class StoredArray:
     layout: ArrayLayout | None = None  # None where the store keeps no description of its own (.msk)
     metadata_crc32c: int | None = None  # crc32c of the array's metadata document, where it has one
     chunks_crc32c: int | None = None  # chunk_list_digest(lengths), where the backend computed it faster
+    # Object stores: the bytes of many stored chunks in one batch of concurrent ranged requests.
+    fetch_many: Callable[[list[ChunkCoords]], list[bytes]] | None = None
 
     def checked(self, manifest: ArrayManifest, where: str) -> ChunkedArray:
         """A lazy array over these chunks, once they agree with the case's manifest.
@@ -42,7 +44,7 @@ class StoredArray:
         expected = (manifest.shape, manifest.dtype.str, manifest.chunks, manifest.codec)
         if self.layout is not None and self.layout != expected:
             raise CorruptMetadata(f"{where}: stored as {self.layout}, its manifest says {expected}; {fix}")
-        if manifest.metadata_crc32c is not None and self.metadata_crc32c != manifest.metadata_crc32c:
+        if None not in (manifest.metadata_crc32c, self.metadata_crc32c) and self.metadata_crc32c != manifest.metadata_crc32c:
             raise CorruptMetadata(f"{where}: its metadata document was changed or damaged (checksum mismatch); {fix}")
         digest = self.chunks_crc32c if self.chunks_crc32c is not None else chunk_list_digest(self.lengths)
         if len(self.lengths) != manifest.stored or digest != manifest.chunks_crc32c:
@@ -61,8 +63,20 @@ class StoredArray:
                 raise CorruptChunk(f"truncated: {len(data)} of {length} bytes")
             return data
 
+        fetch_many = None
+        if self.fetch_many is not None:
+            fetch_all = self.fetch_many
+
+            def fetch_many(wanted: list[ChunkCoords]) -> dict[ChunkCoords, bytes]:
+                stored = [coords for coords in wanted if coords in lengths]
+                fetched = dict(zip(stored, fetch_all(stored))) if stored else {}
+                for coords, data in fetched.items():
+                    if len(data) != lengths[coords]:
+                        raise CorruptChunk(f"{where}: chunk {coords}: truncated: {len(data)} of {lengths[coords]} bytes")
+                return fetched
+
         decode = chunk_decoder(manifest.codec, manifest.dtype, manifest.chunks, zarr=self.zarr_chunks)
-        return ChunkedArray.of_stored(manifest.shape, manifest.dtype, manifest.chunks, fetch_stored, decode, where)
+        return ChunkedArray.of_stored(manifest.shape, manifest.dtype, manifest.chunks, fetch_stored, decode, where, fetch_many)
 
     def bytes_match(self, manifest: ArrayManifest) -> bool:
         """Whether every stored chunk's bytes are those the manifest's digest was taken of (reads them all)."""
@@ -76,6 +90,9 @@ class StoredCase:
     attributes: dict[str, Any]
     open_array: Callable[[str], StoredArray | None]  # None when the case stores no such array
     closed: Callable[[], bool]  # whether the archive was closed since
+    # Object stores: an array opened from its checked manifest, without a request for its own metadata
+    # document (which only other readers use; ``verify`` reads it).
+    open_described_array: Callable[[str, ArrayManifest], StoredArray] | None = None
 
 
 class Backend(Protocol):
@@ -86,6 +103,9 @@ class Backend(Protocol):
     # Directory archives take concurrent writers; their index may lag behind the cases
     # and is reconciled through version tokens. Single-file archives have one writer.
     concurrent_writers: bool
+    # Whether an unchanged listing version proves the stored index lists every case (object stores,
+    # where listing costs requests): queries then read no listing.
+    listing_version_is_exact: bool
     # How this store's chunks are encoded, by chunk codec (HDF5's label chunks differ from Zarr's).
     chunk_encoders: dict[str, Encoder]
 

@@ -114,12 +114,15 @@ class Case:
         if self._stored_case.closed():
             raise ArchiveClosed(f"case {self.case_id!r}: its archive is closed; read it inside `with MaskArchive(...)`")
 
-    def _open_stored(self, name: str) -> StoredArray:
+    def _open_stored(self, name: str, described: bool = True) -> StoredArray:
+        """A stored array; ``described=False`` also reads its own metadata document where the backend may skip it."""
         self._check_open()
-        array = self._stored_case.open_array(name)
+        open_described = self._stored_case.open_described_array if described else None
+        manifest = (self.info.arrays or {})[name]
+        array = self._stored_case.open_array(name) if open_described is None else open_described(name, manifest)
         if array is None:
             raise CorruptMetadata(
-                f"{self.where}: its {name} array is missing (the manifest lists {(self.info.arrays or {})[name].stored} "
+                f"{self.where}: its {name} array is missing (the manifest lists {manifest.stored} "
                 "stored chunks); restore the archive from a copy, or delete the case and import it again"
             )
         return array
@@ -130,15 +133,40 @@ class Case:
         Reads every stored chunk (no decoding): ``verify`` uses it to find even
         bits a decoder ignores. Reads of voxels check each chunk they decode.
         """
-        return [name for name, manifest in (self.info.arrays or {}).items() if not self._open_stored(name).bytes_match(manifest)]
+        changed = []
+        for name, manifest in (self.info.arrays or {}).items():
+            stored = self._open_stored(name, described=False)
+            stored.checked(manifest, f"{self.where}/{name}")  # its metadata document too, as other readers see it
+            if not stored.bytes_match(manifest):
+                changed.append(name)
+        return changed
 
     def _chunk_in_box(self, coords: ChunkCoords, bbox: BBox) -> bool:
         chunks = self._stored(LABEL_VOLUME).chunks
         return all(start < (c + 1) * n and stop > c * n for c, n, (start, stop) in zip(coords, chunks, bbox))
 
-    def _view(self, dtype: np.dtype, read_chunk: Callable[[ChunkCoords], np.ndarray | None]) -> ChunkedArray:
+    def _view(
+        self,
+        dtype: np.dtype,
+        read_chunk: Callable[[ChunkCoords], np.ndarray | None],
+        prefetch: Callable[[list[ChunkCoords]], None] | None = None,
+    ) -> ChunkedArray:
         labels = self._stored(LABEL_VOLUME)
-        return ChunkedArray(labels.shape, dtype, labels.chunks, read_chunk, fill_value=0)
+        batched = labels.fetches_in_batches
+        return ChunkedArray(labels.shape, dtype, labels.chunks, read_chunk, 0, (prefetch or self._prefetch) if batched else None)
+
+    def _prefetch(self, wanted: list[ChunkCoords], layers: Iterable[int] | None = None) -> None:
+        """Fetch the label chunks and the chunks of ``layers`` (default: all) under these volume chunks, in
+        one batch per array where the store is remote."""
+        self._stored(LABEL_VOLUME).prefetch(wanted)
+        layer_chunks = [
+            chunk
+            for layer in (range(len(self._layer_windows)) if layers is None else layers)
+            for coords in wanted
+            if (chunk := self._layer_chunk_coords(layer, coords)) is not None
+        ]
+        if layer_chunks:
+            self._stored(BINARY_LAYERS).prefetch(layer_chunks)
 
     # -- lazy views ------------------------------------------------------------
     def _layer_chunk(self, layer: int, coords: ChunkCoords) -> np.ndarray | None:
@@ -146,11 +174,16 @@ class Case:
 
         The window comes from the manifest: a chunk outside it does not open the layers array.
         """
+        stored = self._layer_chunk_coords(layer, coords)
+        chunk = None if stored is None else self._stored(BINARY_LAYERS).read_chunk(stored)
+        return None if chunk is None else chunk[0]
+
+    def _layer_chunk_coords(self, layer: int, coords: ChunkCoords) -> ChunkCoords | None:
+        """The chunk of the binary layers array holding ``layer`` at volume chunk ``coords`` (None outside its window)."""
         low, high = self._layer_windows[layer]
         if not (low[0] <= coords[0] < high[0] and low[1] <= coords[1] < high[1] and low[2] <= coords[2] < high[2]):
             return None
-        chunk = self._stored(BINARY_LAYERS).read_chunk((layer, coords[0] - low[0], coords[1] - low[1], coords[2] - low[2]))
-        return None if chunk is None else chunk[0]
+        return layer, coords[0] - low[0], coords[1] - low[1], coords[2] - low[2]
 
     @functools.cached_property
     def _layer_windows(self) -> list[tuple[ChunkCoords, ChunkCoords]]:
@@ -208,8 +241,13 @@ class Case:
             chunk = self._layer_chunk(coords[0], coords[1:])
             return None if chunk is None else chunk[None]
 
+        def prefetch(wanted: list[ChunkCoords]) -> None:
+            stored = (self._layer_chunk_coords(coords[0], coords[1:]) for coords in wanted)
+            self._stored(BINARY_LAYERS).prefetch([coords for coords in stored if coords is not None])
+
         shape = (len(self.info.layer_names), *labels.shape)
-        return ChunkedArray(shape, np.dtype(bool), (1, *labels.chunks), read_chunk, fill_value=False)
+        return ChunkedArray(shape, np.dtype(bool), (1, *labels.chunks), read_chunk, False,
+                            prefetch if labels.fetches_in_batches else None)
 
     def organ(self, name: str) -> ChunkedArray:
         """Lazy boolean view of one organ; reads only chunks inside its bounding box."""
@@ -229,7 +267,11 @@ class Case:
                     mask = layer_chunk if mask is None else mask | layer_chunk
             return mask
 
-        return self._view(np.dtype(bool), read_chunk)
+        def prefetch(wanted: list[ChunkCoords]) -> None:
+            inside = [coords for coords in wanted if bbox is not None and self._chunk_in_box(coords, bbox)]
+            self._prefetch(inside, [] if layer is None else [layer])
+
+        return self._view(np.dtype(bool), read_chunk, prefetch)
 
     def organ_chunk_voxels(self, name: str) -> np.ndarray:
         """The organ's voxel count in each chunk of the label volume (an array of the chunk grid's shape).
@@ -378,3 +420,10 @@ class Case:
             organ_affines=dict(self.info.organ_affines),
             colors=self.colors,
         )
+
+    def to_dask(self, organ: str | None = None) -> Any:
+        """The label volume, or one organ's mask, as a lazy ``dask.array`` chunked like the stored chunks;
+        see :func:`medmask_store.cluster.case_to_dask`."""
+        from medmask_store.cluster.arrays import case_to_dask
+
+        return case_to_dask(self, organ)

@@ -126,12 +126,14 @@ class ChunkedArray:
         chunks: tuple[int, ...],
         read_chunk: Callable[[ChunkCoords], np.ndarray | None],
         fill_value: Any = 0,
+        prefetch: Callable[[list[ChunkCoords]], None] | None = None,
     ) -> None:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.chunks = tuple(chunks)
         self._read_chunk = read_chunk
         self._fill_value = fill_value
+        self._prefetch = prefetch
 
     @classmethod
     def of_stored(
@@ -142,12 +144,20 @@ class ChunkedArray:
         fetch: Callable[[ChunkCoords], bytes | None],
         decode: Callable[[bytes], np.ndarray],
         where: str,
+        fetch_many: Callable[[list[ChunkCoords]], dict[ChunkCoords, bytes]] | None = None,
     ) -> ChunkedArray:
         """An array over stored chunks: ``fetch`` gives a chunk's bytes (None: not stored), ``decode`` decodes
-        them; a :class:`CorruptChunk` names ``where`` (the archive and array) and the chunk."""
+        them; a :class:`CorruptChunk` names ``where`` (the archive and array) and the chunk.
+
+        ``fetch_many`` (object stores) gives the stored chunks among many in one batch of requests: each
+        read fetches the chunks it touches that way first, and decodes them as it copies them.
+        """
+        fetched: dict[ChunkCoords, bytes] = {}  # by a batch, not yet decoded (dict.pop is atomic: threads share it)
 
         def read_chunk(coords: ChunkCoords) -> np.ndarray | None:
-            raw = fetch(coords)
+            raw = fetched.pop(coords, None)
+            if raw is None:
+                raw = fetch(coords)
             if raw is None:
                 return None
             try:
@@ -155,7 +165,22 @@ class ChunkedArray:
             except CorruptChunk as exc:
                 raise CorruptChunk(f"{where}: chunk {coords}: {exc}") from exc
 
-        return cls(shape, dtype, chunks, read_chunk, fill_value=0)
+        def prefetch(wanted: list[ChunkCoords]) -> None:
+            assert fetch_many is not None
+            fetched.clear()
+            fetched.update(fetch_many(wanted))
+
+        return cls(shape, dtype, chunks, read_chunk, 0, prefetch if fetch_many is not None else None)
+
+    @property
+    def fetches_in_batches(self) -> bool:
+        """Whether reads fetch their chunks in one batch first (arrays in object stores)."""
+        return self._prefetch is not None
+
+    def prefetch(self, wanted: list[ChunkCoords]) -> None:
+        """Fetch these chunks in one batch where the store is remote, for the reads that follow (else nothing)."""
+        if self._prefetch is not None:
+            self._prefetch(wanted)
 
     @property
     def ndim(self) -> int:
@@ -180,6 +205,8 @@ class ChunkedArray:
             raise ValueError(f"out has shape {out.shape}, the selection {shape}")
         per_axis = [_axis_pieces(item, chunk) for item, chunk in zip(selection, self.chunks)]
         pieces = list(itertools.product(*per_axis))
+        if self._prefetch is not None and pieces:
+            self._prefetch([tuple(axis[0] for axis in piece) for piece in pieces])
         if len(pieces) < PARALLEL_CHUNKS or worker_threads() < 2:
             self._copy(pieces, out, filled)
             return out

@@ -31,20 +31,22 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import h5py
 import numpy as np
 
 from medmask_store.codecs.chunks import ENCODERS
-from medmask_store.errors import CaseExists, CaseNotFound, CorruptChunk, CorruptMetadata, InvalidArchive, MaskStoreError
+from medmask_store.errors import CaseExists, CaseNotFound, CorruptMetadata, InvalidArchive, MaskStoreError
 from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
 from medmask_store.model.attributes import ATTRIBUTE_KEY, archive_attributes, case_document, check_archive_attributes
 from medmask_store.model.manifest import ArrayManifest
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, EncodedArray, EncodedCase, StorageSettings
+from medmask_store.storage.remote import RemoteLocation, as_file, open_archive_file
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
+from medmask_store.storage.zarr_store import FileObject
 
 # Filter ids by chunk codec: Zstd's registered id (hdf5plugin.ZSTD_ID; hdf5plugin is imported by the
 # writer only: chunks are read here, without HDF5 filters). Ours (32766, 32767) are unregistered ids:
@@ -102,8 +104,8 @@ class Hdf5Backend(SingleWriter):
 
     chunk_encoders = ENCODERS
 
-    def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
-        self.path = path
+    def __init__(self, path: Path | RemoteLocation, mode: str, settings: StorageSettings) -> None:
+        self.path = path  # type: ignore[assignment]
         self.read_only = mode == "r"
         self.closed = False
         # Bumped when a case is replaced or deleted: HDF5 reuses freed space, so readers
@@ -111,6 +113,10 @@ class Hdf5Backend(SingleWriter):
         self._versions: dict[str, int] = {}
         self.settings = settings
         self._editor: SingleFileEditor | None = None
+        if isinstance(path, RemoteLocation):  # read in place, by ranges: HDF5's own reads buffered
+            self._chunk_file = open_archive_file(path, mode)
+            self._file = self._open_existing(path, "r", as_file(self._chunk_file))
+            return
         if self.read_only:
             self._file = self._open_existing(path, "r")
         else:
@@ -123,7 +129,7 @@ class Hdf5Backend(SingleWriter):
             self._dirty = not path.exists() or mode == "w"
         # Chunks are read through HDF5's own descriptor (duplicated): the very file HDF5
         # opened, even if the path has since been replaced by a writer's commit.
-        self._descriptor = os.dup(self._file.id.get_vfd_handle())
+        self._chunk_file = FileObject(os.fdopen(os.dup(self._file.id.get_vfd_handle()), "rb", buffering=0), str(path))
 
     def _open_working_copy(self, path: Path, mode: str) -> h5py.File:
         assert self._editor is not None
@@ -138,11 +144,11 @@ class Hdf5Backend(SingleWriter):
         return file
 
     @staticmethod
-    def _open_existing(path: Path, mode: str) -> h5py.File:
-        if not path.exists():
+    def _open_existing(path: Path | RemoteLocation, mode: str, file_object: IO[bytes] | None = None) -> h5py.File:
+        if isinstance(path, Path) and not path.exists():
             raise InvalidArchive(f"{path} does not exist; open it with mode 'a' or 'w' to create one")
         try:
-            file = h5py.File(path, mode)
+            file = h5py.File(file_object or path, mode)
         except OSError as exc:
             raise InvalidArchive(f"{path} cannot be opened as an HDF5 archive: {exc}") from exc
         try:
@@ -226,18 +232,21 @@ class Hdf5Backend(SingleWriter):
             locations[tuple(o // n for o, n in zip(info.chunk_offset, chunks))] = (info.byte_offset, info.size)
 
         dataset.id.chunk_iter(locate)
-        file_size = os.fstat(self._descriptor).st_size
+        file = self._chunk_file
+        if isinstance(file, FileObject):  # a writer's file grows: bound reads by its size as of this open
+            file = FileObject(file.handle, file.name)
 
         def fetch(coords: ChunkCoords) -> bytes:
             check_current()
-            offset, length = locations[coords]
-            if offset + length > file_size:
-                raise CorruptChunk(f"{length} bytes at {offset} lie beyond the end of the file ({file_size} bytes)")
-            return os.pread(self._descriptor, length, offset)
+            return file.read(*locations[coords])
+
+        def fetch_many(wanted: list[ChunkCoords]) -> list[bytes]:
+            return file.read_many([locations[coords] for coords in wanted])  # type: ignore[attr-defined]
 
         return StoredArray(
             lengths={coords: length for coords, (_, length) in locations.items()},
             fetch=fetch,
+            fetch_many=fetch_many if hasattr(file, "read_many") else None,
             zarr_chunks=False,
             layout=(tuple(dataset.shape), np.dtype(dataset.dtype).str, chunks, CODECS_BY_FILTER[filter_id]),
         )
@@ -307,7 +316,7 @@ class Hdf5Backend(SingleWriter):
 
     def close(self) -> None:
         self.closed = True
-        os.close(self._descriptor)
+        self._chunk_file.close()
         try:
             self._file.close()
         finally:

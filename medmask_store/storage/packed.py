@@ -33,7 +33,6 @@ thousands of cases.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +50,9 @@ from medmask_store.model.manifest import crc32c
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import EncodedCase, StorageSettings
+from medmask_store.storage.remote import RemoteLocation, open_archive_file
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
+from medmask_store.storage.zarr_store import StoredObject
 
 MAGIC = b"MSKP"
 VERSION = 2
@@ -117,19 +118,23 @@ class PackedFileBackend(SingleWriter):
 
     chunk_encoders = ZARR_ENCODERS
 
-    def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
-        self.path = path
+    def __init__(self, path: Path | RemoteLocation, mode: str, settings: StorageSettings) -> None:
+        self.path = path  # type: ignore[assignment]
         self.read_only = mode == "r"
         self.closed = False
-        self._editor = None if self.read_only else SingleFileEditor(path, mode, ".msk")
-        self._descriptor: int | None = None
+        self._file: StoredObject | None = None
         self._cases: dict[str, PackedCase] = {}
         self._damaged: dict[str, CorruptMetadata] = {}
         self._index: Location | bytes | None = None
         self._dirty = False
+        if isinstance(path, RemoteLocation):  # read in place, by ranges
+            self._editor = None
+            self._load(open_archive_file(path, mode))
+            return
+        self._editor = None if self.read_only else SingleFileEditor(path, mode, ".msk")
         try:
             if path.exists():
-                self._load()  # also refuses to replace anything but a packed archive
+                self._load(open_archive_file(path, "r"))  # also refuses to replace anything but a packed archive
             elif self.read_only:
                 raise InvalidArchive(f"{path} does not exist; open it with mode 'a' or 'w' to create one")
             if mode == "w" or not path.exists():
@@ -141,10 +146,10 @@ class PackedFileBackend(SingleWriter):
             raise
 
     # -- reading the file --------------------------------------------------
-    def _load(self) -> None:
-        self._descriptor = os.open(self.path, os.O_RDONLY)
-        file_size = os.fstat(self._descriptor).st_size
-        header = os.pread(self._descriptor, HEADER.size, 0)
+    def _load(self, file: StoredObject) -> None:
+        self._file = file
+        file_size = file.size
+        header = file.read(0, min(HEADER.size, file_size))
         if len(header) < HEADER.size or header[:4] != MAGIC:
             raise InvalidArchive(f"{self.path} is not a packed medmask_store file (no {MAGIC!r} header)")
         _, version, length, checksum = HEADER.unpack(header)
@@ -152,7 +157,7 @@ class PackedFileBackend(SingleWriter):
             raise InvalidArchive(f"{self.path} is packed format version {version}; this medmask_store reads {VERSION}")
         if length > min(file_size - HEADER.size, MAX_CATALOG_BYTES):
             raise CorruptMetadata(f"{self.path}: the header declares a catalog of {length} bytes, the file holds {file_size}")
-        frame = os.pread(self._descriptor, length, HEADER.size)
+        frame = file.read(HEADER.size, length)
         if crc32c(frame) != checksum:
             raise CorruptMetadata(f"{self.path}: the catalog is corrupt (it fails its crc32c checksum)")
         catalog = self._read_catalog(frame)
@@ -200,8 +205,8 @@ class PackedFileBackend(SingleWriter):
 
     def _read(self, offset: int, length: int) -> bytes:
         """Bytes of the data section (locations were checked against the file size on load)."""
-        assert self._descriptor is not None
-        return os.pread(self._descriptor, length, self._data_start + offset)
+        assert self._file is not None
+        return self._file.read(self._data_start + offset, length)
 
     # -- Backend: reading ----------------------------------------------------
     def case_ids(self) -> list[str]:
@@ -231,7 +236,14 @@ class PackedFileBackend(SingleWriter):
                 raise CaseNotFound(f"case {case_id!r} was replaced or deleted since it was opened; open it again")
             return read(coords)
 
-        return StoredArray(lengths, fetch, zarr_chunks=True)
+        fetch_many = None
+        if on_file is not None and hasattr(self._file, "read_many"):  # in an object store: one batch per read
+            start, file = self._data_start, self._file
+
+            def fetch_many(wanted: list[ChunkCoords]) -> list[bytes]:
+                return file.read_many([(start + on_file[c][0], on_file[c][1]) for c in wanted])  # type: ignore[union-attr]
+
+        return StoredArray(lengths, fetch, zarr_chunks=True, fetch_many=fetch_many)
 
     def read_index(self) -> bytes | None:
         if isinstance(self._index, tuple):
@@ -283,9 +295,9 @@ class PackedFileBackend(SingleWriter):
 
     def close(self) -> None:
         self.closed = True
-        if self._descriptor is not None:
-            os.close(self._descriptor)
-            self._descriptor = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._editor is not None:
             self._editor.close()
             self._editor = None

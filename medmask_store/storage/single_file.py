@@ -28,6 +28,7 @@ class SingleWriter:
     tokens, no listing version), and ``commit`` publishes a snapshot written by ``_write_snapshot``."""
 
     concurrent_writers = False
+    listing_version_is_exact = False
     path: Path
     read_only: bool
     _editor: SingleFileEditor | None

@@ -15,6 +15,7 @@ import os
 import struct
 import weakref
 import zipfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +26,7 @@ from medmask_store.codecs.chunks import ZARR_ENCODERS, append_crc32c, strip_crc3
 from medmask_store.errors import CaseNotFound, CorruptChunk, CorruptMetadata, InvalidArchive
 from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
 from medmask_store.model.attributes import archive_attributes, case_document, check_archive_attributes
-from medmask_store.model.manifest import chunk_list_digest, crc32c, sorted_chunk_list_digest
+from medmask_store.model.manifest import ArrayManifest, chunk_list_digest, crc32c, sorted_chunk_list_digest
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, EncodedCase
@@ -135,13 +136,57 @@ class StoredObject(Protocol):
 
     def read(self, start: int, length: int) -> bytes: ...
 
+    def close(self) -> None: ...
+
 
 class ByteSource(Protocol):
-    """Read access to the objects of a Zarr store (or of one case in it), by key."""
+    """Read access to the objects of a Zarr store (or of one case in it), by key.
+
+    Local sources answer from files; object stores (:mod:`.remote`) answer each
+    of these calls with one request.
+    """
 
     def open(self, key: str) -> StoredObject | None:
         """The object, or None if absent."""
         ...
+
+    def read_whole(self, key: str, limit: int | None = None) -> bytes | None:
+        """The whole object, or None if absent; :class:`ObjectTooLarge` above ``limit`` bytes, before reading it."""
+        ...
+
+    def open_tail(self, key: str, length: int) -> tuple[StoredObject, bytes] | None:
+        """The object and its last ``length`` bytes (fewer if it is shorter), or None if absent."""
+        ...
+
+
+class ObjectTooLarge(Exception):
+    """An object larger than its reader's limit (``size``: its size in bytes)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class OpenedSource:
+    """:meth:`ByteSource.read_whole` and :meth:`ByteSource.open_tail` for sources whose opens cost nothing remote."""
+
+    def open(self, key: str) -> StoredObject | None:
+        raise NotImplementedError
+
+    def read_whole(self, key: str, limit: int | None = None) -> bytes | None:
+        stored = self.open(key)
+        if stored is None:
+            return None
+        if limit is not None and stored.size > limit:
+            raise ObjectTooLarge(stored.size)
+        return stored.read(0, stored.size)
+
+    def open_tail(self, key: str, length: int) -> tuple[StoredObject, bytes] | None:
+        stored = self.open(key)
+        if stored is None:
+            return None
+        length = min(length, stored.size)
+        return stored, stored.read(stored.size - length, length)
 
 
 def _checked_range(stored: StoredObject, start: int, length: int) -> None:
@@ -154,16 +199,19 @@ class FileObject:
     """A file; ranged reads with ``os.pread`` on one descriptor, so every read sees the same file."""
 
     def __init__(self, handle: Any, name: str) -> None:
-        self._file = handle  # lives as long as the object
+        self.handle = handle  # lives as long as the object
         self.name = name
         self.size = os.fstat(handle.fileno()).st_size
 
     def read(self, start: int, length: int) -> bytes:
         _checked_range(self, start, length)
-        return os.pread(self._file.fileno(), length, start)
+        return os.pread(self.handle.fileno(), length, start)
+
+    def close(self) -> None:
+        self.handle.close()
 
 
-class FolderBytes:
+class FolderBytes(OpenedSource):
     """The files of a folder, opened through a descriptor of the folder.
 
     A case folder replaced or deleted after it was opened keeps reading its own
@@ -203,12 +251,22 @@ def _open_at(path: str, flags: int, folder: int) -> int:
 class ZipMember:
     """A stored (uncompressed) member of a zip: a byte range of the zip file."""
 
-    def __init__(self, descriptor: int, name: str, offset: int, size: int) -> None:
-        self.descriptor, self.name, self.offset, self.size = descriptor, name, offset, size
+    def __init__(self, file: StoredObject, name: str, offset: int, size: int) -> None:
+        self._file, self.name, self.offset, self.size = file, name, offset, size
+        if hasattr(file, "read_many"):  # a zip in an object store: many chunks in one batch of requests
+            self.read_many = self._read_many
 
     def read(self, start: int, length: int) -> bytes:
         _checked_range(self, start, length)
-        return os.pread(self.descriptor, length, self.offset + start)
+        return self._file.read(self.offset + start, length)
+
+    def _read_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        for start, length in ranges:
+            _checked_range(self, start, length)
+        return self._file.read_many([(self.offset + start, length) for start, length in ranges])  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """The zip's file is closed with the zip."""
 
 
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
@@ -216,7 +274,7 @@ DIRECTORY_RECORD = struct.Struct("<4s6H3L5H2L")
 END_RECORD = struct.Struct("<4s4H2LH")
 
 
-class ZipBytes:
+class ZipBytes(OpenedSource):
     """Objects of a zip store whose members are stored uncompressed, read in place.
 
     Each member's local header must repeat what the central directory says of
@@ -224,29 +282,34 @@ class ZipBytes:
     a read from the wrong place.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        # One open file for the directory and every read: a writer replacing the path cannot mix two files.
-        self._file = open(path, "rb")  # noqa: SIM115 - lives as long as the source
-        self._descriptor = self._file.fileno()
+    def __init__(self, file: StoredObject) -> None:
+        from medmask_store.storage.remote import as_file
+
+        self.path = file.name
+        self._file = file  # one open file (or object) for the directory and every read: never two versions
         try:
             try:
-                with zipfile.ZipFile(self._file) as archive:
+                with zipfile.ZipFile(as_file(file)) as archive:
                     infos, directory = archive.infolist(), archive.start_dir
             except Exception as exc:  # zipfile raises many types (BadZipFile, struct.error, ValueError...) on damage
-                raise CorruptMetadata(f"{path}: the zip directory is damaged ({type(exc).__name__}: {exc})") from exc
+                raise CorruptMetadata(f"{self.path}: the zip directory is damaged ({type(exc).__name__}: {exc})") from exc
             self._members = {info.filename: info for info in infos}
-            self._size = os.fstat(self._descriptor).st_size
+            self._size = file.size
             self._check_directory(infos, directory)
         except BaseException:
-            self._file.close()
+            file.close()
             raise
+
+    def _read(self, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``start`` (fewer at the end of the file, none beyond it)."""
+        start = min(max(start, 0), self._size)
+        return self._file.read(start, min(length, self._size - start))
 
     def _check_directory(self, infos: list[zipfile.ZipInfo], start: int) -> None:
         """Each directory record must hold exactly the name, extra field and comment zipfile read from it
         (zipfile reads short at the end of the directory), the records must end at an end record, and
         that record's comment at the end of the file."""
-        raw = os.pread(self._descriptor, self._size - start, start)
+        raw = self._read(start, self._size - start)
         position = 0
         for info in infos:
             header = raw[position : position + DIRECTORY_RECORD.size]
@@ -276,7 +339,7 @@ class ZipBytes:
         if info.compress_type != zipfile.ZIP_STORED:
             raise InvalidArchive(f"{where} is compressed; medmask_store zips are stored")
         name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
-        header = os.pread(self._descriptor, LOCAL_HEADER.size + len(name), max(info.header_offset, 0))
+        header = self._read(max(info.header_offset, 0), LOCAL_HEADER.size + len(name))
         if info.header_offset < 0 or len(header) < LOCAL_HEADER.size:
             raise CorruptMetadata(f"{where}: its local header lies outside the file")
         fields = LOCAL_HEADER.unpack_from(header)
@@ -286,7 +349,7 @@ class ZipBytes:
                     *_dos_time(info.date_time), *sums, len(name))  # fmt: skip
         if fields[:-1] != expected or header[LOCAL_HEADER.size :] != name:
             raise CorruptMetadata(f"{where}: its local header disagrees with the zip directory")
-        member = ZipMember(self._descriptor, where, info.header_offset + LOCAL_HEADER.size + len(name) + fields[-1], info.file_size)
+        member = ZipMember(self._file, where, info.header_offset + LOCAL_HEADER.size + len(name) + fields[-1], info.file_size)
         if member.offset + member.size > self._size:
             raise CorruptMetadata(f"{where}: its data lies beyond the end of the file")
         return member
@@ -302,7 +365,7 @@ def _dos_time(date_time: tuple[int, ...]) -> tuple[int, int]:
 
 
 class PrefixBytes:
-    """The objects of a store under a key prefix (one case of a zip)."""
+    """The objects of a store under a key prefix (one case of a zip or of an object store)."""
 
     def __init__(self, source: ByteSource, prefix: str) -> None:
         self._source, self._prefix = source, prefix
@@ -310,15 +373,19 @@ class PrefixBytes:
     def open(self, key: str) -> StoredObject | None:
         return self._source.open(self._prefix + key)
 
+    def read_whole(self, key: str, limit: int | None = None) -> bytes | None:
+        return self._source.read_whole(self._prefix + key, limit)
+
+    def open_tail(self, key: str, length: int) -> tuple[StoredObject, bytes] | None:
+        return self._source.open_tail(self._prefix + key, length)
+
 
 def read_raw(source: ByteSource, key: str, what: str) -> bytes | None:
     """A whole metadata object (at most ``MAX_DOCUMENT_BYTES``), or None if absent."""
-    stored = source.open(key)
-    if stored is None:
-        return None
-    if stored.size > MAX_DOCUMENT_BYTES:
-        raise CorruptMetadata(f"{what}/{key}: {stored.size} bytes, above the limit of {MAX_DOCUMENT_BYTES} for metadata")
-    return stored.read(0, stored.size)
+    try:
+        return source.read_whole(key, MAX_DOCUMENT_BYTES)
+    except ObjectTooLarge as exc:
+        raise CorruptMetadata(f"{what}/{key}: {exc.size} bytes, above the limit of {MAX_DOCUMENT_BYTES} for metadata") from None
 
 
 def parse_document(raw: bytes, what: str) -> dict[str, Any]:
@@ -383,10 +450,24 @@ def open_sharded_array(source: ByteSource, name: str, what: str) -> StoredArray 
     return StoredArray(
         lengths=chunks_reader.lengths,
         fetch=chunks_reader.fetch,
+        fetch_many=chunks_reader.fetch_many,
         zarr_chunks=True,
         layout=(shape, dtype.str, chunks, codec),
         metadata_crc32c=crc32c(raw),
         chunks_crc32c=chunks_reader.chunks_crc32c,
+    )
+
+
+def open_described_array(source: ByteSource, name: str, manifest: ArrayManifest, what: str) -> StoredArray:
+    """One of our sharded arrays of a case, located from its manifest: its shard index, without its ``zarr.json``."""
+    grid = tuple(-(-n // c) for n, c in zip(manifest.shape, manifest.chunks))
+    chunks_reader = ShardedChunks(source, f"{name}/{shard_key(len(grid))}", grid, f"{what}/{name}")
+    return StoredArray(
+        lengths=chunks_reader.lengths,
+        fetch=chunks_reader.fetch,
+        zarr_chunks=True,
+        chunks_crc32c=chunks_reader.chunks_crc32c,
+        fetch_many=chunks_reader.fetch_many,
     )
 
 
@@ -398,15 +479,17 @@ class ShardedChunks:
         self.lengths: dict[ChunkCoords, int] = {}  # of the stored chunks
         self.chunks_crc32c = chunk_list_digest({})  # of ``lengths``, from the index's arrays (every open checks it)
         self._strides = [math.prod(grid[axis + 1 :]) for axis in range(len(grid))]
-        self._stored = source.open(key)
-        if self._stored is None:
-            return  # an absent shard holds only empty chunks (the manifest says whether any should be stored)
+        self._stored: StoredObject | None = None
         index_bytes = math.prod(grid) * 16 + 4
+        opened = source.open_tail(key, index_bytes)
+        if opened is None:
+            return  # an absent shard holds only empty chunks (the manifest says whether any should be stored)
+        self._stored, tail = opened
         data_bytes = self._stored.size - index_bytes
         if data_bytes < 0:
             raise CorruptChunk(f"{where}: shard of {self._stored.size} bytes is shorter than its index ({index_bytes} bytes)")
         try:
-            raw = strip_crc32c(self._stored.read(data_bytes, index_bytes))
+            raw = strip_crc32c(tail)
         except CorruptChunk as exc:
             raise CorruptMetadata(f"{where}: shard index: {exc}") from exc
         self._index = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
@@ -423,6 +506,19 @@ class ShardedChunks:
         assert self._stored is not None
         offset, length = self._index[sum(c * s for c, s in zip(coords, self._strides))]
         return self._stored.read(int(offset), int(length))
+
+    @property
+    def fetch_many(self) -> Callable[[list[ChunkCoords]], list[bytes]] | None:
+        """Where the shard lives in an object store: the bytes of many stored chunks in one batch of requests."""
+        read_many = getattr(self._stored, "read_many", None)
+        if read_many is None:
+            return None
+
+        def fetch_many(coords: list[ChunkCoords]) -> list[bytes]:
+            rows = self._index[[sum(c * s for c, s in zip(point, self._strides)) for point in coords]]
+            return read_many([(int(offset), int(length)) for offset, length in rows])
+
+        return fetch_many
 
 
 def _chunk_codec(metadata: dict[str, Any]) -> str | None:
@@ -442,6 +538,7 @@ class ZarrCaseReader:
 
     closed: bool
     chunk_encoders = ZARR_ENCODERS
+    listing_version_is_exact = False
 
     def __init__(self, source: ByteSource, where: object) -> None:
         self._source = source
@@ -456,11 +553,14 @@ class ZarrCaseReader:
         source = self._case_source(case_id)
         attributes = group_attributes(source, "zarr.json", what)
         if attributes is None:
-            raise CorruptMetadata(
-                f"{what}: its zarr.json is missing; restore the archive from a copy, or delete the case"
-            )
+            raise self._missing_case(case_id)
         return StoredCase(attributes, partial(open_sharded_array, source, what=what), lambda: self.closed)
 
+    def _missing_case(self, case_id: str) -> Exception:
+        """What a case without its group document is (damage, in stores that list case folders)."""
+        return CorruptMetadata(
+            f"{self._where}: case {case_id!r}: its zarr.json is missing; restore the archive from a copy, or delete the case"
+        )
+
     def read_index(self) -> bytes | None:
-        stored = self._source.open(INDEX)
-        return None if stored is None else stored.read(0, stored.size)
+        return self._source.read_whole(INDEX)

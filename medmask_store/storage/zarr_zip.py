@@ -13,19 +13,26 @@ from pathlib import Path
 
 from medmask_store.errors import CaseNotFound, CorruptMetadata, InvalidArchive, ReadOnlyArchive
 from medmask_store.storage.layout import CASES_GROUP, StorageSettings
+from medmask_store.storage.remote import RemoteLocation, as_file, open_archive_file
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
 from medmask_store.storage.zarr_store import PrefixBytes, ZarrCaseReader, ZipBytes, check_archive_root
 
 
-def open_zarr_zip(path: Path, mode: str, settings: StorageSettings) -> ZarrZipReader | ZarrZipWriter:
-    return ZarrZipReader(path) if mode == "r" else ZarrZipWriter(path, mode, settings)
+def open_zarr_zip(path: Path | RemoteLocation, mode: str, settings: StorageSettings) -> ZarrZipReader | ZarrZipWriter:
+    if mode == "r":
+        return ZarrZipReader(path)
+    if isinstance(path, RemoteLocation):
+        raise ReadOnlyArchive(f"{path}: single-file archives in object stores are read-only; open it with mode 'r'")
+    return ZarrZipWriter(path, mode, settings)
 
 
-def _open_zip(path: Path) -> ZipBytes:
-    if not zipfile.is_zipfile(path):
+def _open_zip(path: Path | RemoteLocation) -> ZipBytes:
+    file = open_archive_file(path, "r")
+    if not zipfile.is_zipfile(as_file(file)):
+        file.close()
         raise InvalidArchive(f"{path} is not a zip file")
-    source = ZipBytes(path)
+    source = ZipBytes(file)
     try:
         check_archive_root(source, path)
     except BaseException:
@@ -38,7 +45,7 @@ def _extract_without_crc_check(path: Path, destination: Path) -> None:
     """Extract every member byte for byte: a corrupt chunk is caught later by its own crc32c,
     so an archive with one bad case can still be opened to delete or replace it. Member names
     that would leave ``destination`` (``..``, absolute paths, empty parts) are refused first."""
-    source = ZipBytes(path)
+    source = ZipBytes(open_archive_file(path, "r"))
     try:
         for name in source.names:
             parts = name.rstrip("/").split("/")
@@ -59,10 +66,8 @@ class ZarrZipReader(SingleWriter, ZarrCaseReader):
 
     read_only = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | RemoteLocation) -> None:
         self.closed = False
-        if not path.exists():
-            raise InvalidArchive(f"{path} does not exist")
         source = self._zip = _open_zip(path)
         super().__init__(source, path)
         # Every case with any member is listed: a case whose zarr.json was lost is damaged, not absent.

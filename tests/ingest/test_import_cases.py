@@ -6,34 +6,24 @@ import os
 from functools import partial
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-from helpers import assert_case_matches, case_content, ok, run, snapshot, write_case_content
+from helpers import assert_case_matches, case_content, ok, run, snapshot, write_case_content, write_case_folder
 
 from medmask_store.errors import InvalidCase
 from medmask_store.ingest import plan_import
 from medmask_store.io.sources import CaseSource
-from medmask_store.phantom import make_phantom
 from medmask_store.storage.archive import MaskArchive
 
 CASES = 3
-
-
-def write_case(folder: Path, seed: int) -> dict[str, np.ndarray]:
-    masks, space = make_phantom(shape=(40, 36, 30), n_organs=5, n_empty=1, seed=seed)
-    folder.mkdir(parents=True)
-    for name, mask in masks.items():
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
-    return masks
 
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
     """A folder of CASES case folders (ct0, ct1, ...) and a bad one (``broken``: a truncated mask)."""
     root = tmp_path / "dataset"
-    masks = {f"ct{i}": write_case(root / f"ct{i}", seed=i) for i in range(CASES)}
-    write_case(root / "broken", seed=9)
+    masks = {f"ct{i}": write_case_folder(root / f"ct{i}", seed=i) for i in range(CASES)}
+    write_case_folder(root / "broken", seed=9)
     liver = root / "broken" / "liver.nii.gz"
     liver.write_bytes(liver.read_bytes()[:-40])
     return root, masks
@@ -101,8 +91,8 @@ def test_a_worker_that_dies_costs_only_its_case(tmp_path: Path, dataset) -> None
 
 
 def test_two_sources_with_one_case_id_are_refused(tmp_path: Path) -> None:
-    write_case(tmp_path / "a" / "ct0", 0)
-    write_case(tmp_path / "b" / "ct0", 1)
+    write_case_folder(tmp_path / "a" / "ct0", 0)
+    write_case_folder(tmp_path / "b" / "ct0", 1)
     with pytest.raises(InvalidCase, match=r"case id 'ct0' comes from two sources"):
         plan_import(None, [tmp_path / "a", tmp_path / "b"])
 

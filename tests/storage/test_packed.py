@@ -25,7 +25,6 @@ from helpers import (
     write_packed,
 )
 
-import medmask_store.storage.packed as packed_module
 from medmask_store import (
     ArchiveLocked,
     CorruptArchive,
@@ -481,7 +480,7 @@ def pread_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
         calls.append((length, offset))
         return real_pread(fd, length, offset)
 
-    monkeypatch.setattr(packed_module.os, "pread", counting_pread)
+    monkeypatch.setattr(os, "pread", counting_pread)  # the packed backend reads through os.pread only
     return calls
 
 

@@ -40,11 +40,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spacetransformer import Space
 
-import medmask_store.storage.hdf5 as hdf5_module
-import medmask_store.storage.packed as packed_module
 from medmask_store import MaskArchive, StorageSettings
 from medmask_store.io.nifti import load_mask_folder
-from medmask_store.storage.zarr_store import ShardedChunks
+from medmask_store.storage.zarr_store import FileObject, ShardedChunks
 
 LABELS, LAYERS = "label_volume", "binary_layers"
 FAST = {"label_level": 1, "layer_level": 1}
@@ -337,21 +335,19 @@ def counting_chunk_reads(path: Path) -> Iterator[list[tuple[str, tuple[int, ...]
     reads: list[tuple[str, tuple[int, ...]]] = []
     with pytest.MonkeyPatch.context() as mp:
         if path.name.endswith((".h5", ".msk")):
-            # the hdf5 and packed modules read chunk bytes through the os module's pread
-            module = hdf5_module if path.name.endswith(".h5") else packed_module
-            assert module.os is os
-            table = h5_chunk_table(path) if module is hdf5_module else msk_chunk_table(path)
+            # the hdf5 and packed backends read chunk bytes with os.pread, through zarr_store.FileObject
+            table = h5_chunk_table(path) if path.name.endswith(".h5") else msk_chunk_table(path)
             original_pread = os.pread
 
             def pread(fd: int, length: int, offset: int) -> bytes:
                 result = original_pread(fd, length, offset)
-                if sys._getframe(1).f_globals.get("__name__") == module.__name__:
+                if sys._getframe(1).f_code is FileObject.read.__code__:
                     name, coords, size = table.get(offset, (f"not a chunk: offset {offset}", (), -1))
                     assert length == size, (name, coords, length, size)
                     reads.append((name, coords))
                 return result
 
-            mp.setattr(module.os, "pread", pread)
+            mp.setattr(os, "pread", pread)
         else:
             original_fetch = ShardedChunks.fetch
 
