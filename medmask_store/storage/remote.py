@@ -74,9 +74,6 @@ class RemoteLocation:
     def __str__(self) -> str:
         return self.url
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return RemoteLocation, (self.url, dict(self.storage_options))  # the store is rebuilt where it is used
-
 
 @functools.lru_cache(maxsize=64)
 def _store(url: str, options: str) -> Any:

@@ -135,7 +135,6 @@ class RemoteZarrBackend(ZarrCaseReader):
         self._check_root()  # no archive at all is said as such
         return CaseNotFound(f"no case {case_id!r} in {self.location}")
 
-
     # -- writing ------------------------------------------------------------------
     def _check_writable(self) -> None:
         if self.read_only:
