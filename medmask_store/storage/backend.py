@@ -54,14 +54,13 @@ class StoredArray:
             )
         lengths, fetch = self.lengths, self.fetch
 
-        def fetch_stored(coords: ChunkCoords) -> bytes | None:
-            length = lengths.get(coords)
-            if length is None:
-                return None
-            data = fetch(coords)
-            if len(data) != length:
-                raise CorruptChunk(f"truncated: {len(data)} of {length} bytes")
+        def whole(coords: ChunkCoords, data: bytes) -> bytes:
+            if len(data) != lengths[coords]:
+                raise CorruptChunk(f"truncated: {len(data)} of {lengths[coords]} bytes")
             return data
+
+        def fetch_stored(coords: ChunkCoords) -> bytes | None:
+            return whole(coords, fetch(coords)) if coords in lengths else None
 
         fetch_many = None
         if self.fetch_many is not None:
@@ -71,8 +70,10 @@ class StoredArray:
                 stored = [coords for coords in wanted if coords in lengths]
                 fetched = dict(zip(stored, fetch_all(stored))) if stored else {}
                 for coords, data in fetched.items():
-                    if len(data) != lengths[coords]:
-                        raise CorruptChunk(f"{where}: chunk {coords}: truncated: {len(data)} of {lengths[coords]} bytes")
+                    try:
+                        whole(coords, data)
+                    except CorruptChunk as exc:
+                        raise CorruptChunk(f"chunk {coords}: {exc}") from exc
                 return fetched
 
         decode = chunk_decoder(manifest.codec, manifest.dtype, manifest.chunks, zarr=self.zarr_chunks)

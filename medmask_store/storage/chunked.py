@@ -168,7 +168,10 @@ class ChunkedArray:
         def prefetch(wanted: list[ChunkCoords]) -> None:
             assert fetch_many is not None
             fetched.clear()
-            fetched.update(fetch_many(wanted))
+            try:
+                fetched.update(fetch_many(wanted))
+            except CorruptChunk as exc:
+                raise CorruptChunk(f"{where}: {exc}") from exc
 
         return cls(shape, dtype, chunks, read_chunk, 0, prefetch if fetch_many is not None else None)
 

@@ -15,7 +15,7 @@ import os
 import struct
 import weakref
 import zipfile
-from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -446,29 +446,14 @@ def open_sharded_array(source: ByteSource, name: str, what: str) -> StoredArray 
         raise CorruptMetadata(f"{where}/zarr.json: chunks {chunks} of shape {shape} exceed the limits")
     if shard != tuple(g * c for g, c in zip(grid, chunks)):
         raise CorruptMetadata(f"{where}/zarr.json: shard shape {shard} is not the whole array")
-    chunks_reader = ShardedChunks(source, f"{name}/{shard_key(len(shape))}", grid, where)
-    return StoredArray(
-        lengths=chunks_reader.lengths,
-        fetch=chunks_reader.fetch,
-        fetch_many=chunks_reader.fetch_many,
-        zarr_chunks=True,
-        layout=(shape, dtype.str, chunks, codec),
-        metadata_crc32c=crc32c(raw),
-        chunks_crc32c=chunks_reader.chunks_crc32c,
-    )
+    stored = ShardedChunks(source, f"{name}/{shard_key(len(shape))}", grid, where).stored_array()
+    return replace(stored, layout=(shape, dtype.str, chunks, codec), metadata_crc32c=crc32c(raw))
 
 
 def open_described_array(source: ByteSource, name: str, manifest: ArrayManifest, what: str) -> StoredArray:
     """One of our sharded arrays of a case, located from its manifest: its shard index, without its ``zarr.json``."""
     grid = tuple(-(-n // c) for n, c in zip(manifest.shape, manifest.chunks))
-    chunks_reader = ShardedChunks(source, f"{name}/{shard_key(len(grid))}", grid, f"{what}/{name}")
-    return StoredArray(
-        lengths=chunks_reader.lengths,
-        fetch=chunks_reader.fetch,
-        zarr_chunks=True,
-        chunks_crc32c=chunks_reader.chunks_crc32c,
-        fetch_many=chunks_reader.fetch_many,
-    )
+    return ShardedChunks(source, f"{name}/{shard_key(len(grid))}", grid, f"{what}/{name}").stored_array()
 
 
 class ShardedChunks:
@@ -501,24 +486,33 @@ class ShardedChunks:
         self.chunks_crc32c = sorted_chunk_list_digest(coords, lengths)  # without sorting a dict
         self.lengths = dict(zip(map(tuple, coords.tolist()), lengths.tolist()))
 
+    def _row(self, coords: ChunkCoords) -> int:
+        """The index row (offset, length) of a chunk."""
+        return sum(c * s for c, s in zip(coords, self._strides))
+
     def fetch(self, coords: ChunkCoords) -> bytes:
         """The bytes of one stored chunk."""
         assert self._stored is not None
-        offset, length = self._index[sum(c * s for c, s in zip(coords, self._strides))]
+        offset, length = self._index[self._row(coords)]
         return self._stored.read(int(offset), int(length))
 
-    @property
-    def fetch_many(self) -> Callable[[list[ChunkCoords]], list[bytes]] | None:
-        """Where the shard lives in an object store: the bytes of many stored chunks in one batch of requests."""
+    def stored_array(self) -> StoredArray:
+        """The array's stored chunks (its layout is the caller's to add); where the shard lives in an object
+        store, many chunks are fetched in one batch of requests."""
         read_many = getattr(self._stored, "read_many", None)
-        if read_many is None:
-            return None
 
         def fetch_many(coords: list[ChunkCoords]) -> list[bytes]:
-            rows = self._index[[sum(c * s for c, s in zip(point, self._strides)) for point in coords]]
+            assert read_many is not None
+            rows = self._index[[self._row(point) for point in coords]]
             return read_many([(int(offset), int(length)) for offset, length in rows])
 
-        return fetch_many
+        return StoredArray(
+            lengths=self.lengths,
+            fetch=self.fetch,
+            zarr_chunks=True,
+            chunks_crc32c=self.chunks_crc32c,
+            fetch_many=fetch_many if read_many is not None else None,
+        )
 
 
 def _chunk_codec(metadata: dict[str, Any]) -> str | None:
