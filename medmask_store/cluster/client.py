@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from medmask_store.errors import MaskStoreError
+from medmask_store.extras import ExtraNotInstalled
+from medmask_store.extras import require as require_extra
 
 if TYPE_CHECKING:
     from distributed import Client
 
 
-class DaskNotInstalled(MaskStoreError, ImportError):
+class DaskNotInstalled(ExtraNotInstalled):
     """Dask or distributed is missing: they come with the extra ``dask``."""
 
 
@@ -24,9 +25,9 @@ class SchedulerUnreachable(MaskStoreError, OSError):
 def require(module: str) -> ModuleType:
     """Import ``module`` (``dask``, ``dask.array``, ``distributed``), or raise :class:`DaskNotInstalled` naming the extra."""
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise DaskNotInstalled(f"{module} is not installed; Dask support needs: pip install 'medmask_store[dask]'") from exc
+        return require_extra(module, "dask", "Dask support")
+    except ExtraNotInstalled as exc:
+        raise DaskNotInstalled(str(exc)) from exc.__cause__
 
 
 def connect(address: str | None) -> AbstractContextManager[Client | None]:
