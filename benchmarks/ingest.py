@@ -155,12 +155,13 @@ def medmask_save_seconds(folders: list[Path], workdir: Path) -> float | None:
     """Median seconds medmask 0.1.3 takes to save one case's decoded masks as a .mska archive."""
     if medmask is None:
         return None
-    from spacetransformer import Space
+    from medmask_store.model.geometry import space_from_nifti_affine
 
     times = []
     for folder in folders:
         files = sorted(folder.glob("*.nii.gz"))
-        space = Space.from_nifti(nib.load(files[0]))
+        first = nib.load(files[0])
+        space = space_from_nifti_affine(first.affine, first.shape)
         masks = {path.name[: -len(".nii.gz")]: np.asanyarray(nib.load(path).dataobj).astype(bool) for path in files}
         path = workdir / "medmask.mska"
         remove(path)

@@ -37,6 +37,7 @@ from common import DEFAULT_CASE, RESULTS, disk_bytes, package_versions, publish,
 from spacetransformer import Space
 
 from medmask_store import MaskArchive, PackBitsZstd, SegmentationMask, StorageSettings
+from medmask_store.model.geometry import space_from_nifti_affine
 
 try:
     import medmask
@@ -239,7 +240,7 @@ def binary_row(case_dir: Path, organ: str) -> Row:
     nii: Any = nib.load(path)
     data = nii.get_fdata().astype(np.uint8)
     name = organ.removesuffix(NIFTI)
-    return Row(name, data, {name: 1}, Space.from_nifti(nii), nii.affine, path)
+    return Row(name, data, {name: 1}, space_from_nifti_affine(nii.affine, nii.shape), nii.affine, path)
 
 
 def group_row(case_dir: Path, group: str, organs: Sequence[str]) -> Row:
@@ -255,7 +256,7 @@ def group_row(case_dir: Path, group: str, organs: Sequence[str]) -> Row:
         data = nib.load(path).get_fdata().astype(np.uint8)
         multi[data > 0] = idx
         mapping[organ.removesuffix(NIFTI)] = idx
-    return Row(group, multi, mapping, Space.from_nifti(first), first.affine, None, tuple(missing))
+    return Row(group, multi, mapping, space_from_nifti_affine(first.affine, first.shape), first.affine, None, tuple(missing))
 
 
 def nonempty_masks(case_dir: Path) -> tuple[list[str], int]:

@@ -2,7 +2,7 @@
 
 Loads every ``<organ>.nii.gz`` of a case folder once with nibabel (as bool masks,
 ``np.asanyarray(img.dataobj)`` like medmask_store's importer; Space from
-``Space.from_nifti`` of the first file), then for each format measures bytes on
+the affine of the first file), then for each format measures bytes on
 disk (all files, metadata included), write time (in-memory masks to a closed
 file on disk), read-all time (open + every organ's mask) and read-one time
 (open + one organ). Formats: the NIfTI folder, medmask's ``.mska`` archive (when
@@ -36,6 +36,7 @@ from common import DEFAULT_CASE, RESULTS, disk_bytes, median_ms, package_version
 from spacetransformer import Space
 
 from medmask_store import MaskArchive, StorageSettings
+from medmask_store.model.geometry import space_from_nifti_affine
 
 try:
     import medmask
@@ -96,7 +97,8 @@ def load_case(case_dir: Path) -> LoadedCase:
     files = {p.name.removesuffix(NIFTI): p for p in sorted(case_dir.glob(f"*{NIFTI}"))}
     images = {name: nib.load(path) for name, path in files.items()}
     masks = {name: np.asanyarray(image.dataobj).astype(bool, copy=False) for name, image in images.items()}
-    return LoadedCase(files, masks, images, Space.from_nifti(next(iter(images.values()))))
+    first = next(iter(images.values()))
+    return LoadedCase(files, masks, images, space_from_nifti_affine(first.affine, first.shape))
 
 
 def file_count(path: Path) -> int:

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 
 from medmask_store.io.nifti import AFFINE_ATOL, export_mask_folder, load_mask_folder, mask_files
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.phantom import make_phantom
 from medmask_store.storage.archive import MaskArchive
 from medmask_store.storage.layout import PRESETS, StorageSettings
@@ -47,7 +48,7 @@ def write_phantom_folder(folder: Path) -> Path:
     masks, space = make_phantom(shape=(160, 128, 112), n_organs=18, n_empty=5)
     folder.mkdir(parents=True, exist_ok=True)
     for name, mask in masks.items():
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), nifti_affine(space)), folder / f"{name}.nii.gz")
     return folder
 
 

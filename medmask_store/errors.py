@@ -53,6 +53,22 @@ class NiftiError(MaskStoreError, ValueError):
     """A NIfTI input cannot be imported losslessly (geometry, values, label map)."""
 
 
+class SlicerError(MaskStoreError, ValueError):
+    """A 3D Slicer ``.seg.nrrd`` cannot be imported (not a segmentation, geometry, segments, voxels) or written."""
+
+
+class OmeZarrError(MaskStoreError, ValueError):
+    """An OME-Zarr input cannot be imported (not an NGFF image, no or several label images, axes, transforms)."""
+
+
+class OutputExists(MaskStoreError, FileExistsError):
+    """An export's output path exists and overwriting it was not requested."""
+
+
+class DicomSegError(MaskStoreError, ValueError):
+    """A DICOM SEG cannot be imported, or a case cannot be exported as one (CT series missing or mismatched)."""
+
+
 class ArchiveClosed(MaskStoreError):
     """A case was read after its archive was closed."""
 

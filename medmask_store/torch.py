@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medmask_store.concurrency import use_threads
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.sampling import Patch, PatchSampler
 
 try:
@@ -82,7 +83,7 @@ def item(patch: Patch, images: Mapping[str, Any] | None = None, image_fill: floa
         "label": torch.from_numpy(np.ascontiguousarray(label)),
         "case_id": patch.case_id,
         "box": torch.from_numpy(patch.bounds),
-        "affine": torch.from_numpy(patch.space.to_nifti_affine()),
+        "affine": torch.from_numpy(nifti_affine(patch.space)),
         "organ": patch.organ or "",
     }
     if images is not None:

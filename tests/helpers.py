@@ -19,9 +19,11 @@ import pytest
 import zstandard
 from click.testing import CliRunner, Result
 from hypothesis import strategies as st
+from spacetransformer import Space
 
 from medmask_store import Case, StorageSettings
 from medmask_store.cli.main import main
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.storage.packed import CATALOG_DICTIONARY
 
 # -- masks and archives ----------------------------------------------------------------------
@@ -33,6 +35,17 @@ def box(shape: tuple[int, ...], *bounds: tuple[int, int]) -> np.ndarray:
     mask[tuple(slice(a, b) for a, b in bounds)] = True
     return mask
 
+
+
+def tilted_space(shape: tuple[int, int, int], flip: bool = False) -> Space:
+    """An LPS Space rotated about z and tilted about x (its slices are not axial), anisotropic spacing;
+    ``flip``: its second axis reversed (left-handed)."""
+    a, b = np.deg2rad(17.0), np.deg2rad(-25.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(b), -np.sin(b)], [0.0, np.sin(b), np.cos(b)]])
+    x, y, z = (rz @ rx @ np.diag([1.0, -1.0 if flip else 1.0, 1.0])).T.tolist()
+    return Space(shape=shape, origin=(-210.5, 12.25, -305.0), spacing=(0.9, 1.1, 3.0),
+                 x_orientation=x, y_orientation=y, z_orientation=z)  # fmt: skip
 
 def chunk_voxels(mask: np.ndarray, edge: int = StorageSettings().chunk_size) -> np.ndarray:
     """A mask's voxels per chunk of an ``edge``³ grid, counted directly (what ``Case.organ_chunk_voxels`` must give)."""
@@ -260,7 +273,7 @@ def write_case_folder(folder: Path, seed: int, organs: int = 5) -> dict[str, np.
     masks, space = make_phantom(shape=(40, 36, 30), n_organs=organs, n_empty=1, seed=seed)
     folder.mkdir(parents=True)
     for name, mask in masks.items():
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), nifti_affine(space)), folder / f"{name}.nii.gz")
     return masks
 
 

@@ -17,9 +17,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from spacetransformer import Space
 
 from medmask_store import SegmentationMask
+from medmask_store.model.geometry import nifti_affine, space_from_nifti_affine
 from medmask_store.phantom import ORGAN_NAMES, make_phantom
 
 # Every file the seed's loops open; the phantom's first ellipsoids are saved under these names.
@@ -70,7 +70,7 @@ def mask_dir(tmp_path: Path) -> Path:
     masks, space = make_phantom(shape=(70, 60, 50), n_organs=len(SEED_FILES), n_empty=0, seed=3)
     folder = tmp_path / "s0000"
     folder.mkdir()
-    affine = space.to_nifti_affine()
+    affine = nifti_affine(space)
     for seed_name, organ in zip(SEED_FILES, ORGAN_NAMES):
         nib.save(nib.Nifti1Image(masks[organ].astype(np.uint8), affine), folder / f"{seed_name}.nii.gz")
     (folder / "nonzero_masks.txt").write_text("".join(f"{n}.nii.gz\n" for n in SEED_FILES))
@@ -120,7 +120,7 @@ def test_seed_harness(mask_dir, saved_and_loaded):
         original_path = mask_dir / fname
         nii = nib.load(original_path)
         data = nii.get_fdata().astype(np.uint8)
-        space = Space.from_nifti(nii)
+        space = space_from_nifti_affine(nii.affine, nii.shape)
         organ = fname.replace('.nii.gz', '')
         stats_nifti = run_benchmark('nifti', data=data, original_path=original_path)
         stats_npz = run_benchmark('npz', data=data)
@@ -153,7 +153,7 @@ def test_seed_harness(mask_dir, saved_and_loaded):
     results = []
     for group in test_groups:
         first_img = nib.load(mask_dir / group['files'][0])
-        space = Space.from_nifti(first_img)
+        space = space_from_nifti_affine(first_img.affine, first_img.shape)
         multi = np.zeros(first_img.shape, dtype=np.uint8)
         mapping = {}
         for idx, fname in enumerate(group['files'], start=1):

@@ -288,24 +288,57 @@ def info_command(archive: Path | str, case_id: str, as_json: bool) -> None:
         click.echo(f"{name:32} {organ['value']:>5} {organ['voxels']:>10} {organ['volume_ml']:>10.2f}  {organ['representation']}")
 
 
+# The names of io.formats.EXPORT_FORMATS, written out so that `--help` imports no NumPy.
+EXPORT_FORMAT_NAMES = ("nifti", "multilabel", "seg.nrrd", "dicom-seg", "ome-zarr")
+
+
 @main.command("export")
 @click.argument("archive", type=ARCHIVE)
 @click.argument("case_id")
-@click.argument("outdir", type=click.Path(path_type=Path))
-@click.option("--multilabel", is_flag=True, help="Write OUTDIR/<case>.nii.gz + <case>.json instead of one file per organ.")
-@click.option("--allow-overlap", is_flag=True, help="With --multilabel: paint overlapping organs over their neighbours.")
-def export_command(archive: Path | str, case_id: str, outdir: Path, multilabel: bool, allow_overlap: bool) -> None:
-    """Export a case to NIfTI: one file per organ, or one multi-label file."""
-    from medmask_store.io.nifti import export_mask_folder, export_multilabel
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "export_format", type=click.Choice(EXPORT_FORMAT_NAMES),
+              help="nifti: OUT/<organ>.nii.gz per organ; multilabel: one .nii.gz + .json label map; seg.nrrd: "
+              "3D Slicer; dicom-seg: DICOM SEG (needs --ct-series); ome-zarr: OME-Zarr image + labels. "
+              "[default: from OUT's name (.nii.gz, .seg.nrrd, .dcm, .ome.zarr), else nifti]")
+@click.option("--multilabel", is_flag=True, help="Same as --format multilabel.")
+@click.option("--ome-zarr", "ome_zarr", is_flag=True, help="Same as --format ome-zarr.")
+@click.option("--ct-series", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="dicom-seg: the folder of the CT series the segmentation refers to.")
+@click.option("--allow-overlap", is_flag=True, help="multilabel: paint overlapping organs over their neighbours.")
+def export_command(
+    archive: Path | str, case_id: str, out: Path, export_format: str | None, multilabel: bool, ome_zarr: bool,
+    ct_series: Path | None, allow_overlap: bool,
+) -> None:
+    """Export a case: NIfTI (a file per organ, or one multi-label file), 3D Slicer .seg.nrrd, DICOM SEG or OME-Zarr.
+
+    For the single-file formats OUT is the file, or a folder to write <case><suffix> in.
+    """
+    from medmask_store.io.formats import export_case
+    from medmask_store.storage.archive import MaskArchive
+
+    chosen = {name for name in (export_format, multilabel and "multilabel", ome_zarr and "ome-zarr") if name}
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one format, got {', '.join(sorted(chosen))}")
+    with MaskArchive(archive) as store:
+        fmt = next(iter(chosen), None)
+        written = export_case(store[case_id], out, fmt, ct_series=ct_series, allow_overlap=allow_overlap)  # type: ignore[arg-type]
+    click.echo(f"wrote {len(written)} file(s) to {out}")
+
+
+@main.command("preview")
+@click.argument("archive", type=ARCHIVE)
+@click.argument("case_id")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The PNG to write.")
+@click.option("--organ", "organs", multiple=True,
+              help="Centre the slices on this organ (repeat for several) [default: the volume centre].")
+def preview_command(archive: Path | str, case_id: str, out: Path, organs: tuple[str, ...]) -> None:
+    """Write a PNG of three orthogonal slices, organs in their colours, with a legend; reads only those slices."""
+    from medmask_store.preview import render_preview
     from medmask_store.storage.archive import MaskArchive
 
     with MaskArchive(archive) as store:
-        case = store[case_id]
-        if multilabel:
-            written = list(export_multilabel(case, outdir / f"{case_id}.nii.gz", allow_overlap=allow_overlap))
-        else:
-            written = export_mask_folder(case, outdir)
-    click.echo(f"wrote {len(written)} file(s) to {outdir}")
+        render_preview(store[case_id], list(organs) or None, out)
+    click.echo(f"wrote {out}")
 
 
 def _parse_box(text: str, option: str, kind: type) -> list[tuple[Any, Any]]:
@@ -331,6 +364,7 @@ def read_command(archive: Path | str, case_id: str, organ: str | None, region: s
     import nibabel as nib
     import numpy as np
 
+    from medmask_store.model.geometry import nifti_affine
     from medmask_store.model.region import WorldBox
     from medmask_store.storage.archive import MaskArchive
 
@@ -358,7 +392,7 @@ def read_command(archive: Path | str, case_id: str, organ: str | None, region: s
         np.save(out_path, data)
     else:
         voxels = data.astype(np.uint8) if data.dtype == np.bool_ else data
-        nib.save(nib.Nifti1Image(voxels, space.to_nifti_affine()), out_path)
+        nib.save(nib.Nifti1Image(voxels, nifti_affine(space)), out_path)
     click.echo(f"wrote {out_path}: shape {data.shape}, {np.count_nonzero(data)} non-zero voxels")
 
 
@@ -379,6 +413,7 @@ def sample_command(
     """Write patches as a training loader would draw them: NNN.npy, and NNN.json with case, box, organ and affine."""
     import numpy as np
 
+    from medmask_store.model.geometry import nifti_affine
     from medmask_store.sampling import PatchSampler
     from medmask_store.storage.archive import MaskArchive
 
@@ -402,7 +437,7 @@ def sample_command(
             np.save(out_dir / f"{index:03d}.npy", patch.data)
             description = {
                 "case_id": patch.case_id, "start": list(patch.start), "shape": list(patch.data.shape),
-                "organ": patch.organ, "channels": sampler.organs, "affine": patch.space.to_nifti_affine().tolist(),
+                "organ": patch.organ, "channels": sampler.organs, "affine": nifti_affine(patch.space).tolist(),
             }  # fmt: skip
             (out_dir / f"{index:03d}.json").write_text(json.dumps(description, indent=1) + "\n")
             what = f"centred on {patch.organ}" if patch.organ else "uniform"

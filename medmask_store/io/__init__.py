@@ -1,1 +1,1 @@
-"""Import from and export to other file formats (NIfTI)."""
+"""Import from and export to other formats: NIfTI, 3D Slicer .seg.nrrd, DICOM SEG, OME-Zarr, SimpleITK images."""

@@ -40,6 +40,7 @@ from medmask_store.io.labels import BUILTIN_TABLES, LabelSource, LabelTable, emb
 from medmask_store.io.nifti_header import NIFTI_SUFFIXES, input_errors, read_header
 from medmask_store.limits import MAX_IMAGE_BYTES, MAX_VOXELS
 from medmask_store.model.case_data import CaseData, Unmapped
+from medmask_store.model.geometry import nifti_affine, space_from_nifti_affine
 from medmask_store.model.validation import MAX_LABEL_VALUE, validate_organ_name
 from medmask_store.storage.case import Case
 
@@ -197,16 +198,12 @@ def affine_text(affine: np.ndarray) -> str:
 
 # -- masks and label volumes -------------------------------------------------
 def space_of(volume: NiftiVolume) -> Space:
-    """The Space of ``volume.affine`` (sform first, as every NIfTI reader reports it).
+    """The (LPS) Space of ``volume.affine`` (sform first, as every NIfTI reader reports it).
 
-    ``Space.from_nifti`` prefers a qform; a NiftiVolume has none, so the Space
-    matches ``volume.affine``. Affines a Space cannot represent (shear) are refused.
+    Affines a Space cannot represent (shear, an axis of length 0) are refused as the Space's checks refuse them.
     """
     with input_errors(volume.path):
-        space = Space.from_nifti(volume)
-    if not np.allclose(space.to_nifti_affine(), volume.affine, atol=AFFINE_ATOL):
-        raise NiftiError(f"{volume.path}: affine has shear or scaling that a Space cannot hold: {affine_text(volume.affine)}")
-    return space
+        return space_from_nifti_affine(volume.affine, volume.shape)
 
 
 def read_voxels(volume: NiftiVolume) -> np.ndarray:
@@ -461,7 +458,7 @@ def export_multilabel(case: Case, path: str | Path, allow_overlap: bool = False)
             "export a mask folder, or allow overlap to paint them over their neighbours"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(labelled_image(case, case.read_labels(), case.space.to_nifti_affine(), case.mapping), path)
+    nib.save(labelled_image(case, case.read_labels(), nifti_affine(case.space), case.mapping), path)
     label_map = path.with_name(nifti_stem(path) + ".json")
     label_map.write_text(json.dumps(case.mapping, indent=1))
     return path, label_map

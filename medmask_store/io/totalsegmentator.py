@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from spacetransformer import Space
 
+from medmask_store.model.geometry import nifti_affine
+
 _VERTEBRAE = ("S1", "L5", "L4", "L3", "L2", "L1", *(f"T{n}" for n in range(12, 0, -1)), *(f"C{n}" for n in range(7, 0, -1)))
 
 TOTAL_CLASSES: tuple[str, ...] = (
@@ -52,7 +54,7 @@ def write_totalsegmentator_folder(masks: Mapping[str, np.ndarray], space: Space,
         raise ValueError(f"not TotalSegmentator 'total' classes: {', '.join(unknown)}; rename them or leave them out")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    affine = space.to_nifti_affine()
+    affine = nifti_affine(space)
     written = []
     for name in TOTAL_CLASSES:
         mask = masks.get(name)  # one look-up: a lazy mapping computes each mask once

@@ -22,6 +22,7 @@ from medmask_store.errors import (
     InvalidCase,
     ReadOnlyArchive,
 )
+from medmask_store.io.sitk import case_data_from_sitk, holds_sitk_images
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData, Unmapped
 from medmask_store.model.validation import validate_case_id
@@ -32,6 +33,7 @@ from medmask_store.storage.remote import RemoteLocation, parse_location
 
 if TYPE_CHECKING:
     import pandas as pd
+    import SimpleITK as sitk
     from spacetransformer import Space
 
     from medmask_store.codecs.chunks import Encoder
@@ -380,7 +382,7 @@ class MaskArchive:
     def add_case(
         self,
         case_id: str,
-        data: Mapping[str, np.ndarray] | np.ndarray | CaseData,
+        data: Mapping[str, np.ndarray] | Mapping[str, sitk.Image] | np.ndarray | sitk.Image | CaseData,
         *,
         space: Space | None = None,
         mapping: Mapping[str, int] | None = None,
@@ -392,7 +394,8 @@ class MaskArchive:
 
         ``data`` is a dict of binary masks (organ name -> bool array; overlaps
         are kept losslessly), a label volume with ``mapping`` (name -> value),
-        or a :class:`CaseData`.
+        or a :class:`CaseData`; arrays may be SimpleITK images, which bring their
+        geometry (:mod:`medmask_store.io.sitk`).
         """
         self._check_writable()
         validate_case_id(case_id)
@@ -415,7 +418,7 @@ class MaskArchive:
 
     @staticmethod
     def _to_case_data(
-        data: Mapping[str, np.ndarray] | np.ndarray | CaseData,
+        data: Mapping[str, Any] | np.ndarray | sitk.Image | CaseData,
         space: Space | None,
         mapping: Mapping[str, int] | None,
         meta: Mapping[str, Any] | None,
@@ -423,6 +426,8 @@ class MaskArchive:
     ) -> CaseData:
         if isinstance(data, CaseData):
             return data
+        if holds_sitk_images(data):
+            return case_data_from_sitk(data, space, mapping, meta, unmapped)
         if isinstance(data, Mapping):
             return CaseData.from_masks(data, space=space, mapping=mapping, meta=meta)
         if mapping is None:

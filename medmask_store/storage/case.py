@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import operator
+import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -19,6 +20,7 @@ from spacetransformer import Space
 from medmask_store.errors import ArchiveClosed, CorruptChunk, CorruptMetadata, InvalidRegion, OrganNotFound
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.model.manifest import BINARY_LAYERS, LABEL_VOLUME, ORGAN_CHUNK_VOXELS
 from medmask_store.model.palette import Color
 from medmask_store.model.region import VoxelBox, WorldBox, box_space, voxel_box
@@ -27,6 +29,9 @@ from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords, ChunkedArray, iter_chunks
 
 if TYPE_CHECKING:
+    import SimpleITK as sitk
+    from matplotlib.figure import Figure
+
     from medmask_store.storage.archive import MaskArchive
 
 
@@ -89,7 +94,7 @@ class Case:
         """The organ's NIfTI affine: the Space's, or its source file's exact one if that differed."""
         self._check_organ(organ)
         affine = self.info.organ_affines.get(organ)
-        return self.space.to_nifti_affine() if affine is None else affine.copy()
+        return nifti_affine(self.space) if affine is None else affine.copy()
 
     def representation(self, organ: str) -> str:
         """``"binary_layer"`` if the organ has a layer (it overlaps an organ placed before it), else ``"label_volume"``."""
@@ -427,3 +432,17 @@ class Case:
         from medmask_store.cluster.arrays import case_to_dask
 
         return case_to_dask(self, organ)
+
+    def to_sitk(self, organ: str | None = None) -> sitk.Image:
+        """One organ's mask (uint8 0/1), or the label volume (overlap voxels: as :meth:`read_labels`), as a
+        SimpleITK image of the case's geometry; see :func:`medmask_store.io.sitk.case_to_sitk`."""
+        from medmask_store.io.sitk import case_to_sitk
+
+        return case_to_sitk(self, organ)
+
+    def preview(self, organs: list[str] | None = None, path: str | os.PathLike[str] | None = None) -> Figure:
+        """Axial, coronal and sagittal slices through ``organs`` (default: the volume centre), saved as PNG at
+        ``path`` if given; see :func:`medmask_store.preview.render_preview`."""
+        from medmask_store.preview import render_preview
+
+        return render_preview(self, organs, path)

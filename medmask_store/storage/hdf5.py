@@ -15,6 +15,11 @@ Layout::
                              byte-identical to the Zarr backend's (PackBits+Zstd frame + crc32c);
                              plain h5py refuses to read them (unknown filter), never misreads
 
+Each dataset's attributes (JSON) describe it to plain h5py readers, as the Zarr
+backends' array attributes do (:mod:`medmask_store.model.plain_attributes`): the
+label volume's organ names and colours, which organs' overlap voxels are in
+``binary_layers``, and the codec of an array stored with one of ours.
+
 Chunks are encoded here and written with direct chunk writes (only non-empty
 ones). Reads locate each dataset's chunks once (``H5Dchunk_iter``) and then read
 their bytes with ``os.pread`` and decode them here, bypassing per-chunk h5py calls.
@@ -41,6 +46,7 @@ from medmask_store.errors import CaseExists, CaseNotFound, CorruptMetadata, Inva
 from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
 from medmask_store.model.attributes import ATTRIBUTE_KEY, archive_attributes, case_document, check_archive_attributes
 from medmask_store.model.manifest import ArrayManifest
+from medmask_store.model.plain_attributes import array_attributes
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, EncodedArray, EncodedCase, StorageSettings
@@ -261,7 +267,7 @@ class Hdf5Backend(SingleWriter):
         staging_name = f"{STAGING_GROUP}/{uuid.uuid4().hex}"
         try:
             group = self._file.create_group(staging_name)
-            manifests = {array.name: self._write_array(group, array) for array in case.arrays}
+            manifests = {array.name: self._write_array(group, array, case.content) for array in case.arrays}
             _write_json_attributes(group, case_document(case.content, manifests))
             if case_id in cases:
                 del cases[case_id]
@@ -274,7 +280,7 @@ class Hdf5Backend(SingleWriter):
                 del self._file[STAGING_GROUP]
         self._dirty = True
 
-    def _write_array(self, group: h5py.Group, array: EncodedArray) -> ArrayManifest:
+    def _write_array(self, group: h5py.Group, array: EncodedArray, content: dict[str, Any]) -> ArrayManifest:
         chunks = array.chunks
         # HDF5 refuses chunks larger than the maximum shape; Zarr allows them, and the
         # chunk shape must match Zarr's for byte-identical chunks.
@@ -288,10 +294,8 @@ class Hdf5Backend(SingleWriter):
         dataset = group.create_dataset(
             array.name, shape=array.shape, maxshape=grid_shape, dtype=array.dtype, chunks=chunks, **filters
         )
-        descriptions: dict[str, Any] = {"dimension_names": list(array.dimension_names)}
-        if array.codec != "zstd":
-            descriptions["medmask_store"] = {"codec": array.codec, "checksum": "crc32c", "reader": "pip install medmask_store"}
-        _write_json_attributes(dataset, descriptions)
+        described = array_attributes(array.name, array.codec, content)
+        _write_json_attributes(dataset, {"dimension_names": list(array.dimension_names), **described})
         for coords, chunk in array.encoded:
             dataset.id.write_direct_chunk(tuple(c * n for c, n in zip(coords, chunks)), chunk)
         return array.manifest()

@@ -27,6 +27,7 @@ from medmask_store.errors import CaseNotFound, CorruptChunk, CorruptMetadata, In
 from medmask_store.limits import MAX_CHUNK_VOXELS, MAX_CHUNKS_PER_ARRAY, MAX_DOCUMENT_BYTES
 from medmask_store.model.attributes import archive_attributes, case_document, check_archive_attributes
 from medmask_store.model.manifest import ArrayManifest, chunk_list_digest, crc32c, sorted_chunk_list_digest
+from medmask_store.model.plain_attributes import array_attributes
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, EncodedCase
@@ -70,7 +71,8 @@ def write_case_group(directory: Path, case: EncodedCase) -> None:
     zarr-python writes the metadata (rewritten without spaces); the shard is
     assembled here from chunks encoded in parallel, in the ``sharding_indexed``
     layout: the chunks, then the index of (offset, length) pairs and its crc32c.
-    The case's manifest records each array's chunks and the crc32c of its ``zarr.json``.
+    The case's manifest records each array's chunks and the crc32c of its ``zarr.json``, attributes
+    for readers without medmask_store (:mod:`~medmask_store.model.plain_attributes`) included.
     """
     import zarr
     from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
@@ -101,6 +103,7 @@ def write_case_group(directory: Path, case: EncodedCase) -> None:
             fill_value=0,
             dimension_names=array.dimension_names,
             config={"write_empty_chunks": False},
+            attributes=array_attributes(array.name, array.codec, case.content),
         )
         _write_shard(directory / array.name / shard_key(len(array.shape)), array)
         metadata = compact_document(directory / array.name / "zarr.json")

@@ -13,6 +13,7 @@ from click.testing import Result
 from helpers import FOUND_WHILE_READING, HOSTILE_NIFTI, case_folder_with, ok, run, snapshot
 from spacetransformer import Space
 
+from medmask_store.model.geometry import nifti_affine, space_from_nifti_affine
 from medmask_store.phantom import make_phantom
 from medmask_store.storage.archive import MaskArchive
 
@@ -24,13 +25,13 @@ def oblique_space(shape: tuple[int, int, int]) -> Space:
     affine[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
     affine[:3, :3] = affine[:3, :3] @ np.diag([0.9, 1.1, 3.0])
     affine[:3, 3] = [-210.5, 12.25, -305.0]
-    return Space.from_nifti(nib.Nifti1Image(np.zeros(shape, np.uint8), affine))
+    return space_from_nifti_affine(affine, shape)
 
 
 def write_case_folder(folder: Path, masks: dict[str, np.ndarray], space: Space) -> Path:
     folder.mkdir(parents=True)
     for name, mask in masks.items():
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), nifti_affine(space)), folder / f"{name}.nii.gz")
     return folder
 
 
@@ -66,7 +67,7 @@ def labels_file(tmp_path: Path, masks: dict[str, np.ndarray]) -> tuple[Path, dic
         labels[masks[name]] = value
     (tmp_path / "seg").mkdir()
     path = tmp_path / "seg" / "seg.nii.gz"
-    nib.save(nib.Nifti1Image(labels, oblique_space(labels.shape).to_nifti_affine()), path)
+    nib.save(nib.Nifti1Image(labels, nifti_affine(oblique_space(labels.shape))), path)
     return path, mapping, labels
 
 

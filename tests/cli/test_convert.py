@@ -15,6 +15,7 @@ from helpers import ok, run, side_files, snapshot
 
 from medmask_store import CaseData, InvalidArchive, MaskArchive, StorageSettings
 from medmask_store.cli.main import main
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.phantom import make_phantom
 
 SMALL = StorageSettings(chunk_size=16, label_level=3, layer_level=3)
@@ -30,7 +31,7 @@ def three_cases() -> dict[str, CaseData]:
     masks1, space1 = make_phantom(shape=shape, n_organs=5, n_empty=1, seed=1)
     masks2, space2 = make_phantom(shape=(33, 29, 27), n_organs=4, n_empty=2, seed=2, spacing=(0.8, 0.8, 3.0))
     case2 = CaseData.from_masks(masks2, space=space2)
-    noisy = space2.to_nifti_affine().copy()
+    noisy = nifti_affine(space2).copy()
     noisy[0, 1] += 1e-5
     case2.organ_affines = {"spleen": noisy}
     labels = np.zeros(shape, np.uint16)

@@ -13,6 +13,7 @@ from helpers import ok, run, save_totalsegmentator_multilabel, totalsegmentator_
 from spacetransformer import Space
 
 from medmask_store.io.totalsegmentator import TOTAL_LABELS
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.model.palette import default_color
 
 
@@ -27,7 +28,7 @@ def case_folder(tmp_path: Path, phantom: tuple[dict[str, np.ndarray], Space]) ->
     folder = tmp_path / "s0001"
     folder.mkdir()
     for name, mask in masks.items():
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), nifti_affine(space)), folder / f"{name}.nii.gz")
     return folder
 
 
@@ -39,7 +40,7 @@ def ts_multilabel(tmp_path: Path, phantom) -> Path:
     labels[masks["liver"] & ~masks["rib_right_12"]], labels[masks["spleen"]] = 5, 1
     (tmp_path / "seg").mkdir()
     table = totalsegmentator_xml({1: "spleen", 5: "liver"}, {5: (200, 100, 50)})
-    return save_totalsegmentator_multilabel(tmp_path / "seg" / "seg.nii.gz", labels, space.to_nifti_affine(), table)
+    return save_totalsegmentator_multilabel(tmp_path / "seg" / "seg.nii.gz", labels, nifti_affine(space), table)
 
 
 def test_folder_with_builtin_totalsegmentator_table(archive_path: Path, case_folder: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from helpers import assert_case_matches, ok, packed_manifest, read_packed, run
 from spacetransformer import Space
 
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.phantom import make_phantom
 from medmask_store.storage.archive import MaskArchive
 
@@ -26,7 +27,7 @@ def write_case_folder(folder: Path, masks: dict[str, np.ndarray], space: Space) 
     """A TotalSegmentator-style folder: one uint8 NIfTI per organ."""
     folder.mkdir(parents=True)
     for name, mask in masks.items():
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), nifti_affine(space)), folder / f"{name}.nii.gz")
     return folder
 
 

@@ -16,6 +16,7 @@ from spacetransformer import Space
 
 from medmask_store import MaskArchive, StorageSettings
 from medmask_store.cli.main import main
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.model.region import WorldBox, voxel_box
 from medmask_store.phantom import make_phantom
 
@@ -112,7 +113,7 @@ def test_nifti_output_has_the_api_voxels_and_the_regions_affine(
     voxels = np.asanyarray(image.dataobj)
     assert voxels.shape == expected.shape
     np.testing.assert_array_equal(voxels, expected.astype(np.uint8) if expected.dtype == np.bool_ else expected)
-    assert np.allclose(image.affine, expected_space.to_nifti_affine(), rtol=0, atol=1e-5)
+    assert np.allclose(image.affine, nifti_affine(expected_space), rtol=0, atol=1e-5)
     # independently of the API's Space: voxel (0, 0, 0) of the output is the first voxel of the region
     if organ and region is None:
         with MaskArchive(stored) as archive:
@@ -123,8 +124,8 @@ def test_nifti_output_has_the_api_voxels_and_the_regions_affine(
         start = [a for a, _ in region]
     else:
         start = [0, 0, 0]
-    assert np.allclose(image.affine @ [0, 0, 0, 1], space.to_nifti_affine() @ [*start, 1], rtol=0, atol=1e-5)
-    assert np.allclose(image.affine[:3, :3], space.to_nifti_affine()[:3, :3], rtol=0, atol=1e-6)
+    assert np.allclose(image.affine @ [0, 0, 0, 1], nifti_affine(space) @ [*start, 1], rtol=0, atol=1e-5)
+    assert np.allclose(image.affine[:3, :3], nifti_affine(space)[:3, :3], rtol=0, atol=1e-6)
 
 
 def test_mm_read_covers_the_voxel_box_it_was_built_around(stored: Path, tmp_path: Path) -> None:

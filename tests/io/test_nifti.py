@@ -22,6 +22,7 @@ from medmask_store.io.nifti import (
     open_nifti,
     read_voxels,
 )
+from medmask_store.model.geometry import nifti_affine, space_from_nifti_affine
 from medmask_store.storage.archive import MaskArchive
 
 
@@ -33,7 +34,7 @@ def rotated_space(shape: tuple[int, int, int]) -> Space:
     affine = np.eye(4)
     affine[:3, :3] = rz @ rx @ np.diag([0.8, 1.25, 2.5])
     affine[:3, 3] = [-151.25, 88.5, 412.75]
-    return Space.from_nifti(nib.Nifti1Image(np.zeros(shape, np.uint8), affine))
+    return space_from_nifti_affine(affine, shape)
 
 
 def save(path: Path, voxels: np.ndarray, affine: np.ndarray) -> Path:
@@ -67,7 +68,7 @@ def space(request: pytest.FixtureRequest, phantom: tuple[dict[str, np.ndarray], 
 
 @pytest.fixture
 def mask_folder(tmp_path: Path, phantom: tuple[dict[str, np.ndarray], Space], space: Space) -> Path:
-    return write_mask_folder(tmp_path / "ct01", phantom[0], space.to_nifti_affine())
+    return write_mask_folder(tmp_path / "ct01", phantom[0], nifti_affine(space))
 
 
 # -- mask folders ------------------------------------------------------------
@@ -121,8 +122,8 @@ def test_uncompressed_nii_and_other_files_in_the_folder(tmp_path: Path, phantom)
     folder = tmp_path / "ct01"
     (folder / "notes").mkdir(parents=True)
     (folder / "README.txt").write_text("not a mask")
-    save(folder / "liver.nii", masks["liver"].astype(np.uint8), space.to_nifti_affine())
-    save(folder / "spleen.nii.gz", masks["spleen"].astype(np.uint8), space.to_nifti_affine())
+    save(folder / "liver.nii", masks["liver"].astype(np.uint8), nifti_affine(space))
+    save(folder / "spleen.nii.gz", masks["spleen"].astype(np.uint8), nifti_affine(space))
     case = load_mask_folder(folder)
     assert case.mapping.keys() == {"liver", "spleen"}
     assert np.array_equal(case.organ_mask("liver"), masks["liver"])
@@ -134,7 +135,7 @@ def test_float_noise_affines_import_as_one_case_and_export_their_own_affine(
     tmp_path: Path, archive_path: Path, phantom, noisy: tuple[str, str]
 ) -> None:
     masks, _ = phantom
-    base = rotated_space(tuple(phantom[1].shape)).to_nifti_affine()
+    base = nifti_affine(rotated_space(tuple(phantom[1].shape)))
     affines = {name: base for name in masks}
     affines[noisy[0]] = base + np.pad([[0.0, 1e-4], [0.0, 0.0]], ((0, 2), (0, 2)))
     affines[noisy[1]] = base + np.pad([[0.0, 0.0], [-1.5e-4, 0.0]], ((0, 2), (0, 2)))
@@ -160,7 +161,7 @@ def test_float_noise_affines_import_as_one_case_and_export_their_own_affine(
 
 def test_float_noise_in_first_file_with_scanner_qform(tmp_path: Path, phantom) -> None:
     masks, _ = phantom
-    base = rotated_space(tuple(phantom[1].shape)).to_nifti_affine()
+    base = nifti_affine(rotated_space(tuple(phantom[1].shape)))
     noisy = base.copy()
     noisy[0, 1] += 1.5e-4
     folder = tmp_path / "ct01"
@@ -193,7 +194,7 @@ def test_multilabel_round_trip(
     mapping = {"liver": 5, "spleen": 1, "kidney_left": 12, "pancreas": 7, "stomach": top_value, "aorta": 40}
     labels = label_volume(masks, mapping, dtype)
     assert set(np.unique(labels)) == {0, 1, 5, 7, 12, top_value}  # aorta is empty, liver keeps voxels
-    source = save(tmp_path / "ct01.nii.gz", labels, space.to_nifti_affine())
+    source = save(tmp_path / "ct01.nii.gz", labels, nifti_affine(space))
     map_path = tmp_path / "map.json"
     map_path.write_text(json.dumps(mapping))
     label_map = {"dict": mapping, "json_path": map_path, "json_str": str(map_path)}[map_kind]
@@ -242,7 +243,7 @@ def _check_multilabel_export_refuses_overlaps(case, masks: dict[str, np.ndarray]
 def test_multilabel_unmapped_value_is_an_error_naming_it(tmp_path: Path, phantom) -> None:
     masks, space = phantom
     labels = label_volume(masks, {"liver": 1, "spleen": 2, "stomach": 7}, np.uint8)
-    source = save(tmp_path / "seg_unmapped.nii.gz", labels, space.to_nifti_affine())
+    source = save(tmp_path / "seg_unmapped.nii.gz", labels, nifti_affine(space))
     with pytest.raises(NiftiError, match=r"seg_unmapped\.nii\.gz.*\b7\b"):
         load_multilabel(source, {"liver": 1, "spleen": 2})
 
@@ -310,8 +311,8 @@ def test_real_case_voxels_are_the_arrays_nibabel_gives(real_case_dir: Path) -> N
 def folder_with(tmp_path: Path, phantom, bad_name: str, bad_voxels: np.ndarray, bad_affine: np.ndarray | None = None) -> Path:
     """A case folder of two good masks plus one bad file."""
     masks, space = phantom
-    folder = write_mask_folder(tmp_path / "case", {n: masks[n] for n in ("liver", "spleen")}, space.to_nifti_affine())
-    save(folder / f"{bad_name}.nii.gz", bad_voxels, space.to_nifti_affine() if bad_affine is None else bad_affine)
+    folder = write_mask_folder(tmp_path / "case", {n: masks[n] for n in ("liver", "spleen")}, nifti_affine(space))
+    save(folder / f"{bad_name}.nii.gz", bad_voxels, nifti_affine(space) if bad_affine is None else bad_affine)
     return folder
 
 
@@ -348,7 +349,7 @@ BAD_KINDS = ["shape", "affine", "float", "nan", "value2", "4d"]
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_mask_file_raises_niftierror_naming_it(tmp_path: Path, phantom, kind: str) -> None:
     _, space = phantom
-    voxels, affine = bad_file(kind, tuple(space.shape), space.to_nifti_affine())
+    voxels, affine = bad_file(kind, tuple(space.shape), nifti_affine(space))
     folder = folder_with(tmp_path, phantom, f"zz_bad_{kind}", voxels, affine)
     with pytest.raises(NiftiError, match=re.escape(f"zz_bad_{kind}.nii.gz")):
         load_mask_folder(folder)
@@ -357,7 +358,7 @@ def test_bad_mask_file_raises_niftierror_naming_it(tmp_path: Path, phantom, kind
 @pytest.mark.parametrize("kind", ["float", "nan", "value2", "4d"])
 def test_bad_first_mask_file_raises_niftierror_naming_it(tmp_path: Path, phantom, kind: str) -> None:
     _, space = phantom
-    voxels, affine = bad_file(kind, tuple(space.shape), space.to_nifti_affine())
+    voxels, affine = bad_file(kind, tuple(space.shape), nifti_affine(space))
     folder = folder_with(tmp_path, phantom, f"aa_bad_{kind}", voxels, affine)
     with pytest.raises(NiftiError, match=re.escape(f"aa_bad_{kind}.nii.gz")):
         load_mask_folder(folder)
@@ -366,7 +367,7 @@ def test_bad_first_mask_file_raises_niftierror_naming_it(tmp_path: Path, phantom
 @pytest.mark.parametrize("kind", ["shape", "affine"])
 def test_geometry_mismatch_names_the_file_sorting_first(tmp_path: Path, phantom, kind: str) -> None:
     _, space = phantom
-    voxels, affine = bad_file(kind, tuple(space.shape), space.to_nifti_affine())
+    voxels, affine = bad_file(kind, tuple(space.shape), nifti_affine(space))
     folder = folder_with(tmp_path, phantom, f"aa_odd_{kind}", voxels, affine)
     with pytest.raises(NiftiError, match=re.escape(f"aa_odd_{kind}.nii.gz")):
         load_mask_folder(folder)
@@ -374,10 +375,10 @@ def test_geometry_mismatch_names_the_file_sorting_first(tmp_path: Path, phantom,
 
 def test_affine_within_float_noise_is_accepted_but_half_a_millimetre_is_not(tmp_path: Path, phantom) -> None:
     masks, space = phantom
-    folder = write_mask_folder(tmp_path / "case", {"liver": masks["liver"]}, space.to_nifti_affine())
-    save(folder / "spleen.nii.gz", masks["spleen"].astype(np.uint8), shifted(space.to_nifti_affine(), 2e-4))
+    folder = write_mask_folder(tmp_path / "case", {"liver": masks["liver"]}, nifti_affine(space))
+    save(folder / "spleen.nii.gz", masks["spleen"].astype(np.uint8), shifted(nifti_affine(space), 2e-4))
     assert set(load_mask_folder(folder).mapping) == {"liver", "spleen"}
-    save(folder / "spleen.nii.gz", masks["spleen"].astype(np.uint8), shifted(space.to_nifti_affine(), 0.5))
+    save(folder / "spleen.nii.gz", masks["spleen"].astype(np.uint8), shifted(nifti_affine(space), 0.5))
     with pytest.raises(NiftiError, match=re.escape("spleen.nii.gz")):
         load_mask_folder(folder)
 
@@ -395,7 +396,7 @@ def test_folder_without_masks_raises_niftierror_naming_it(tmp_path: Path, extra:
 @pytest.mark.parametrize("kind", ["float", "nan", "4d"])
 def test_bad_multilabel_file_raises_niftierror_naming_it(tmp_path: Path, phantom, kind: str) -> None:
     _, space = phantom
-    voxels, affine = bad_file(kind, tuple(space.shape), space.to_nifti_affine())
+    voxels, affine = bad_file(kind, tuple(space.shape), nifti_affine(space))
     source = save(tmp_path / f"seg_{kind}.nii.gz", voxels, affine)
     with pytest.raises(NiftiError, match=re.escape(f"seg_{kind}.nii.gz")):
         load_multilabel(source, {"liver": 1})
@@ -403,7 +404,7 @@ def test_bad_multilabel_file_raises_niftierror_naming_it(tmp_path: Path, phantom
 
 def test_unreadable_label_map_raises_niftierror_naming_it(tmp_path: Path, phantom) -> None:
     masks, space = phantom
-    source = save(tmp_path / "seg.nii.gz", masks["liver"].astype(np.uint8), space.to_nifti_affine())
+    source = save(tmp_path / "seg.nii.gz", masks["liver"].astype(np.uint8), nifti_affine(space))
     broken = tmp_path / "broken_map.json"
     broken.write_text("{liver: 1")
     with pytest.raises(NiftiError, match=re.escape("broken_map.json")):
@@ -414,7 +415,7 @@ def test_float_mask_beyond_uint16_is_refused(tmp_path: Path, phantom) -> None:
     masks, space = phantom
     folder = tmp_path / "case"
     folder.mkdir()
-    save(folder / "liver.nii.gz", masks["liver"].astype(np.float32) * np.float32(65536.0), space.to_nifti_affine())
+    save(folder / "liver.nii.gz", masks["liver"].astype(np.float32) * np.float32(65536.0), nifti_affine(space))
     with pytest.raises(NiftiError, match=re.escape("liver.nii.gz")):
         load_mask_folder(folder)
 
@@ -422,6 +423,15 @@ def test_float_mask_beyond_uint16_is_refused(tmp_path: Path, phantom) -> None:
 def test_float_multilabel_beyond_uint16_is_refused(tmp_path: Path, phantom) -> None:
     masks, space = phantom
     labels = masks["spleen"].astype(np.float32) * np.float32(65541.0)
-    source = save(tmp_path / "seg_big.nii.gz", labels, space.to_nifti_affine())
+    source = save(tmp_path / "seg_big.nii.gz", labels, nifti_affine(space))
     with pytest.raises(NiftiError, match=re.escape("seg_big.nii.gz")):
         load_multilabel(source, {"liver": 5})
+
+
+def test_a_sheared_affine_is_refused_naming_the_file(tmp_path: Path) -> None:
+    affine = np.eye(4)
+    affine[:3, 1] = [0.0, 0.3, 1.0]
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), affine), tmp_path / "liver.nii.gz")
+    expected = f"{tmp_path / 'liver.nii.gz'}: its affine does not describe a voxel grid: Orientation vectors are not orthonormal"
+    with pytest.raises(NiftiError, match=re.escape(expected)):
+        load_mask_folder(tmp_path)

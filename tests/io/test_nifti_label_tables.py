@@ -24,6 +24,7 @@ from medmask_store.io.labels import LabelTable, load_labels
 from medmask_store.io.nifti import export_mask_folder, export_multilabel, load_mask_folder, load_multilabel
 from medmask_store.io.sources import discover_cases
 from medmask_store.io.totalsegmentator import TOTAL_LABELS
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.model.palette import default_color
 from medmask_store.storage.archive import MaskArchive
 
@@ -31,7 +32,7 @@ from medmask_store.storage.archive import MaskArchive
 def write_mask_folder(folder: Path, masks: dict[str, np.ndarray], space: Space) -> Path:
     folder.mkdir(parents=True)
     for name, mask in masks.items():
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), space.to_nifti_affine()), folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), nifti_affine(space)), folder / f"{name}.nii.gz")
     return folder
 
 
@@ -55,7 +56,7 @@ def ts_multilabel(tmp_path: Path, masks: dict[str, np.ndarray], phantom) -> tupl
     for name in organs:
         labels[masks[name]] = TOTAL_LABELS[name]
     table = totalsegmentator_xml({TOTAL_LABELS[name]: name for name in organs}, {TOTAL_LABELS["liver"]: (128, 64, 32)})
-    path = save_totalsegmentator_multilabel(tmp_path / "s0001.nii.gz", labels, phantom[1].to_nifti_affine(), table)
+    path = save_totalsegmentator_multilabel(tmp_path / "s0001.nii.gz", labels, nifti_affine(phantom[1]), table)
     return path, labels
 
 
@@ -128,7 +129,7 @@ def test_sidecar_json_comes_before_the_header_and_labels_before_both(ts_multilab
 
 def test_multilabel_without_any_table_names_the_three_sources(tmp_path: Path, masks, phantom) -> None:
     path = tmp_path / "seg.nii.gz"
-    nib.save(nib.Nifti1Image(masks["liver"].astype(np.uint8), phantom[1].to_nifti_affine()), path)
+    nib.save(nib.Nifti1Image(masks["liver"].astype(np.uint8), nifti_affine(phantom[1])), path)
     message = re.escape(f"{path}: a multi-label file needs a label table: --labels") + ".*seg.json beside it, or one in its header"
     with pytest.raises(NiftiError, match=message):
         load_multilabel(path)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from medmask_store import MaskArchive, StorageSettings
 from medmask_store.cli.main import main
 from medmask_store.errors import OrganNotFound
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.phantom import make_phantom
 from medmask_store.sampling import PAD_LABEL, Patch, PatchSampler
 from medmask_store.storage.case import Case
@@ -159,7 +160,7 @@ def test_sample_command_writes_what_the_sampler_draws(stored: Path, tmp_path: Pa
             assert (described["case_id"], tuple(described["start"]), described["organ"]) == (
                 patch.case_id, patch.start, patch.organ,
             )  # fmt: skip
-            np.testing.assert_allclose(described["affine"], patch.space.to_nifti_affine())
+            np.testing.assert_allclose(described["affine"], nifti_affine(patch.space))
             assert f"{index:03d}: case {patch.case_id}, start {list(patch.start)}" in result.output
 
 

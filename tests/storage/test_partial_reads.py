@@ -42,6 +42,7 @@ from spacetransformer import Space
 
 from medmask_store import MaskArchive, StorageSettings
 from medmask_store.io.nifti import load_mask_folder
+from medmask_store.model.geometry import nifti_affine
 from medmask_store.storage.zarr_store import FileObject, ShardedChunks
 
 LABELS, LAYERS = "label_volume", "binary_layers"
@@ -670,18 +671,18 @@ def test_real_organ_crop_has_its_voxels_and_the_bbox_space(real_archives, real_c
     with fresh_case(real_archives[suffix], "s0000") as case:
         cropped, crop_space = case.read_organ(REAL_ORGAN, crop=True)
         bbox = case.stats[REAL_ORGAN].bbox
-        full_affine = case.space.to_nifti_affine()
+        full_affine = nifti_affine(case.space)
     assert cropped.dtype == np.bool_
     assert int(cropped.sum()) == 1155
     assert cropped.shape == tuple(b - a for a, b in bbox) == tuple(crop_space.shape)
     start = np.array([*(a for a, _ in bbox), 1.0])
-    assert np.allclose(crop_space.to_nifti_affine() @ [0, 0, 0, 1], full_affine @ start, rtol=0, atol=1e-5)
-    assert np.allclose(crop_space.to_nifti_affine()[:3, :3], full_affine[:3, :3], rtol=0, atol=1e-9)
+    assert np.allclose(nifti_affine(crop_space) @ [0, 0, 0, 1], full_affine @ start, rtol=0, atol=1e-5)
+    assert np.allclose(nifti_affine(crop_space)[:3, :3], full_affine[:3, :3], rtol=0, atol=1e-9)
     # against the source file itself
     source = nib.load(real_case_dir / f"{REAL_ORGAN}.nii.gz")
     box = tuple(slice(a, b) for a, b in bbox)
     np.testing.assert_array_equal(cropped, np.asanyarray(source.dataobj)[box] > 0)
-    assert np.allclose(crop_space.to_nifti_affine() @ [0, 0, 0, 1], source.affine @ start, rtol=0, atol=1e-3)
+    assert np.allclose(nifti_affine(crop_space) @ [0, 0, 0, 1], source.affine @ start, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("suffix", BACKEND_SUFFIXES)
