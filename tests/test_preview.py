@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ok, run
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 from spacetransformer import Space
@@ -224,3 +225,13 @@ def test_unknown_organs_and_a_missing_matplotlib_are_clear(archive: Path, monkey
         missing = "Previews needs matplotlib, which is not installed: pip install 'medmask_store[preview]'"
         with pytest.raises(ExtraNotInstalled, match=f"^{re.escape(missing)}$"):
             case.preview()
+
+
+def test_cli_writes_the_png_case_preview_writes(tmp_path: Path, archive: Path) -> None:
+    out = ok("preview", archive, "ct01", "--organ", "core", "--out", tmp_path / "cli.png").output
+    assert out == f"wrote {tmp_path / 'cli.png'}\n"
+    with MaskArchive(archive) as opened:
+        opened["ct01"].preview(["core"], path=tmp_path / "api.png")
+    assert np.array_equal(imread(tmp_path / "cli.png"), imread(tmp_path / "api.png"))
+    result = run("preview", archive, "ct01", "--organ", "cor", "--out", tmp_path / "bad.png")
+    assert result.exit_code == 1 and "OrganNotFound" in result.output and not (tmp_path / "bad.png").exists()

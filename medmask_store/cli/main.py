@@ -330,7 +330,8 @@ def export_command(
 @click.argument("case_id")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The PNG to write.")
 @click.option("--organ", "organs", multiple=True,
-              help="Centre the slices on this organ (repeat for several) [default: the volume centre].")
+              help="Draw this organ (repeat for several), the slices through their centroid "
+              "[default: every organ, through the volume centre].")
 def preview_command(archive: Path | str, case_id: str, out: Path, organs: tuple[str, ...]) -> None:
     """Write a PNG of three orthogonal slices, organs in their colours, with a legend; reads only those slices."""
     from medmask_store.preview import render_preview

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_series import write_ct_series
 from helpers import assert_case_matches, ok, run
 
 from medmask_store import Case, MaskArchive
@@ -125,3 +126,18 @@ def test_cli_refuses_two_formats_and_a_file_that_is_no_case(archive_path: Path, 
     result = run("import", tmp_path / "new.zarr", other)
     assert result.exit_code == 1 and f"{other}: not a NIfTI, .seg.nrrd or DICOM SEG file" in result.output
     assert not (tmp_path / "new.zarr").exists()
+
+
+def test_cli_exports_dicom_seg_of_a_ct_series_and_imports_it_back(
+    archive_path: Path, masks: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    with MaskArchive(archive_path) as archive:
+        space = archive["ct01"].space
+    write_ct_series(space, tmp_path / "ct")
+    result = run("export", archive_path, "ct01", tmp_path / "out", "--format", "dicom-seg")
+    assert result.exit_code == 1 and "a DICOM SEG refers to the CT series it segments" in result.output
+    ok("export", archive_path, "ct01", tmp_path / "out", "--format", "dicom-seg", "--ct-series", tmp_path / "ct")
+    ok("import", tmp_path / "back.zarr", tmp_path / "out")  # a folder holding ct01.dcm
+    with MaskArchive(tmp_path / "back.zarr") as back:
+        assert back.case_ids() == ["ct01"]
+        assert_case_matches(back["ct01"], masks)
