@@ -18,6 +18,7 @@ from medmask_store.errors import (
     MaskStoreError,
     NiftiError,
     OrganNotFound,
+    QueryWarning,
     ReadOnlyArchive,
 )
 from medmask_store.lazy import lazy_exports
@@ -57,6 +58,7 @@ __all__ = [
     "OrganStats",
     "PackBitsZstd",
     "PackBitsZstdCodec",
+    "QueryWarning",
     "ReadOnlyArchive",
     "SegmentationMask",
     "StorageSettings",

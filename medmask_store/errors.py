@@ -91,3 +91,7 @@ class StorageUnavailable(MaskStoreError, OSError):
 
 class DamagedDataWarning(UserWarning):
     """A damaged case or index was skipped (``skip_damaged=True``) or rebuilt by a writer."""
+
+
+class QueryWarning(UserWarning):
+    """A query compares with a value no case holds, or leaves out cases whose metadata has another type."""

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from medmask_store.cli.messages import in_cli_words
 from medmask_store.errors import CaseNotFound, InvalidCase, MaskStoreError
 
 # Each command imports what it uses (NumPy, nibabel, the archive, ...): `--help` and `ls` start fast.
@@ -22,8 +24,24 @@ if TYPE_CHECKING:
     from medmask_store.storage.case import Case
 
 
+# Other names a command answers to (not listed in the help; its summary names them).
+ALIASES = {"delete": "rm"}
+
+
 class MaskStoreGroup(click.Group):
-    """Turns library errors into one-line messages and exit code 1, and warnings into one-line notes."""
+    """Turns library errors into one-line messages (in the CLI's words) and exit code 1, and warnings into
+    one-line notes."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with its help's whole first paragraph, wrapped: click's own summary stops at the
+        first period ("e.g.") and is cut at the terminal's width."""
+        commands = (self.get_command(ctx, name) for name in self.list_commands(ctx))
+        rows = [(command.name or "", _summary(command)) for command in commands if command and not command.hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         # No command does linear algebra worth threads, and OpenBLAS starting one per core when NumPy
@@ -34,17 +52,31 @@ class MaskStoreGroup(click.Group):
             try:
                 return super().invoke(ctx)
             except MaskStoreError as exc:
-                raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+                raise click.ClickException(f"{type(exc).__name__}: {in_cli_words(str(exc))}") from exc
+
+
+def _summary(command: click.Command) -> str:
+    return command.short_help or " ".join((command.help or "").partition("\n\n")[0].split())
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {in_cli_words(str(message))}", err=True)
 
 
 SKIP_DAMAGED_OPTION = click.option(
     "--skip-damaged", is_flag=True,
     help="Leave out damaged cases (and rebuild a damaged index in memory), with a warning each, instead of failing.",
 )
+
+
+QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+def progress_bar(desc: str, unit: str, quiet: bool) -> Callable[[Iterable[Any]], Iterable[Any]]:
+    """What wraps an iterable in a tqdm progress bar on stderr: none with ``--quiet`` or when stderr is no terminal."""
+    from tqdm import tqdm
+
+    return partial(tqdm, desc=desc, unit=unit, disable=quiet or not sys.stderr.isatty())
 
 
 class ArchiveLocation(click.ParamType):
@@ -94,7 +126,7 @@ PRESET_OPTION = click.option(
 )
 
 
-@click.group(cls=MaskStoreGroup)
+@click.group(cls=MaskStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medmask_store")
 def main() -> None:
     """Store segmentation masks losslessly in chunked Zarr v3 / HDF5 archives."""
@@ -180,19 +212,19 @@ def import_command(
             bar.update()
             if not quiet and not single:
                 tqdm.write(f"{outcome.status:8} {outcome.case_id}  {outcome.path}  "
-                           + (outcome.detail if outcome.status == "failed" else f"({outcome.seconds:.1f} s)"))
+                           + (in_cli_words(outcome.detail) if outcome.status == "failed" else f"({outcome.seconds:.1f} s)"))
 
         keep_freed_memory()  # this process exits after the import
         report = import_cases(store, plan, jobs, user_meta, commit_every, on_outcome, client)
     if not existed and not report.imported and isinstance(archive, Path):  # a failed first import leaves no empty archive
         shutil.rmtree(archive) if archive.is_dir() else archive.unlink()
     if single and report.failed:  # one case: its error, on one line
-        raise click.ClickException(next(iter(report.failed.values())))
+        raise click.ClickException(in_cli_words(next(iter(report.failed.values()))))
     click.echo(report.summary() + f" into {archive}")
     if report.failed:
         click.echo(f"{len(report.failed)} case(s) failed:", err=True)
         for failed_id, reason in report.failed.items():
-            click.echo(f"  {failed_id}: {reason}", err=True)
+            click.echo(f"  {failed_id}: {in_cli_words(reason)}", err=True)
         sys.exit(1)
 
 
@@ -250,11 +282,11 @@ def case_summary(case: Case) -> dict[str, Any]:
     }
 
 
-@main.command("delete")
+@main.command("rm")
 @click.argument("archive", type=ARCHIVE)
-@click.argument("case_ids", nargs=-1, required=True)
-def delete_command(archive: Path | str, case_ids: tuple[str, ...]) -> None:
-    """Delete cases (a damaged one too: its files go, whatever state they are in)."""
+@click.argument("case_ids", metavar="CASE...", nargs=-1, required=True)
+def rm_command(archive: Path | str, case_ids: tuple[str, ...]) -> None:
+    """Delete cases (a damaged one too: its files go, whatever state they are in); also named delete."""
     from medmask_store.storage.archive import MaskArchive
 
     with MaskArchive(archive, "r+") as store:
@@ -268,16 +300,39 @@ def delete_command(archive: Path | str, case_ids: tuple[str, ...]) -> None:
     click.echo(f"deleted {len(case_ids)} case(s) from {archive}")
 
 
+@main.command("mv")
+@click.argument("archive", type=ARCHIVE)
+@click.argument("case_id", metavar="OLD")
+@click.argument("new_id", metavar="NEW")
+def mv_command(archive: Path | str, case_id: str, new_id: str) -> None:
+    """Rename a case, its stored bytes unchanged; NEW must not exist."""
+    from medmask_store.storage.archive import MaskArchive
+
+    with MaskArchive(archive, "r+") as store:
+        store.rename_case(case_id, new_id)
+    click.echo(f"renamed case {case_id} to {new_id} in {archive}")
+
+
 @main.command("info")
 @click.argument("archive", type=ARCHIVE)
 @click.argument("case_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info_command(archive: Path | str, case_id: str, as_json: bool) -> None:
+@click.option("--nonempty", is_flag=True, help="Only organs with voxels.")
+@click.option("--organ", "organs", multiple=True, help="Only this organ (repeat for several).")
+def info_command(archive: Path | str, case_id: str, as_json: bool, nonempty: bool, organs: tuple[str, ...]) -> None:
     """Describe one case: geometry, metadata and per-organ statistics."""
+    from medmask_store.errors import OrganNotFound
     from medmask_store.storage.archive import MaskArchive
 
     with MaskArchive(archive) as store:
         summary = case_summary(store[case_id])
+    unknown = [name for name in organs if name not in summary["organs"]]
+    if unknown:
+        raise OrganNotFound(f"case {case_id!r} in {archive} has no organ {', '.join(map(repr, unknown))}")
+    summary["organs"] = {
+        name: organ for name, organ in summary["organs"].items()
+        if (not organs or name in organs) and (not nonempty or organ["voxels"])
+    }  # fmt: skip
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return
@@ -305,9 +360,11 @@ EXPORT_FORMAT_NAMES = ("nifti", "multilabel", "seg.nrrd", "dicom-seg", "ome-zarr
 @click.option("--ct-series", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="dicom-seg: the folder of the CT series the segmentation refers to.")
 @click.option("--allow-overlap", is_flag=True, help="multilabel: paint overlapping organs over their neighbours.")
+@click.option("--organs", metavar="A,B,...", help="nifti, multilabel: export these organs only (comma-separated).")
+@QUIET_OPTION
 def export_command(
     archive: Path | str, case_id: str, out: Path, export_format: str | None, multilabel: bool, ome_zarr: bool,
-    ct_series: Path | None, allow_overlap: bool,
+    ct_series: Path | None, allow_overlap: bool, organs: str | None, quiet: bool,
 ) -> None:
     """Export a case: NIfTI (a file per organ, or one multi-label file), 3D Slicer .seg.nrrd, DICOM SEG or OME-Zarr.
 
@@ -321,7 +378,10 @@ def export_command(
         raise click.UsageError(f"choose one format, got {', '.join(sorted(chosen))}")
     with MaskArchive(archive) as store:
         fmt = next(iter(chosen), None)
-        written = export_case(store[case_id], out, fmt, ct_series=ct_series, allow_overlap=allow_overlap)  # type: ignore[arg-type]
+        written = export_case(
+            store[case_id], out, fmt, ct_series=ct_series, allow_overlap=allow_overlap,  # type: ignore[arg-type]
+            organs=organs.split(",") if organs is not None else None, progress=progress_bar("export", "organ", quiet),
+        )  # fmt: skip
     click.echo(f"wrote {len(written)} file(s) to {out}")
 
 
@@ -450,21 +510,39 @@ def sample_command(
 @click.argument("destination", type=NEW_ARCHIVE)
 @click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it is an archive.")
 @PRESET_OPTION
-def convert_command(source: Path, destination: Path, overwrite: bool, preset: str) -> None:
+@QUIET_OPTION
+def convert_command(source: Path, destination: Path, overwrite: bool, preset: str, quiet: bool) -> None:
     """Copy every case to an archive of another backend (.zarr, .zarr.zip, .h5, .msk) or preset, losslessly."""
-    from tqdm import tqdm
-
     from medmask_store.storage.archive import MaskArchive
     from medmask_store.storage.layout import StorageSettings
 
     with MaskArchive(source) as store:
-        progress = partial(tqdm, desc="convert", unit="case")
+        progress = progress_bar("convert", "case", quiet)
         settings = StorageSettings.preset(preset)
         store.copy_to(destination, mode="w" if overwrite else "w-", settings=settings, progress=progress)
         click.echo(f"copied {len(store)} case(s) from {source} to {destination}")
 
 
-@main.command("query")
+class QueryCommand(click.Command):
+    """``query``, whose help lists the fields one can query (read from the index module when help is shown)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from medmask_store.query.index import ORGAN_FIELDS
+
+        with formatter.section("Fields"):
+            formatter.write_dl([
+                ("ORGAN.FIELD", f"a statistic of an organ, e.g. liver.volume_ml; FIELD is one of {', '.join(ORGAN_FIELDS)}"),
+                ("NAME", "a case metadata field by its key, e.g. age or sex (as given to import --meta)"),
+            ])  # fmt: skip
+            formatter.write_paragraph()
+            formatter.write_text(
+                "Compare with == != < <= > >=, combine with and / or / not, compute with + - * / %. A comparison on an "
+                "organ or field a case lacks is false. Text is only compared (sex == 'F'); a value no case holds is "
+                "reported with the close ones (warning on stderr)."
+            )
+
+
+@main.command("query", cls=QueryCommand)
 @click.argument("archive", type=ARCHIVE)
 @click.argument("expression")
 @click.option("--json", "as_json", is_flag=True, help="Print the matching case ids as a JSON list.")
@@ -543,29 +621,27 @@ def map_command(archive: Path | str, function: str, cases: str | None, scheduler
 
 @main.command("reindex")
 @click.argument("archive", type=ARCHIVE)
-def reindex_command(archive: Path | str) -> None:
+@QUIET_OPTION
+def reindex_command(archive: Path | str, quiet: bool) -> None:
     """Rebuild the archive index from every case's attributes."""
-    from tqdm import tqdm
-
     from medmask_store.storage.archive import MaskArchive
 
     with MaskArchive(archive, "r+") as store:
-        store.reindex(progress=partial(tqdm, desc="reindex", unit="case"))
+        store.reindex(progress=progress_bar("reindex", "case", quiet))
         click.echo(f"indexed {len(store)} case(s)")
 
 
 @main.command("verify")
 @click.argument("archive", type=ARCHIVE)
-def verify_command(archive: Path | str) -> None:
+@QUIET_OPTION
+def verify_command(archive: Path | str, quiet: bool) -> None:
     """Check every case (attributes, manifests, every chunk, voxel counts) and the index; list every
     problem and exit 1 if there is any."""
-    from tqdm import tqdm
-
     from medmask_store.storage.archive import MaskArchive
     from medmask_store.storage.verify import verify_archive
 
     with MaskArchive(archive) as store:
-        problems = verify_archive(store, progress=partial(tqdm, desc="verify", unit="case"))
+        problems = verify_archive(store, progress=progress_bar("verify", "case", quiet))
         for problem in problems:
             click.echo(problem)
         click.echo(f"{len(store)} case(s) checked, {len(problems)} problem(s)")

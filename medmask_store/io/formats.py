@@ -6,11 +6,11 @@ Each format lives in its own module (:mod:`.nifti`, :mod:`.slicer`, :mod:`.dicom
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
-from medmask_store.errors import MaskStoreError
+from medmask_store.errors import MaskStoreError, OrganNotFound
 
 if TYPE_CHECKING:
     from medmask_store.model.case_data import CaseData
@@ -45,6 +45,8 @@ def export_case(
     *,
     ct_series: str | Path | None = None,
     allow_overlap: bool = False,
+    organs: Sequence[str] | None = None,
+    progress: Callable[[Iterable[str]], Iterable[str]] = iter,
 ) -> list[Path]:
     """Write ``case`` in ``format`` (default: from ``path``'s name, see :func:`export_format_of`); the files written.
 
@@ -52,7 +54,8 @@ def export_case(
     an earlier export there is replaced (an OME-Zarr export replaces an OME-Zarr image only).
     ``ct_series`` (DICOM SEG only, required there) is the folder of the CT series the
     segmentation refers to; ``allow_overlap`` (multilabel only) paints overlapping organs
-    over their neighbours.
+    over their neighbours. ``organs`` (nifti and multilabel only) exports those organs only;
+    ``progress`` (nifti) wraps the organs written, e.g. ``tqdm``.
     """
     fmt = format or export_format_of(path)
     if fmt not in EXPORT_FORMATS:
@@ -61,17 +64,18 @@ def export_case(
         raise ExportError(f"a CT series is for DICOM SEG exports only, not {fmt}")
     if allow_overlap and fmt != "multilabel":
         raise ExportError(f"allow_overlap is for multilabel exports only, not {fmt}: {fmt} keeps overlapping organs")
+    _check_organs(case, fmt, organs)
     path = Path(path)
     if fmt == "nifti":
         from medmask_store.io.nifti import export_mask_folder
 
-        return export_mask_folder(case, path)
+        return export_mask_folder(case, path, organs, progress)
     if not path.name.lower().endswith(SUFFIXES[fmt]):
         path = path / f"{case.case_id}{SUFFIXES[fmt][0]}"
     if fmt == "multilabel":
         from medmask_store.io.nifti import export_multilabel
 
-        return list(export_multilabel(case, path, allow_overlap=allow_overlap))
+        return list(export_multilabel(case, path, allow_overlap=allow_overlap, organs=organs))
     if fmt == "seg.nrrd":
         from medmask_store.io.slicer import export_seg_nrrd
 
@@ -87,6 +91,20 @@ def export_case(
     from medmask_store.io.ome_zarr import export_ome_zarr
 
     return [export_ome_zarr(case, path, overwrite=True)]  # an earlier OME-Zarr export only, never another folder
+
+
+def _check_organs(case: Case, fmt: ExportFormat, organs: Sequence[str] | None) -> None:
+    """Organs can be chosen for the NIfTI formats, and must be the case's."""
+    if organs is None:
+        return
+    if fmt not in ("nifti", "multilabel"):
+        raise ExportError(f"choosing organs is for nifti and multilabel exports only; {fmt} writes every organ")
+    if not organs:
+        raise ExportError("no organs chosen: name at least one")
+    unknown = [name for name in organs if name not in case.mapping]
+    if unknown:
+        shown = ", ".join(list(case.mapping)[:10]) + (", ..." if len(case.mapping) > 10 else "")
+        raise OrganNotFound(f"case {case.case_id!r} has no organ {', '.join(map(repr, unknown))}; it has {shown}")
 
 
 def single_case_loader(path: Path) -> Callable[[], CaseData] | None:

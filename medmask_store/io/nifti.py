@@ -21,7 +21,7 @@ import gzip
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -370,7 +370,7 @@ def folder_values(folder: Path, table: LabelTable, unmapped: Unmapped = "error")
         shown = ", ".join(lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
         raise NiftiError(
             f"{folder}: the label table names no organ for {shown}; add them to the table, or number them after "
-            "its largest value (--name-unmapped, unmapped='name')"
+            "its largest value: pass unmapped='name'"
         )
     return table.values_for(names)
 
@@ -422,13 +422,18 @@ def labelled_image(case: Case, voxels: np.ndarray, affine: np.ndarray, values: M
     return image
 
 
-def export_mask_folder(case: Case, folder: str | Path) -> list[Path]:
-    """Write one ``<organ>.nii.gz`` (uint8 0/1) per organ, empty organs included, each with its one-label table
-    (Key 1: the organ's name and colour)."""
+def export_mask_folder(
+    case: Case,
+    folder: str | Path,
+    organs: Sequence[str] | None = None,
+    progress: Callable[[Iterable[str]], Iterable[str]] = iter,
+) -> list[Path]:
+    """Write one ``<organ>.nii.gz`` (uint8 0/1) per organ (or per one of ``organs``), empty organs included, each
+    with its one-label table (Key 1: the organ's name and colour). ``progress`` wraps the organ names, e.g. ``tqdm``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in case.organs:
+    for name in progress(case.organs if organs is None else organs):
         path = folder / f"{name}.nii.gz"
         mask = case.read_organ(name).view(np.uint8)  # a view: no second volume
         nib.save(labelled_image(case, mask, case.organ_affine(name), {name: 1}), path)
@@ -442,23 +447,38 @@ def save_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(nib.Nifti1Image(voxels, affine), path)
 
 
-def export_multilabel(case: Case, path: str | Path, allow_overlap: bool = False) -> tuple[Path, Path]:
+def export_multilabel(
+    case: Case, path: str | Path, allow_overlap: bool = False, organs: Sequence[str] | None = None
+) -> tuple[Path, Path]:
     """Write a multi-label ``.nii.gz`` with its label table (names, values, colours) in its header, as
-    TotalSegmentator does, and its ``.json`` label map beside it.
+    TotalSegmentator does, and its ``.json`` label map beside it; only ``organs`` if given.
 
     A single label file cannot hold overlapping organs; cases with binary
     layers raise :class:`NiftiError` unless ``allow_overlap`` is set, in which
     case layer organs are painted over the organs they overlap.
     """
     path = Path(path)
-    if case.info.layer_names and not allow_overlap:
-        overlaps = "; ".join(f"{name} overlaps {', '.join(case.overlapping_organs(name))}" for name in case.info.layer_names)
+    chosen = list(case.mapping if organs is None else organs)
+    overlapping = {name: [o for o in case.overlapping_organs(name) if o in chosen] for name in case.info.layer_names}
+    overlapping = {name: others for name, others in overlapping.items() if name in chosen and others}
+    if overlapping and not allow_overlap:
+        overlaps = "; ".join(f"{name} overlaps {', '.join(others)}" for name, others in overlapping.items())
         raise NiftiError(
             f"case {case.case_id!r} has overlapping organs that one label file cannot hold ({overlaps}): "
             "export a mask folder, or allow overlap to paint them over their neighbours"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(labelled_image(case, case.read_labels(), nifti_affine(case.space), case.mapping), path)
+    mapping = {name: value for name, value in case.mapping.items() if name in chosen}
+    labels = case.read_labels() if organs is None else _chosen_labels(case, mapping)
+    nib.save(labelled_image(case, labels, nifti_affine(case.space), mapping), path)
     label_map = path.with_name(nifti_stem(path) + ".json")
-    label_map.write_text(json.dumps(case.mapping, indent=1))
+    label_map.write_text(json.dumps(mapping, indent=1))
     return path, label_map
+
+
+def _chosen_labels(case: Case, mapping: dict[str, int]) -> np.ndarray:
+    """A label volume of the ``mapping``'s organs only, layer organs painted last (as :meth:`Case.read_labels`)."""
+    labels = np.zeros(case.space.shape, dtype=case.info.label_dtype)
+    for name in sorted(mapping, key=lambda organ: organ in case.info.layer_names):
+        labels[case.read_organ(name)] = mapping[name]
+    return labels

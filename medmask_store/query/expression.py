@@ -9,10 +9,14 @@ refused before pandas (``DataFrame.eval``) evaluates it. A case without the
 organ (or the metadata field) has NaN there, so every comparison on it is false
 (``!=`` too), and its ``touches_border`` is false.
 
-Text (a string literal, or a metadata field with any present value that is not a
-number or bool) may only be compared (``sex == "F"``): ``"x" * 3000000000`` would
-build a 3 GB string, so arithmetic and and/or/not take organ fields, numeric
-metadata and numbers only.
+A metadata field has the type most cases give it (:mod:`medmask_store.model.meta_types`;
+archives check it on write, but older ones may mix types): a case whose value has
+another type counts as missing, with a :class:`QueryWarning` naming it. Text (a
+string literal, or a text metadata field) may only be compared (``sex == "F"``):
+``"x" * 3000000000`` would build a 3 GB string, so arithmetic and and/or/not take
+organ fields, numeric metadata and numbers only. ``sex == 'm'`` where no case holds
+``'m'`` warns, suggesting the values close to it (``'M'``): a typo matches nothing,
+but not silently.
 
 Limits (:mod:`medmask_store.limits`), checked before anything recursive or costly
 runs: at most ``MAX_QUERY_CHARS`` characters (before parsing), ``MAX_QUERY_NODES``
@@ -28,13 +32,17 @@ from __future__ import annotations
 
 import ast
 import difflib
-import numbers
+import io
+import tokenize
+import warnings
+from collections import Counter
 from typing import cast
 
 import pandas as pd
 
-from medmask_store.errors import InvalidQuery
+from medmask_store.errors import InvalidQuery, QueryWarning
 from medmask_store.limits import MAX_QUERY_CHARS, MAX_QUERY_DEPTH, MAX_QUERY_NODES
+from medmask_store.model.meta_types import ARTICLES, dominant_type, meta_type
 from medmask_store.query.index import ORGAN_FIELDS, ArchiveIndex
 
 ALLOWED = (
@@ -86,9 +94,41 @@ def _balanced(op: ast.boolop, values: list[ast.expr]) -> ast.expr:
     return ast.BoolOp(op, [_balanced(op, values[:middle]), _balanced(op, values[middle:])])
 
 
-def _is_numeric(column: pd.Series) -> bool:
-    """Every present value is a number or a bool (metadata comes from JSON: int, float, bool, str, None)."""
-    return pd.api.types.is_numeric_dtype(column) or all(isinstance(v, numbers.Real) for v in column.dropna())
+def _value_type(value: object) -> str | None:
+    """A metadata value's type; None for no value (pandas fills a missing number with NaN; JSON has no NaN)."""
+    return None if isinstance(value, float) and value != value else meta_type(value)
+
+
+def _of_one_type(field: str, column: pd.Series) -> tuple[pd.Series, str | None, str]:
+    """The column of a metadata field, its type, and a note when values of another type (in archives written
+    before types were checked) were left out: comparisons on them are false, as on a missing value."""
+    if pd.api.types.is_bool_dtype(column):
+        return column, "boolean", ""
+    if pd.api.types.is_numeric_dtype(column):
+        return column, "number", ""
+    types = column.map(_value_type)
+    name = dominant_type(Counter(types.dropna()))
+    odd = types.notna() & (types != name)
+    if not odd.any():
+        return column, name, ""
+    cases = ", ".join(repr(c) for c in column.index[odd][:3]) + (", …" if odd.sum() > 3 else "")
+    note = (
+        f"metadata field {field!r} is {ARTICLES.get(name or '', name)} in {int((types == name).sum())} case(s) "
+        f"but another type in {int(odd.sum())} ({cases}): the query treats it as missing there"
+    )
+    kept = column.where(~odd)
+    return (pd.to_numeric(kept) if name == "number" else kept), name, note
+
+
+def _absent_value_note(field: str, value: object, column: pd.Series) -> str:
+    """A note when no case holds ``value`` in ``field``, suggesting the close text values (any letter case)."""
+    held = set(column.dropna())
+    if value in held:
+        return ""
+    texts = {str(v).lower(): str(v) for v in held if isinstance(v, str)}
+    close = difflib.get_close_matches(str(value).lower(), list(texts), n=3) if texts else []
+    hint = f"; did you mean {' or '.join(repr(texts[c]) for c in close)}?" if close else ""
+    return f"no case has {field} == {_clip(repr(value), 40)}{hint}"
 
 
 class _Columns(ast.NodeTransformer):
@@ -103,8 +143,9 @@ class _Columns(ast.NodeTransformer):
         self.meta_fields = [str(c) for c in meta.columns]
         self.organ_fields: set[tuple[str, str]] = set()
         self.meta_used: set[str] = set()
-        self.numeric_meta: dict[str, bool] = {}
+        self.meta_types: dict[str, str | None] = {}
         self.text: set[ast.AST] = set()
+        self.notes: list[str] = []  # QueryWarning messages: a typo'd value matches nothing, not silently
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         if not isinstance(node, ALLOWED):
@@ -144,9 +185,21 @@ class _Columns(ast.NodeTransformer):
         compare = cast(ast.Compare, super().generic_visit(node))
         operands = [compare.left, *compare.comparators]
         pairs = [ast.Compare(left, [op], [right]) for left, op, right in zip(operands, compare.ops, operands[1:])]
+        for pair in pairs:
+            self._note_absent_value(pair)
         names = sorted({n.id for n in ast.walk(compare) if isinstance(n, ast.Name)})
         guards = [ast.Compare(ast.Name(n, ast.Load()), [ast.Eq()], [ast.Name(n, ast.Load())]) for n in names]
         return _balanced(ast.And(), [*pairs, *guards])
+
+    def _note_absent_value(self, pair: ast.Compare) -> None:
+        """``field == 'value'`` (or ``!=``) with text on either side: note a value no case holds."""
+        if not isinstance(pair.ops[0], (ast.Eq, ast.NotEq)):
+            return
+        for field, literal in ((pair.left, pair.comparators[0]), (pair.comparators[0], pair.left)):
+            if isinstance(field, ast.Name) and field.id in self.meta_types and isinstance(literal, ast.Constant):
+                if isinstance(literal.value, str) or self.meta_types[field.id] == "text":
+                    note = _absent_value_note(field.id, literal.value, self.meta[field.id])
+                    self.notes += [note] if note and note not in self.notes else []
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
         boolop = cast(ast.BoolOp, self.generic_visit(node))
@@ -182,9 +235,10 @@ class _Columns(ast.NodeTransformer):
             suggestion = _suggest(node.id, self.meta_fields)
             raise InvalidQuery(f"unknown metadata field {_clip(node.id)!r}{hint}{suggestion}")
         self.meta_used.add(node.id)
-        if node.id not in self.numeric_meta:
-            self.numeric_meta[node.id] = _is_numeric(self.meta[node.id])
-        if not self.numeric_meta[node.id]:
+        if node.id not in self.meta_types:
+            self.meta[node.id], self.meta_types[node.id], note = _of_one_type(node.id, self.meta[node.id])
+            self.notes += [note] if note else []
+        if self.meta_types[node.id] not in (None, "number", "boolean"):
             self.text.add(node)
         return node
 
@@ -199,6 +253,11 @@ def _parse(expression: str) -> ast.Expression:
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except (SyntaxError, ValueError) as exc:  # ValueError: null bytes, on some Python versions
+        compared = _with_equality(expression.strip())
+        if compared is not None:
+            raise InvalidQuery(
+                f"cannot parse query {_clip(expression)!r}: = assigns, == compares; write {_clip(compared)}"
+            ) from exc
         reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
         raise InvalidQuery(f"cannot parse query {_clip(expression)!r}: {_clip(reason)}; write e.g. {EXAMPLE}") from exc
     except (MemoryError, RecursionError) as exc:  # the parser's own stack overflowing on deep nesting
@@ -214,13 +273,33 @@ def _parse(expression: str) -> ast.Expression:
     return tree
 
 
+def _with_equality(expression: str) -> str | None:
+    """The expression with each ``=`` outside text made ``==``, or None if it has none (or does not tokenize)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(expression).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    lines = expression.splitlines(keepends=True)
+    assignments = [t.start for t in tokens if t.type == tokenize.OP and t.string == "="]
+    for row, column in reversed(assignments):
+        lines[row - 1] = lines[row - 1][:column] + "==" + lines[row - 1][column + 1 :]
+    return "".join(lines) if assignments else None
+
+
 def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
-    """Case ids (sorted) for which the expression holds."""
+    """Case ids (sorted) for which the expression holds.
+
+    A :class:`QueryWarning` says when an ``==`` / ``!=`` compares a metadata field with a value no case
+    holds (suggesting close ones: ``'m'`` -> ``'M'``), and when cases were left out of comparisons on a
+    field because their value has another type than the field's in the other cases.
+    """
     tree = _parse(expression)
     organs = [str(o) for o in index.organs["organ"].cat.categories]
     meta = index.meta_frame()
     columns = _Columns(expression.strip(), organs, meta)
     checked = columns.visit(tree)
+    for note in columns.notes:
+        warnings.warn(note, QueryWarning, stacklevel=3)  # the caller of MaskArchive.query
     # pandas walks the rewritten tree (comparisons wrapped in their guards): ~5 stack frames a level
     _check_depth(_size(checked)[1], expression)
     rewritten = ast.unparse(checked)

@@ -15,6 +15,7 @@ import numpy as np
 
 from medmask_store.errors import (
     CaseExists,
+    CaseNotFound,
     CorruptArchive,
     CorruptMetadata,
     DamagedDataWarning,
@@ -25,6 +26,7 @@ from medmask_store.errors import (
 from medmask_store.io.sitk import case_data_from_sitk, holds_sitk_images
 from medmask_store.model.attributes import CaseInfo
 from medmask_store.model.case_data import CaseData, Unmapped
+from medmask_store.model.meta_types import FieldTypes
 from medmask_store.model.validation import validate_case_id
 from medmask_store.storage.backend import Backend
 from medmask_store.storage.case import Case
@@ -145,6 +147,7 @@ class MaskArchive:
         self._batch_depth = 0
         self._index: ArchiveIndex | None = None
         self._modified: set[str] = set()  # cases written or deleted since the index was saved
+        self._field_types: FieldTypes | None = None  # loaded from the index by the first write
 
     @property
     def _backend(self) -> Backend:
@@ -410,11 +413,22 @@ class MaskArchive:
         return encode_case(data, self.settings, self._backend.chunk_encoders)
 
     def write_encoded(self, case_id: str, case: EncodedCase, overwrite: bool = False) -> None:
-        """Store a case :meth:`encode` made, atomically."""
+        """Store a case :meth:`encode` made, atomically; :class:`InvalidCase` if a metadata value's type
+        differs from its field's in the other cases (:class:`~medmask_store.model.meta_types.FieldTypes`)."""
         self._check_writable()
         validate_case_id(case_id)
+        field_types = self.metadata_types()
+        field_types.check(case_id, case.content["meta"])
         self._backend.write_case(case_id, case, overwrite)
+        field_types.set(case_id, case.content["meta"])
         self._committed(case_id)
+
+    def metadata_types(self) -> FieldTypes:
+        """The metadata field types of the stored cases (from the index, read once; this process's writes kept)."""
+        if self._field_types is None:
+            cases = self.index(skip_damaged=True).cases
+            self._field_types = FieldTypes(zip(cases["case_id"], cases["meta"]))
+        return self._field_types
 
     @staticmethod
     def _to_case_data(
@@ -479,7 +493,27 @@ class MaskArchive:
         self._check_writable()
         validate_case_id(case_id)
         self._backend.delete_case(case_id)
+        if self._field_types is not None:
+            self._field_types.remove(case_id)
         self._committed(case_id)
+
+    def rename_case(self, case_id: str, new_id: str) -> Case:
+        """Give a case another id, its stored bytes unchanged: written under ``new_id``, then deleted (one commit
+        in single-file archives; an interrupted rename in a directory leaves both ids). Refuses a missing
+        ``case_id`` (:class:`CaseNotFound`) or an existing ``new_id`` (:class:`CaseExists`)."""
+        from medmask_store.storage.rename import stored_encoded_case
+
+        self._check_writable()
+        if validate_case_id(case_id) not in self:
+            raise CaseNotFound(f"cannot rename case {case_id!r}: there is no such case in {self.path}")
+        if validate_case_id(new_id) in self:
+            raise CaseExists(f"cannot rename case {case_id!r} to {new_id!r}: {new_id!r} already exists in {self.path}")
+        stored = self._backend.open_case(case_id)
+        encoded = stored_encoded_case(stored, self.settings, f"{self.path}: case {case_id!r}")
+        with self.batch():
+            self.write_encoded(new_id, encoded)
+            self.delete_case(case_id)
+        return self[new_id]
 
     def copy_case_from(self, case: Case, case_id: str | None = None, overwrite: bool = False) -> Case:
         """Copy a case from another archive (any backend), losslessly."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from medmask_store.model.plain_attributes import array_attributes
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, EncodedArray, EncodedCase, StorageSettings
+from medmask_store.storage.portable import reading_handle
 from medmask_store.storage.remote import RemoteLocation, as_file, open_archive_file
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 from medmask_store.storage.zarr_store import FileObject
@@ -134,8 +134,10 @@ class Hdf5Backend(SingleWriter):
                 raise
             self._dirty = not path.exists() or mode == "w"
         # Chunks are read through HDF5's own descriptor (duplicated): the very file HDF5
-        # opened, even if the path has since been replaced by a writer's commit.
-        self._chunk_file = FileObject(os.fdopen(os.dup(self._file.id.get_vfd_handle()), "rb", buffering=0), str(path))
+        # opened, even if the path has since been replaced by a writer's commit. Without
+        # os.pread it is opened again instead (Windows, which replaces no open file).
+        handle = reading_handle(self._file.id.get_vfd_handle(), self._file.filename)
+        self._chunk_file = FileObject(handle, str(path))
 
     def _open_working_copy(self, path: Path, mode: str) -> h5py.File:
         assert self._editor is not None

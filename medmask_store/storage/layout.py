@@ -21,6 +21,10 @@ from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
 CASES_GROUP = "cases"
 INDEX = "index.npz.zst"
+# The dimension names each array of a case is stored with.
+DIMENSION_NAMES = {
+    LABEL_VOLUME: ("i", "j", "k"), BINARY_LAYERS: ("layer", "i", "j", "k"), manifest.ORGAN_CHUNK_VOXELS: ("organ", "chunk"),
+}  # fmt: skip
 COUNTS_PER_CHUNK = 2**16  # organ chunk-voxel counts per stored chunk (256 KB decoded): all organs of a 512³ case
 
 
@@ -159,19 +163,19 @@ def arrays_to_write(data: CaseData, settings: StorageSettings) -> tuple[list[Arr
             f"more than the {MAX_CHUNKS_PER_ARRAY} an array may hold; choose a larger chunk_size"
         )
     label_volume = ArrayToWrite(
-        LABEL_VOLUME, data.label_volume, cube, ("i", "j", "k"), settings.label_codec, settings.label_level
+        LABEL_VOLUME, data.label_volume, cube, DIMENSION_NAMES[LABEL_VOLUME], settings.label_codec, settings.label_level
     )
     arrays, origins = [label_volume], []  # type: list[ArrayToWrite], list[list[int]]
     if data.layer_names:
         origins, windows = _layer_windows(data, settings.chunk_size)
         arrays.append(ArrayToWrite(
-            BINARY_LAYERS, windows, (1, *cube), ("layer", "i", "j", "k"), LAYER_CODEC, settings.layer_level
+            BINARY_LAYERS, windows, (1, *cube), DIMENSION_NAMES[BINARY_LAYERS], LAYER_CODEC, settings.layer_level
         ))  # fmt: skip
     if data.mapping:
         counts = organ_chunk_voxels(data, settings.chunk_size)
         rows = max(1, min(len(counts), COUNTS_PER_CHUNK // counts.shape[1]))
         arrays.append(ArrayToWrite(
-            manifest.ORGAN_CHUNK_VOXELS, counts, (rows, counts.shape[1]), ("organ", "chunk"), "zstd", settings.label_level
+            manifest.ORGAN_CHUNK_VOXELS, counts, (rows, counts.shape[1]), DIMENSION_NAMES[manifest.ORGAN_CHUNK_VOXELS], "zstd", settings.label_level
         ))  # fmt: skip
     return arrays, origins
 

@@ -12,7 +12,7 @@ lock and working copy live beside the target, so every link to it shares them).
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from medmask_store.errors import ArchiveLocked, InvalidArchive, ReadOnlyArchive
+from medmask_store.storage.portable import lock_exclusively
 
 
 class SingleWriter:
@@ -96,22 +97,19 @@ class SingleFileEditor:
 
     def close(self) -> None:
         _remove(self.working)
-        lock_path = Path(self._lock.name)
-        lock_path.unlink(missing_ok=True)
+        with contextlib.suppress(PermissionError):  # Windows deletes no open file: the lock file stays, unlocked
+            Path(self._lock.name).unlink(missing_ok=True)
         self._lock.close()
 
 
 def _acquire_lock(lock_path: Path, archive: Path) -> IO[str]:
     while True:
         handle = open(lock_path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
+        if not lock_exclusively(handle, wait=False):
+            owner = _lock_owner(handle)
             handle.close()
-            raise ArchiveLocked(f"{archive} is being written by {owner}; single-file archives take one writer at a time") from None
-        # The previous holder may have unlinked the lock file between our open and flock.
+            raise ArchiveLocked(f"{archive} is being written by {owner}; single-file archives take one writer at a time")
+        # The previous holder may have unlinked the lock file between our open and lock.
         if lock_path.exists() and os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
             handle.seek(0)
             handle.truncate()
@@ -119,6 +117,15 @@ def _acquire_lock(lock_path: Path, archive: Path) -> IO[str]:
             handle.flush()
             return handle
         handle.close()
+
+
+def _lock_owner(handle: IO[str]) -> str:
+    """Who holds the lock, as its holder wrote it into the lock file."""
+    try:
+        handle.seek(0)
+        return handle.read().strip() or "another process"
+    except OSError:  # Windows: the holder's lock covers the bytes themselves
+        return "another process"
 
 
 def _remove(path: Path) -> None:

@@ -18,7 +18,6 @@ case is written under ``.staging/`` and renamed into ``cases/`` in one
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import socket
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
 from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedCase, StorageSettings
+from medmask_store.storage.portable import lock_exclusively
 from medmask_store.storage.zarr_store import (
     FolderBytes,
     ZarrCaseReader,
@@ -103,7 +103,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
     def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
         """Rewrite (or, given b"", remove) the index file under an exclusive lock, by atomic rename."""
         with open(self.path / ".index.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            lock_exclusively(lock)
             data = build(self.read_index())
             if not data:  # no index wanted
                 (self.path / INDEX).unlink(missing_ok=True)

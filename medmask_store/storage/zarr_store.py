@@ -31,6 +31,7 @@ from medmask_store.model.plain_attributes import array_attributes
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, EncodedCase
+from medmask_store.storage.portable import read_at
 
 COMPACT_JSON = {"json_indent": None}
 EMPTY_ENTRY = 2**64 - 1
@@ -199,7 +200,7 @@ def _checked_range(stored: StoredObject, start: int, length: int) -> None:
 
 
 class FileObject:
-    """A file; ranged reads with ``os.pread`` on one descriptor, so every read sees the same file."""
+    """A file; ranged reads (``os.pread`` where it exists) on one descriptor, so every read sees the same file."""
 
     def __init__(self, handle: Any, name: str) -> None:
         self.handle = handle  # lives as long as the object
@@ -208,7 +209,7 @@ class FileObject:
 
     def read(self, start: int, length: int) -> bytes:
         _checked_range(self, start, length)
-        return os.pread(self.handle.fileno(), length, start)
+        return read_at(self.handle, length, start)
 
     def close(self) -> None:
         self.handle.close()

@@ -268,16 +268,19 @@ def case_pair(path: Path) -> None:
             archive.add_case(case_id, masks, space=space)
 
 
-def copy_label_chunks(path: Path, source: str, target: str) -> None:
-    """Replace the target case's stored label-volume chunks by the source case's (valid, checksummed)."""
+def copy_label_chunks(path: Path, source: str, target: str, metadata: bool = False) -> None:
+    """Replace the target case's stored label-volume chunks by the source case's (valid, checksummed); with
+    ``metadata``, its Zarr metadata document too (it names the case's organs)."""
     suffix = suffix_of(path)
-    member = "cases/{}/label_volume/c/0/0/0"
+    members_copied = ["cases/{}/label_volume/c/0/0/0"] + (["cases/{}/label_volume/zarr.json"] if metadata else [])
     if suffix == ".zarr":
-        shutil.copyfile(path / member.format(source), path / member.format(target))
+        for member in members_copied:
+            shutil.copyfile(path / member.format(source), path / member.format(target))
     elif suffix == ".zarr.zip":
         with zipfile.ZipFile(path) as zf:
             members = {i.filename: zf.read(i) for i in zf.infolist()}
-        members[member.format(target)] = members[member.format(source)]
+        for member in members_copied:
+            members[member.format(target)] = members[member.format(source)]
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
             for name, data in members.items():
                 zf.writestr(name, data)
@@ -307,14 +310,14 @@ def test_verify_and_reads_report_chunks_of_another_case(archive_path):
 
 
 def test_verify_reports_voxel_counts_that_disagree_with_stats(archive_path):
-    """A crafted archive (chunks of another case, manifest edited to match, attributes resealed):
-    every checksum passes, and verify still finds the voxel counts wrong."""
+    """A crafted archive (chunks and array metadata of another case, manifest edited to match, attributes
+    resealed): every checksum passes, and verify still finds the voxel counts wrong."""
     case_pair(archive_path)
     with MaskArchive(archive_path) as archive:
         assert verify_archive(archive) == []
         a, b = archive["a"], archive["b"]
         assert a.mapping == b.mapping and a.stats != b.stats
-    copy_label_chunks(archive_path, "a", "b")
+    copy_label_chunks(archive_path, "a", "b", metadata=True)
     content = case_content(archive_path, "b")
     content["arrays"]["label_volume"] = case_content(archive_path, "a")["arrays"]["label_volume"]
     write_case_content(archive_path, "b", content)

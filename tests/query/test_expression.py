@@ -20,7 +20,7 @@ import pytest
 from helpers import run_measuring_peak_rss
 
 from medmask_store import MaskArchive, MaskStoreError
-from medmask_store.errors import InvalidQuery
+from medmask_store.errors import InvalidQuery, QueryWarning
 from medmask_store.limits import MAX_QUERY_CHARS, MAX_QUERY_DEPTH, MAX_QUERY_NODES
 from medmask_store.phantom import make_phantom
 from medmask_store.query import ORGAN_FIELDS, ArchiveIndex, evaluate_query
@@ -346,18 +346,21 @@ def test_text_in_comparisons_still_works(index):
     assert evaluate_query("(sex == 'M') == (age > 50)", index) == ["c3"]
 
 
-def test_metadata_column_with_any_text_value_is_text(infos):
-    """A column is numeric only if every present value is a number or a bool; one text value makes it text."""
+def test_metadata_column_has_the_type_of_most_of_its_values(infos):
+    """A field is of the type most cases give it (archives written before types were checked may mix
+    them); a value of another type counts as missing, with a warning naming its case."""
     metas = {
-        "c0": {"age": 70, "weight": 70.5, "smoker": True},
-        "c1": {"age": "forty", "weight": 80, "smoker": False},
-        "c2": {"age": 65, "smoker": True},
+        "c0": {"age": 70, "weight": 70.5, "smoker": True, "site": "A"},
+        "c1": {"age": "forty", "weight": 80, "smoker": False, "site": 3},
+        "c2": {"age": 65, "smoker": True, "site": "B"},
         "c3": {"weight": 60, "smoker": False},
     }
     mixed = ArchiveIndex.from_cases((dataclasses.replace(infos[c], meta=meta), "") for c, meta in metas.items())
-    with pytest.raises(InvalidQuery, match=r"age is text"):
-        evaluate_query("age * 2 > 100", mixed)
-    assert evaluate_query("age == 'forty'", mixed) == ["c1"]
+    odd_age = r"^metadata field 'age' is a number in 2 case\(s\) but another type in 1 \('c1'\): the query treats it as missing there$"
+    with pytest.warns(QueryWarning, match=odd_age):
+        assert evaluate_query("age * 2 > 100", mixed) == ["c0", "c2"]
+    with pytest.warns(QueryWarning, match=r"^metadata field 'site' is text in 2 case\(s\) but another type in 1 \('c1'\)"):
+        assert evaluate_query("site == 'A'", mixed) == ["c0"]
     assert evaluate_query("weight * 2 > 150", mixed) == ["c1"]  # ints and floats, missing in c2
     assert evaluate_query("smoker * 2 == 2", mixed) == ["c0", "c2"]  # bools
 

@@ -43,7 +43,8 @@ from spacetransformer import Space
 from medmask_store import MaskArchive, StorageSettings
 from medmask_store.io.nifti import load_mask_folder
 from medmask_store.model.geometry import nifti_affine
-from medmask_store.storage.zarr_store import FileObject, ShardedChunks
+from medmask_store.storage.portable import read_at
+from medmask_store.storage.zarr_store import ShardedChunks
 
 LABELS, LAYERS = "label_volume", "binary_layers"
 FAST = {"label_level": 1, "layer_level": 1}
@@ -336,13 +337,13 @@ def counting_chunk_reads(path: Path) -> Iterator[list[tuple[str, tuple[int, ...]
     reads: list[tuple[str, tuple[int, ...]]] = []
     with pytest.MonkeyPatch.context() as mp:
         if path.name.endswith((".h5", ".msk")):
-            # the hdf5 and packed backends read chunk bytes with os.pread, through zarr_store.FileObject
+            # the hdf5 and packed backends read chunk bytes with os.pread, through portable.read_at
             table = h5_chunk_table(path) if path.name.endswith(".h5") else msk_chunk_table(path)
             original_pread = os.pread
 
             def pread(fd: int, length: int, offset: int) -> bytes:
                 result = original_pread(fd, length, offset)
-                if sys._getframe(1).f_code is FileObject.read.__code__:
+                if sys._getframe(1).f_code is read_at.__code__:
                     name, coords, size = table.get(offset, (f"not a chunk: offset {offset}", (), -1))
                     assert length == size, (name, coords, length, size)
                     reads.append((name, coords))
