@@ -39,7 +39,7 @@ with MaskArchive(sys.argv[1]) as archive:
     if sys.argv[2] == "query":
         result = len(archive.query(sys.argv[3]))
     elif sys.argv[2] == "stats":
-        result = len(archive.stats())
+        result = len(archive.stats(include_empty=True))
     else:
         result = len(archive.case_ids())
 print(json.dumps({"ms": (time.perf_counter() - imported) * 1000, "result": result}))

@@ -19,6 +19,8 @@ from medmask_store.errors import CaseNotFound, InvalidCase, MaskStoreError
 
 # Each command imports what it uses (NumPy, nibabel, the archive, ...): `--help` and `ls` start fast.
 if TYPE_CHECKING:
+    import pandas as pd
+
     from medmask_store.ingest import CaseOutcome
     from medmask_store.model.case_data import Unmapped
     from medmask_store.storage.case import Case
@@ -70,6 +72,26 @@ SKIP_DAMAGED_OPTION = click.option(
 
 
 QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON (its shape: README, Queries across cases).")
+CSV_OPTION = click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+INCLUDE_EMPTY_OPTION = click.option("--include-empty", is_flag=True, help="Keep organs without voxels (left out by default).")
+
+
+def print_table(table: pd.DataFrame, as_csv: bool, as_json: bool) -> None:
+    """A table as JSON records (a missing value is null), CSV, or aligned text (nothing when it has no rows)."""
+    if as_csv and as_json:
+        raise click.UsageError("pass --csv or --json, not both")
+    if as_json:
+        click.echo(table.to_json(orient="records"))
+    elif as_csv:
+        click.echo(table.to_csv(index=False), nl=False)
+    elif len(table):
+        click.echo(table.to_string(index=False))
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """``a,b`` as ``["a", "b"]`` (None stays None)."""
+    return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
 
 
 def progress_bar(desc: str, unit: str, quiet: bool) -> Callable[[Iterable[Any]], Iterable[Any]]:
@@ -158,10 +180,12 @@ def main() -> None:
               help="Read and encode the cases on the workers of this Dask scheduler (e.g. tcp://host:8786) instead of "
               "local processes; they must reach the sources (and a .zarr archive) at the same paths.")
 @PRESET_OPTION
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary (with --dry-run: the plan) as JSON, and no line per case.")
 def import_command(
     archive: Path | str, sources: tuple[Path, ...], labels: Path | str | None, case_id: str | None, meta: str | None,
     name_unmapped: bool, skip_existing: bool, jobs: int | None, dry_run: bool, progress: bool | None, quiet: bool,
-    commit_every: int, scheduler: str | None, preset: str,
+    commit_every: int, scheduler: str | None, preset: str, as_json: bool,
 ) -> None:
     """Import case folders, multi-label NIfTI files or folders of case folders, in parallel.
 
@@ -198,6 +222,12 @@ def import_command(
             raise click.UsageError(f"--case and --meta need exactly one case, the sources hold {len(plan.cases)}")
         if case_id:
             plan = plan_import(current, sources, label_map, unmapped, overwrite=not skip_existing, case_id=case_id)
+    if dry_run and as_json:
+        click.echo(json.dumps([
+            {"case_id": case.case_id, "action": case.action, "source": str(case.source.path), "reason": case.reason or None}
+            for case in plan.cases
+        ]))  # fmt: skip
+        return
     if dry_run:
         for case in plan.cases:
             click.echo(f"{case.action:8} {case.case_id}  {case.source.path}" + (f"  ({case.reason})" if case.reason else ""))
@@ -210,7 +240,7 @@ def import_command(
 
         def on_outcome(outcome: CaseOutcome) -> None:
             bar.update()
-            if not quiet and not single:
+            if not quiet and not single and not as_json:
                 tqdm.write(f"{outcome.status:8} {outcome.case_id}  {outcome.path}  "
                            + (in_cli_words(outcome.detail) if outcome.status == "failed" else f"({outcome.seconds:.1f} s)"))
 
@@ -220,7 +250,12 @@ def import_command(
         shutil.rmtree(archive) if archive.is_dir() else archive.unlink()
     if single and report.failed:  # one case: its error, on one line
         raise click.ClickException(in_cli_words(next(iter(report.failed.values()))))
-    click.echo(report.summary() + f" into {archive}")
+    if as_json:
+        summary = {"archive": str(archive), "imported": report.imported, "skipped": report.skipped,
+                   "failed": report.failed, "seconds": round(report.seconds, 3), "jobs": report.jobs}  # fmt: skip
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(report.summary() + f" into {archive}")
     if report.failed:
         click.echo(f"{len(report.failed)} case(s) failed:", err=True)
         for failed_id, reason in report.failed.items():
@@ -256,13 +291,14 @@ def _parse_meta(meta: str | None) -> dict[str, Any]:
 
 @main.command("ls")
 @click.argument("archive", type=ARCHIVE)
-def ls_command(archive: Path | str) -> None:
+@JSON_OPTION
+def ls_command(archive: Path | str, as_json: bool) -> None:
     """List the case ids of an archive."""
     from medmask_store.storage.archive import MaskArchive
 
     with MaskArchive(archive) as store:
-        for case_id in store.case_ids():
-            click.echo(case_id)
+        case_ids = store.case_ids()
+    click.echo(json.dumps(case_ids) if as_json else "\n".join(case_ids), nl=as_json or bool(case_ids))
 
 
 def case_summary(case: Case) -> dict[str, Any]:
@@ -413,32 +449,51 @@ def _parse_box(text: str, option: str, kind: type) -> list[tuple[Any, Any]]:
     return pairs  # type: ignore[return-value]
 
 
+def _read_region(options: dict[str, str | None]) -> Any:
+    """The region the one region option given describes (voxel pairs or a WorldBox), or None for the whole volume."""
+    from medmask_store.model.region import WorldBox
+
+    given = {option: text for option, text in options.items() if text}
+    if len(given) > 1:
+        raise click.UsageError(
+            f"pass one of --region (voxels), --mm-lps or --mm-ras (millimetres), not {' and '.join(given)}"
+        )
+    if not given:
+        return None
+    [(option, text)] = given.items()
+    if option == "--region":
+        return _parse_box(text, option, int)
+    if option == "--mm":
+        click.echo("warning: --mm is deprecated; it is --mm-lps (LPS millimetres); for nibabel's RAS pass --mm-ras", err=True)
+    lo, hi = zip(*_parse_box(text, option, float))
+    return WorldBox.from_ras(lo, hi) if option == "--mm-ras" else WorldBox(lo, hi)  # type: ignore[arg-type]
+
+
 @main.command("read")
 @click.argument("archive", type=ARCHIVE)
 @click.argument("case_id")
 @click.option("--organ", help="Read one organ (cropped to its bounding box unless a region is given).")
 @click.option("--region", help="Voxel box i0:i1,j0:j1,k0:k1 in array axis order (as nibabel's).")
-@click.option("--mm", help="World box x0:x1,y0:y1,z0:z1 in millimetres (voxels whose centres lie inside).")
+@click.option("--mm-lps", help="World box x0:x1,y0:y1,z0:z1 in LPS millimetres (DICOM, ITK, Slicer; the Space's "
+              "frame): the voxels whose centres lie inside.")  # fmt: skip
+@click.option("--mm-ras", help="World box x0:x1,y0:y1,z0:z1 in RAS millimetres (NIfTI, nibabel: LPS with x and y "
+              "negated).")  # fmt: skip
+@click.option("--mm", "mm_old", help="Deprecated: the old name of --mm-lps (LPS millimetres).")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Output .npy, .nii or .nii.gz.")
-def read_command(archive: Path | str, case_id: str, organ: str | None, region: str | None, mm: str | None, out_path: Path) -> None:
+def read_command(
+    archive: Path | str, case_id: str, organ: str | None, region: str | None, mm_lps: str | None, mm_ras: str | None,
+    mm_old: str | None, out_path: Path,
+) -> None:  # fmt: skip
     """Read labels or one organ, whole or a region, into a .npy or NIfTI file (with the region's affine)."""
     import nibabel as nib
     import numpy as np
 
     from medmask_store.model.geometry import nifti_affine
-    from medmask_store.model.region import WorldBox
     from medmask_store.storage.archive import MaskArchive
 
-    if region and mm:
-        raise click.UsageError("pass --region (voxels) or --mm (millimetres), not both")
+    box = _read_region({"--region": region, "--mm-lps": mm_lps, "--mm-ras": mm_ras, "--mm": mm_old})
     if not out_path.name.endswith((".npy", ".nii", ".nii.gz")):
         raise click.BadParameter("the output must end in .npy, .nii or .nii.gz", param_hint="--out")
-    box: Any = None
-    if region:
-        box = _parse_box(region, "--region", int)
-    elif mm:
-        lo, hi = zip(*_parse_box(mm, "--mm", float))
-        box = WorldBox(lo, hi)  # type: ignore[arg-type]
     with MaskArchive(archive) as store:
         case = store[case_id]
         if organ and box is None:
@@ -511,7 +566,8 @@ def sample_command(
 @click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it is an archive.")
 @PRESET_OPTION
 @QUIET_OPTION
-def convert_command(source: Path, destination: Path, overwrite: bool, preset: str, quiet: bool) -> None:
+@JSON_OPTION
+def convert_command(source: Path, destination: Path, overwrite: bool, preset: str, quiet: bool, as_json: bool) -> None:
     """Copy every case to an archive of another backend (.zarr, .zarr.zip, .h5, .msk) or preset, losslessly."""
     from medmask_store.storage.archive import MaskArchive
     from medmask_store.storage.layout import StorageSettings
@@ -520,7 +576,8 @@ def convert_command(source: Path, destination: Path, overwrite: bool, preset: st
         progress = progress_bar("convert", "case", quiet)
         settings = StorageSettings.preset(preset)
         store.copy_to(destination, mode="w" if overwrite else "w-", settings=settings, progress=progress)
-        click.echo(f"copied {len(store)} case(s) from {source} to {destination}")
+        copied = {"source": str(source), "destination": str(destination), "cases": len(store)}
+        click.echo(json.dumps(copied) if as_json else f"copied {copied['cases']} case(s) from {source} to {destination}")
 
 
 class QueryCommand(click.Command):
@@ -538,43 +595,90 @@ class QueryCommand(click.Command):
             formatter.write_text(
                 "Compare with == != < <= > >=, combine with and / or / not, compute with + - * / %. A comparison on an "
                 "organ or field a case lacks is false. Text is only compared (sex == 'F'); a value no case holds is "
-                "reported with the close ones (warning on stderr)."
+                "reported with the close ones (warning on stderr). World centroids name their frame: centroid_lps_* are "
+                "LPS (DICOM, ITK, Slicer), centroid_ras_* RAS (NIfTI, nibabel: x and y negated)."
             )
 
 
 @main.command("query", cls=QueryCommand)
 @click.argument("archive", type=ARCHIVE)
 @click.argument("expression")
-@click.option("--json", "as_json", is_flag=True, help="Print the matching case ids as a JSON list.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print the statistics rows of the matching cases as CSV.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the matching case ids as a JSON list (with --columns: one object per case).")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Print the statistics rows (non-empty organs) of the matching cases as CSV (with --columns: the table).")
+@click.option("--columns", metavar="A,B,...",
+              help="Print a table of the matching cases, one row each: case_id and these columns, "
+              "ORGAN.FIELD or a metadata NAME, e.g. liver.volume_ml,age.")
+@INCLUDE_EMPTY_OPTION
 @SKIP_DAMAGED_OPTION
-def query_command(archive: Path | str, expression: str, as_json: bool, as_csv: bool, skip_damaged: bool) -> None:
-    """Cases matching EXPRESSION, e.g. 'liver.volume_ml > 2000 and age >= 60' (one id per line)."""
+def query_command(
+    archive: Path | str, expression: str, as_json: bool, as_csv: bool, columns: str | None, include_empty: bool,
+    skip_damaged: bool,
+) -> None:  # fmt: skip
+    """Cases matching EXPRESSION, e.g. 'liver.volume_ml > 2000 and age >= 60' (one id per line).
+
+    When no case matches, it says so on stderr and exits 0.
+    """
     from medmask_store.storage.archive import MaskArchive
 
+    if as_csv and as_json:
+        raise click.UsageError("pass --csv or --json, not both")
+    chosen = comma_list(columns)
     with MaskArchive(archive) as store:
-        matches = store.query(expression, skip_damaged=skip_damaged)
-        if as_csv:
-            stats = store.stats(skip_damaged=skip_damaged)
+        if chosen:
+            table = store.query_table(expression, chosen, include_empty=include_empty, skip_damaged=skip_damaged)
+            matches = table["case_id"].tolist()
+        else:
+            matches = store.query(expression, skip_damaged=skip_damaged)
+        if not matches:
+            click.echo(f"no case matches {expression!r}", err=True)
+        if chosen:
+            print_table(table, as_csv, as_json)
+        elif as_csv:
+            stats = store.stats(include_empty=include_empty, skip_damaged=skip_damaged)
             click.echo(stats[stats["case_id"].isin(matches)].to_csv(index=False), nl=False)
         elif as_json:
             click.echo(json.dumps(matches))
-        else:
-            for case_id in matches:
-                click.echo(case_id)
+        elif matches:
+            click.echo("\n".join(matches))
 
 
 @main.command("stats")
 @click.argument("archive", type=ARCHIVE)
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@click.option("--organs", metavar="A,B,...", help="Only these organs (comma-separated).")
+@click.option("--fields", metavar="F,G,...",
+              help="Only these columns: organ statistics (see query --help) and metadata fields, e.g. volume_ml,age.")
+@click.option("--wide", is_flag=True, help="One row per case: an ORGAN.FIELD column per organ and field, then the metadata.")
+@INCLUDE_EMPTY_OPTION
+@CSV_OPTION
+@JSON_OPTION
 @SKIP_DAMAGED_OPTION
-def stats_command(archive: Path | str, as_csv: bool, skip_damaged: bool) -> None:
-    """Per-case, per-organ statistics (one row per case × organ) from the archive index."""
+def stats_command(
+    archive: Path | str, organs: str | None, fields: str | None, wide: bool, include_empty: bool, as_csv: bool,
+    as_json: bool, skip_damaged: bool,
+) -> None:  # fmt: skip
+    """Per-case, per-organ statistics from the archive index: one row per case × non-empty organ, or per case."""
     from medmask_store.storage.archive import MaskArchive
 
     with MaskArchive(archive) as store:
-        stats = store.stats(skip_damaged=skip_damaged)
-    click.echo(stats.to_csv(index=False) if as_csv else stats.to_string(index=False), nl=not as_csv)
+        stats = store.stats(comma_list(organs), comma_list(fields), wide, include_empty, skip_damaged=skip_damaged)
+    print_table(stats, as_csv, as_json)
+
+
+@main.command("organs")
+@click.argument("archive", type=ARCHIVE)
+@CSV_OPTION
+@JSON_OPTION
+@SKIP_DAMAGED_OPTION
+def organs_command(archive: Path | str, as_csv: bool, as_json: bool, skip_damaged: bool) -> None:
+    """Every organ of the archive: the cases holding it (with voxels) and its volume's 5th, 50th and 95th
+    percentiles over those cases, in ml."""
+    from medmask_store.storage.archive import MaskArchive
+
+    with MaskArchive(archive) as store:
+        census = store.organ_census(skip_damaged=skip_damaged)
+    print_table(census, as_csv, as_json)
 
 
 @main.command("map")
@@ -595,7 +699,7 @@ def map_command(archive: Path | str, function: str, cases: str | None, scheduler
     from medmask_store.cluster.client import connect
     from medmask_store.storage.archive import MaskArchive
 
-    if as_csv and as_json:
+    if as_csv and as_json:  # before the function runs on every case
         raise click.UsageError("pass --csv or --json, not both")
     if ":" not in function:
         raise click.BadParameter(f"expected MODULE:FUNCTION, got {function!r}", param_hint="MODULE:FUNCTION")
@@ -609,10 +713,7 @@ def map_command(archive: Path | str, function: str, cases: str | None, scheduler
         raise click.BadParameter(f"{function} is not a function", param_hint="MODULE:FUNCTION")
     with connect(scheduler) as client, MaskArchive(archive) as store:
         results = store.map_cases(fn, client, cases)
-    if as_json:
-        click.echo(results.to_json(orient="records"))
-    else:
-        click.echo(results.to_csv(index=False) if as_csv else results.to_string(index=False), nl=not as_csv)
+    print_table(results, as_csv, as_json)
     failed = results["error"].notna()
     if failed.any():
         click.echo(f"{failed.sum()} of {len(results)} case(s) failed", err=True)
@@ -634,7 +735,8 @@ def reindex_command(archive: Path | str, quiet: bool) -> None:
 @main.command("verify")
 @click.argument("archive", type=ARCHIVE)
 @QUIET_OPTION
-def verify_command(archive: Path | str, quiet: bool) -> None:
+@JSON_OPTION
+def verify_command(archive: Path | str, quiet: bool, as_json: bool) -> None:
     """Check every case (attributes, manifests, every chunk, voxel counts) and the index; list every
     problem and exit 1 if there is any."""
     from medmask_store.storage.archive import MaskArchive
@@ -642,9 +744,12 @@ def verify_command(archive: Path | str, quiet: bool) -> None:
 
     with MaskArchive(archive) as store:
         problems = verify_archive(store, progress=progress_bar("verify", "case", quiet))
-        for problem in problems:
-            click.echo(problem)
-        click.echo(f"{len(store)} case(s) checked, {len(problems)} problem(s)")
+        if as_json:
+            click.echo(json.dumps({"cases": len(store), "problems": problems}))
+        else:
+            for problem in problems:
+                click.echo(problem)
+            click.echo(f"{len(store)} case(s) checked, {len(problems)} problem(s)")
     if problems:
         sys.exit(1)
 

@@ -17,6 +17,12 @@ from spacetransformer import Space
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def lps_to_ras_point(point: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A world point from LPS to RAS, or back (x and y negated; z kept)."""
+    x, y, z = point
+    return (0.0 - x, 0.0 - y, z)  # not -x: a 0 would print as -0.0
+
+
 def lps_affine(space: Space) -> np.ndarray:
     """The 4x4 matrix from voxel index (i, j, k) to LPS world coordinates (mm)."""
     affine = np.eye(4)

@@ -1,5 +1,8 @@
 """Regions of a case: voxel boxes, and world-millimetre boxes converted through the Space.
 
+World boxes are in the Space's frame, LPS (DICOM, ITK, Slicer); :meth:`WorldBox.from_ras` takes
+the corners in NIfTI's RAS (nibabel), whose x and y are negated.
+
 A world box selects the voxels whose **centres** lie inside it. For an oblique
 volume the box is mapped to index space and its voxel-aligned bounding box is
 taken. Boxes partly outside the volume are clipped to it; a box containing no
@@ -17,6 +20,7 @@ import numpy as np
 from spacetransformer import Space
 
 from medmask_store.errors import InvalidRegion
+from medmask_store.model.geometry import lps_to_ras_point
 
 VoxelBox = tuple[slice, slice, slice]
 # Tolerance so that a box edge exactly on a voxel centre includes that voxel.
@@ -25,16 +29,27 @@ CENTRE_ATOL = 1e-6
 
 @dataclass(frozen=True)
 class WorldBox:
-    """An axis-aligned box in world millimetres, given by two opposite corners (x, y, z)."""
+    """An axis-aligned box in LPS world millimetres, given by two opposite corners (x, y, z) in either order."""
 
     lo: tuple[float, float, float]
     hi: tuple[float, float, float]
+
+    @classmethod
+    def from_ras(cls, lo: tuple[float, float, float], hi: tuple[float, float, float]) -> WorldBox:
+        """The box with opposite corners ``lo`` and ``hi`` given in RAS millimetres (NIfTI, nibabel)."""
+        try:
+            corners = lps_to_ras_point(lo), lps_to_ras_point(hi)
+        except (TypeError, ValueError) as exc:  # not 3 numbers: unpacking or negation fails
+            raise InvalidRegion(
+                f"WorldBox.from_ras takes two corners of 3 numbers (x, y, z in RAS mm), got {lo!r} and {hi!r}"
+            ) from exc
+        return cls(*corners)
 
     def __post_init__(self) -> None:
         for name in ("lo", "hi"):
             corner = getattr(self, name)
             if len(corner) != 3 or not all(isinstance(v, (int, float, np.number)) for v in corner):
-                raise InvalidRegion(f"WorldBox.{name} must be 3 numbers (x, y, z in mm), got {corner!r}")
+                raise InvalidRegion(f"WorldBox.{name} must be 3 numbers (x, y, z in LPS mm), got {corner!r}")
             if not np.isfinite(np.asarray(corner, dtype=float)).all():
                 raise InvalidRegion(f"WorldBox.{name} must be finite millimetres, got {corner!r}")
 
@@ -93,7 +108,7 @@ def _world_to_voxels(box: WorldBox, space: Space) -> VoxelBox:
         stop = min(size, math.floor(hi + CENTRE_ATOL) + 1)
         if start >= stop:
             raise InvalidRegion(
-                f"world box {box.lo}..{box.hi} mm holds no voxel centre of the volume on axis {axis} "
+                f"world box {box.lo}..{box.hi} (LPS mm) holds no voxel centre of the volume on axis {axis} "
                 f"(index range {lo:.2f}..{hi:.2f}, volume 0..{size - 1}); is it a voxel box? pass slices instead"
             )
         slices.append(slice(start, stop, 1))

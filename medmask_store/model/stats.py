@@ -8,23 +8,34 @@ from typing import Any
 import numpy as np
 from spacetransformer import Space
 
+from medmask_store.model.geometry import lps_to_ras_point
+
 BBox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
 @dataclass(frozen=True)
 class OrganStats:
-    """Statistics of one organ; ``bbox`` is ``((start, stop), ...)`` per axis, stop exclusive."""
+    """Statistics of one organ; ``bbox`` is ``((start, stop), ...)`` per axis, stop exclusive.
+
+    ``centroid_lps_mm`` is in the Space's world frame, LPS (DICOM, ITK, Slicer); :attr:`centroid_ras_mm`
+    is the same point in NIfTI's RAS (nibabel), x and y negated.
+    """
 
     voxels: int
     volume_ml: float
     bbox: BBox | None
     centroid_voxel: tuple[float, float, float] | None
-    centroid_mm: tuple[float, float, float] | None
+    centroid_lps_mm: tuple[float, float, float] | None
     touches_border: bool
 
     @classmethod
     def empty(cls) -> OrganStats:
         return cls(0, 0.0, None, None, None, False)
+
+    @property
+    def centroid_ras_mm(self) -> tuple[float, float, float] | None:
+        """The world centroid in RAS (NIfTI, nibabel): :attr:`centroid_lps_mm` with x and y negated."""
+        return lps_to_ras_point(self.centroid_lps_mm) if self.centroid_lps_mm else None
 
     @classmethod
     def from_flat_indices(cls, flat_indices: np.ndarray, space: Space) -> OrganStats:
@@ -62,10 +73,10 @@ class OrganStats:
                 volume_ml=round(float(count * voxel_volume / 1000.0), 6),
                 bbox=bbox,
                 centroid_voxel=centroid,
-                centroid_mm=tuple(round(float(c), 3) for c in centroid_mm),  # type: ignore[arg-type]
+                centroid_lps_mm=tuple(round(float(c), 3) for c in centroid_lps),  # type: ignore[arg-type]
                 touches_border=any(start == 0 or stop == size for (start, stop), size in zip(bbox, space.shape)),
             )
-            for count, bbox, centroid, centroid_mm in zip(voxels, bboxes, centroids, world)
+            for count, bbox, centroid, centroid_lps in zip(voxels, bboxes, centroids, world)
         ]
 
     def chunk_voxel_bounds(self, shape: tuple[int, ...], edge: int) -> np.ndarray:
@@ -78,7 +89,9 @@ class OrganStats:
         return overlaps[0][:, None, None] * overlaps[1][None, :, None] * overlaps[2][None, None, :]
 
     def to_json(self) -> dict[str, Any]:
-        return {key: _listify(value) for key, value in asdict(self).items()}
+        """The statistics as JSON values, the world centroid in both frames (``centroid_lps_mm``, ``centroid_ras_mm``)."""
+        fields = {key: _listify(value) for key, value in asdict(self).items()}
+        return {**fields, "centroid_ras_mm": _listify(self.centroid_ras_mm)}
 
 
 def stats_to_attributes(stats: dict[str, OrganStats]) -> dict[str, Any]:

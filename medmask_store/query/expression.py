@@ -7,7 +7,9 @@ comparisons, boolean and arithmetic operators, names, ``organ.field`` and
 literals pass; calls, subscripts, other attribute access and ``@`` locals are
 refused before pandas (``DataFrame.eval``) evaluates it. A case without the
 organ (or the metadata field) has NaN there, so every comparison on it is false
-(``!=`` too), and its ``touches_border`` is false.
+(``!=`` too), and its ``touches_border`` is false. World centroids name their frame
+(``centroid_lps_x_mm``: LPS, DICOM; ``centroid_ras_x_mm``: RAS, NIfTI); the old names
+(``centroid_x_mm``) read the LPS fields, with a ``FutureWarning``.
 
 A metadata field has the type most cases give it (:mod:`medmask_store.model.meta_types`;
 archives check it on write, but older ones may mix types): a case whose value has
@@ -43,7 +45,7 @@ import pandas as pd
 from medmask_store.errors import InvalidQuery, QueryWarning
 from medmask_store.limits import MAX_QUERY_CHARS, MAX_QUERY_DEPTH, MAX_QUERY_NODES
 from medmask_store.model.meta_types import ARTICLES, dominant_type, meta_type
-from medmask_store.query.index import ORGAN_FIELDS, ArchiveIndex
+from medmask_store.query.index import ORGAN_FIELDS, RENAMED_FIELDS, ArchiveIndex
 
 ALLOWED = (
     ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
@@ -146,6 +148,7 @@ class _Columns(ast.NodeTransformer):
         self.meta_types: dict[str, str | None] = {}
         self.text: set[ast.AST] = set()
         self.notes: list[str] = []  # QueryWarning messages: a typo'd value matches nothing, not silently
+        self.renamed: list[str] = []  # FutureWarning messages: fields used by their old names
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         if not isinstance(node, ALLOWED):
@@ -223,11 +226,24 @@ class _Columns(ast.NodeTransformer):
         organ, field = node.value.id, node.attr
         if organ not in self.organs:
             raise InvalidQuery(f"no case has an organ {_clip(organ)!r}{_suggest(organ, self.organs)}")
+        if field in RENAMED_FIELDS:
+            field = self._renamed(organ, field)
         if field not in ORGAN_FIELDS:
             suggestion, fields = _suggest(field, list(ORGAN_FIELDS)), ", ".join(ORGAN_FIELDS)
             raise InvalidQuery(f"unknown organ field {_clip(field)!r}{suggestion}; fields: {fields}")
         self.organ_fields.add((organ, field))
         return ast.copy_location(ast.Name(id=f"{organ}{COLUMN_SEPARATOR}{field}", ctx=ast.Load()), node)
+
+    def _renamed(self, organ: str, field: str) -> str:
+        """The current name of a field given by its old name, noting the rename."""
+        lps = RENAMED_FIELDS[field]
+        ras = lps.replace("_lps_", "_ras_")
+        note = (
+            f"{organ}.{field} is deprecated: world coordinates name their frame; it reads {organ}.{lps} "
+            f"(LPS, as before), and {organ}.{ras} is the RAS one (NIfTI, nibabel: x and y negated)"
+        )
+        self.renamed += [note] if note not in self.renamed else []
+        return lps
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if node.id not in self.meta_fields:
@@ -300,6 +316,8 @@ def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
     checked = columns.visit(tree)
     for note in columns.notes:
         warnings.warn(note, QueryWarning, stacklevel=3)  # the caller of MaskArchive.query
+    for note in columns.renamed:
+        warnings.warn(note, FutureWarning, stacklevel=3)  # FutureWarning: shown to users, unlike DeprecationWarning
     # pandas walks the rewritten tree (comparisons wrapped in their guards): ~5 stack frames a level
     _check_depth(_size(checked)[1], expression)
     rewritten = ast.unparse(checked)

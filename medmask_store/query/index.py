@@ -25,13 +25,20 @@ from medmask_store.errors import CorruptChunk, CorruptMetadata
 from medmask_store.model.attributes import CaseInfo
 
 AXES = ("i", "j", "k")
+# World centroids name their frame: LPS (the Space's, DICOM's) is stored, RAS (NIfTI's) derived on read.
+LPS_CENTROID = ("centroid_lps_x_mm", "centroid_lps_y_mm", "centroid_lps_z_mm")
+RAS_CENTROID = ("centroid_ras_x_mm", "centroid_ras_y_mm", "centroid_ras_z_mm")
 ORGAN_FIELDS = (
     "value", "voxels", "volume_ml",
     *(f"bbox_{a}{end}" for a in AXES for end in ("0", "1")),
     *(f"centroid_{a}" for a in AXES),
-    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    *LPS_CENTROID, *RAS_CENTROID,
     "touches_border",
 )  # fmt: skip
+# Names of LPS centroid fields before they named their frame: queries still take them, with a warning.
+RENAMED_FIELDS = dict(zip(("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), LPS_CENTROID))
+# The stored columns, by position (indexes written before the frame was named hold the same ones).
+STORED_FIELDS = tuple(f for f in ORGAN_FIELDS if f not in RAS_CENTROID)
 INTEGER_FIELDS = ("value", "voxels")
 FLOAT_FIELDS = tuple(f for f in ORGAN_FIELDS if f not in INTEGER_FIELDS and f != "touches_border")
 SMALL_INDEX_BYTES = 1 << 20
@@ -46,8 +53,9 @@ def organ_rows(info: CaseInfo) -> list[tuple[object, ...]]:
         s = info.stats[organ]
         bbox = [float(v) for pair in s.bbox for v in pair] if s.bbox else [np.nan] * 6
         centroid = list(s.centroid_voxel) if s.centroid_voxel else [np.nan] * 3
-        centroid_mm = list(s.centroid_mm) if s.centroid_mm else [np.nan] * 3
-        rows.append((info.case_id, organ, value, s.voxels, s.volume_ml, *bbox, *centroid, *centroid_mm, s.touches_border))
+        lps = s.centroid_lps_mm or (np.nan,) * 3
+        ras = s.centroid_ras_mm or (np.nan,) * 3
+        rows.append((info.case_id, organ, value, s.voxels, s.volume_ml, *bbox, *centroid, *lps, *ras, s.touches_border))
     return rows
 
 
@@ -130,7 +138,7 @@ class ArchiveIndex:
             row_case=case_codes.codes.to_numpy(np.int32),
             organ_names=np.asarray(organ_codes.categories, dtype=str),
             row_organ=organ_codes.codes.to_numpy(np.int32),
-            numbers=self.organs[list(ORGAN_FIELDS)].to_numpy(dtype=np.float64),
+            numbers=self.organs[list(STORED_FIELDS)].to_numpy(dtype=np.float64),
         )
         raw = buffer.getvalue()
         # One TotalSegmentator case: 31 KB -> 3 KB. Large indexes stay plain: decoding 30 MB costs 75 ms.
@@ -162,7 +170,8 @@ class ArchiveIndex:
             raw = zstandard.ZstdDecompressor().decompress(payload)
         with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
             c = {key: stored[key] for key in stored.files}
-        organs = pd.DataFrame(c["numbers"].reshape(-1, len(ORGAN_FIELDS)), columns=list(ORGAN_FIELDS))
+        numbers = c["numbers"].reshape(-1, len(STORED_FIELDS))
+        organs = _with_ras_centroid(pd.DataFrame(numbers, columns=list(STORED_FIELDS)))
         organs.insert(0, "case_id", pd.Categorical.from_codes(c["row_case"], c["row_case_names"].astype(object)))
         organs.insert(1, "organ", pd.Categorical.from_codes(c["row_organ"], c["organ_names"].astype(object)))
         metas = json.loads(str(c["meta"]))
@@ -197,6 +206,13 @@ class ArchiveIndex:
         for column in meta.columns:  # a take per column: cheaper than a join on 250k rows
             organs[column] = meta[column].to_numpy()[rows]
         return organs
+
+
+def _with_ras_centroid(stored: pd.DataFrame) -> pd.DataFrame:
+    """The stored columns and the RAS centroid (the LPS one, x and y negated), in :data:`ORGAN_FIELDS` order."""
+    x, y, z = (stored[f] for f in LPS_CENTROID)
+    ras = dict(zip(RAS_CENTROID, (0.0 - x, 0.0 - y, z)))  # not -x: a 0 would print as -0.0
+    return stored.assign(**ras)[list(ORGAN_FIELDS)]
 
 
 def _typed(organs: pd.DataFrame) -> pd.DataFrame:

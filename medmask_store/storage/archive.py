@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -298,15 +298,37 @@ class MaskArchive:
             self._index = self._reconciled(self._backend.read_index(), skip_damaged=False)
         return self._index
 
-    def stats(self, skip_damaged: bool = False) -> pd.DataFrame:
-        """Long-format statistics: one row per case × organ, with the case's scalar metadata."""
-        return self.index(skip_damaged).stats_frame()
+    def stats(
+        self, organs: Sequence[str] | None = None, fields: Sequence[str] | None = None, wide: bool = False,
+        include_empty: bool = False, skip_damaged: bool = False,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Statistics of ``organs`` and ``fields`` (default: all): one row per case × non-empty organ, with the
+        case's scalar metadata, or with ``wide`` one row per case (:func:`medmask_store.query.tables.stats_table`)."""
+        from medmask_store.query.tables import stats_table
+
+        return stats_table(self.index(skip_damaged), organs, fields, wide, include_empty)
 
     def query(self, expression: str, skip_damaged: bool = False) -> list[str]:
         """Ids of the cases matching an expression such as ``"liver.volume_ml > 2000 and age >= 60"``."""
         from medmask_store.query.expression import evaluate_query
 
         return evaluate_query(expression, self.index(skip_damaged))
+
+    def query_table(
+        self, expression: str, columns: Sequence[str], include_empty: bool = False, skip_damaged: bool = False
+    ) -> pd.DataFrame:
+        """The matching cases, one row each: ``case_id`` and ``columns`` (``liver.volume_ml``, ``age``, ...)."""
+        from medmask_store.query.expression import evaluate_query
+        from medmask_store.query.tables import columns_table
+
+        index = self.index(skip_damaged)
+        return columns_table(index, evaluate_query(expression, index), columns, include_empty)
+
+    def organ_census(self, skip_damaged: bool = False) -> pd.DataFrame:
+        """Every organ with the number of cases holding it (non-empty) and volume percentiles in ml."""
+        from medmask_store.query.tables import organ_census
+
+        return organ_census(self.index(skip_damaged))
 
     def reindex(self, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> None:
         """Rebuild the stored index from every case's attributes (damaged cases left out, with a warning)."""

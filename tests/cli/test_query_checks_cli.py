@@ -31,7 +31,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_value_no_case_holds_is_reported_on_stderr(archive):
     result = ok("query", archive, "sex == 'm'")
     assert result.stdout == ""
-    assert result.stderr == "warning: no case has sex == 'm'; did you mean 'M'?\n"
+    assert result.stderr == "warning: no case has sex == 'm'; did you mean 'M'?\nno case matches \"sex == 'm'\"\n"
 
 
 def test_single_equals_sign_exits_1_suggesting_double(archive):

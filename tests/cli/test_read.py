@@ -1,4 +1,4 @@
-"""``medmask-store read ARCHIVE CASE [--organ NAME] [--region ... | --mm ...] --out FILE``, through
+"""``medmask-store read ARCHIVE CASE [--organ NAME] [--region ... | --mm-lps ... | --mm-ras ...] --out FILE``, through
 click's CliRunner, on every backend: the written voxels equal the Python API's result and a NIfTI
 output carries the region's (or the organ crop's) affine."""
 
@@ -41,11 +41,18 @@ def stored(archive_path: Path) -> Path:
 
 
 def mm_box(space: Space, low, high) -> tuple[str, WorldBox]:
-    """The --mm text and WorldBox of the world box around the centres of an index box (corners inclusive)."""
+    """The --mm-lps text and WorldBox of the world box around the centres of an index box (corners inclusive)."""
     corners = space.to_world_transform.apply_point(np.array(list(itertools.product(*zip(low, high))), dtype=float))
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     text = ",".join(f"{a!r}:{b!r}" for a, b in zip(lo.tolist(), hi.tolist()))
     return text, WorldBox(tuple(lo.tolist()), tuple(hi.tolist()))
+
+
+def as_ras(lps_text: str) -> str:
+    """The --mm-ras text of the box an --mm-lps text gives: x and y negated (the ranges reversed)."""
+    ranges = [tuple(float(v) for v in part.split(":")) for part in lps_text.split(",")]
+    ras = [(-hi, -lo) for lo, hi in ranges[:2]] + ranges[2:]
+    return ",".join(f"{a!r}:{b!r}" for a, b in ras)
 
 
 def api_result(path: Path, organ: str | None, region) -> tuple[np.ndarray, Space]:
@@ -68,15 +75,16 @@ def read_args(kind: str, space: Space) -> tuple[list[str], str | None, object]:
     return {
         "labels": ([], None, None),
         "region": (["--region", region_text], None, region),
-        "mm": (["--mm", mm_text], None, world_box),
+        "mm": (["--mm-lps", mm_text], None, world_box),
+        "mm_ras": (["--mm-ras", as_ras(mm_text)], None, world_box),
         "organ": (["--organ", "liver"], "liver", None),
         "layer_organ": (["--organ", "rib_right_12"], "rib_right_12", None),
         "organ_region": (["--organ", "liver", "--region", region_text], "liver", region),
-        "layer_organ_mm": (["--organ", "rib_right_12", "--mm", mm_text], "rib_right_12", world_box),
+        "layer_organ_mm": (["--organ", "rib_right_12", "--mm-lps", mm_text], "rib_right_12", world_box),
     }[kind]
 
 
-KINDS = ["labels", "region", "mm", "organ", "layer_organ", "organ_region", "layer_organ_mm"]
+KINDS = ["labels", "region", "mm", "mm_ras", "organ", "layer_organ", "organ_region", "layer_organ_mm"]
 
 
 def case_space(path: Path) -> Space:
@@ -129,18 +137,18 @@ def test_nifti_output_has_the_api_voxels_and_the_regions_affine(
 
 
 def test_mm_read_covers_the_voxel_box_it_was_built_around(stored: Path, tmp_path: Path) -> None:
-    """--mm with an axis-aligned world box in the oblique case: the output holds the index box the box was
+    """--mm-lps with an axis-aligned world box in the oblique case: the output holds the index box the box was
     built around (oblique: the voxel-aligned box around the world box, so possibly more)."""
     space = case_space(stored)
     text, _ = mm_box(space, (10, 8, 4), (12, 9, 6))
     out = tmp_path / "out.npy"
-    ok("read", stored, CASE, "--mm", text, "--out", out)
+    ok("read", stored, CASE, "--mm-lps", text, "--out", out)
     got = np.load(out)
     assert all(g >= n for g, n in zip(got.shape, (3, 2, 3)))
     # a tiny box around one voxel centre: exactly that voxel
     centre = space.to_world_transform.apply_point(np.array([[10.0, 8.0, 4.0]]))[0]
     tiny = ",".join(f"{c - 1e-3!r}:{c + 1e-3!r}" for c in centre.tolist())
-    ok("read", stored, CASE, "--mm", tiny, "--out", out)
+    ok("read", stored, CASE, "--mm-lps", tiny, "--out", out)
     with MaskArchive(stored) as archive:
         expected = archive[CASE].read_labels()[10:11, 8:9, 4:5]
     np.testing.assert_array_equal(np.load(out), expected)
@@ -158,15 +166,19 @@ def failed(*args: object) -> str:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--region", "0:5,0:5,0:5", "--mm", "0:1,0:1,0:1"], "not both"),
+        (["--region", "0:5,0:5,0:5", "--mm-lps", "0:1,0:1,0:1"], "not --region and --mm-lps"),
+        (["--mm-lps", "0:1,0:1,0:1", "--mm-ras", "0:1,0:1,0:1"], "not --mm-lps and --mm-ras"),
+        (["--mm-lps", "0:1,0:1,0:1", "--mm", "0:1,0:1,0:1"], "not --mm-lps and --mm"),
         (["--region", "0:5,0:5"], "three start:stop ranges"),
         (["--region", "0:5,0:5,0:5:7"], "three start:stop ranges"),
         (["--region", "a:5,0:5,0:5"], "--region"),
         (["--region", "0.5:5,0:5,0:5"], "--region"),
-        (["--mm", "x:1,0:1,0:1"], "--mm"),
+        (["--mm-lps", "x:1,0:1,0:1"], "--mm-lps"),
+        (["--mm-ras", "0:1,0:1"], "--mm-ras"),
         (["--region", "0:35,0:5,0:5"], "axis 0"),
         (["--region", "0:5,4:4,0:5"], "axis 1"),
-        (["--mm", "1e5:2e5,1e5:2e5,1e5:2e5"], "no voxel centre"),
+        (["--mm-lps", "1e5:2e5,1e5:2e5,1e5:2e5"], "no voxel centre"),
+        (["--mm-ras", "1e5:2e5,1e5:2e5,1e5:2e5"], "no voxel centre"),
         (["--organ", "livr"], "did you mean liver"),
         (["--organ", "no_such_organ_at_all"], "OrganNotFound"),
         (["--organ", "stomach"], "no voxels"),  # the empty organ: nothing to crop to
@@ -191,8 +203,19 @@ def test_missing_out_and_missing_case_fail_cleanly(stored: Path, tmp_path: Path)
     assert "no case 'ct9'" in failed("read", stored, "ct9", "--out", tmp_path / "out.npy")
 
 
+@pytest.mark.parametrize("option", ["--mm-lps", "--mm-ras"])
 @pytest.mark.parametrize("mm", ["-inf:inf,-inf:inf,-inf:inf", "nan:1,0:1,0:1"], ids=["inf", "nan"])
-def test_non_finite_mm_fails_cleanly(stored: Path, tmp_path: Path, mm: str) -> None:
-    result = CliRunner().invoke(main, ["read", str(stored), CASE, "--mm", mm, "--out", str(tmp_path / "o.npy")])
+def test_non_finite_mm_fails_cleanly(stored: Path, tmp_path: Path, option: str, mm: str) -> None:
+    result = CliRunner().invoke(main, ["read", str(stored), CASE, option, mm, "--out", str(tmp_path / "o.npy")])
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_deprecated_mm_reads_the_lps_box_with_a_warning(stored: Path, tmp_path: Path) -> None:
+    """--mm is the old name of --mm-lps: the same voxels, and a warning naming both frames' options."""
+    text, _ = mm_box(case_space(stored), (4, 2, 12), (25, 20, 20))
+    ok("read", stored, CASE, "--mm-lps", text, "--out", tmp_path / "lps.npy")
+    result = CliRunner().invoke(main, ["read", str(stored), CASE, "--mm", text, "--out", str(tmp_path / "old.npy")])
+    assert result.exit_code == 0, result.output
+    assert "warning: --mm is deprecated; it is --mm-lps (LPS millimetres); for nibabel's RAS pass --mm-ras" in result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "old.npy"), np.load(tmp_path / "lps.npy"))

@@ -28,7 +28,7 @@ def assert_stats_brute_force(stats, mask: np.ndarray, space: Space) -> None:
         assert stats.volume_ml == 0.0
         assert stats.bbox is None
         assert stats.centroid_voxel is None
-        assert stats.centroid_mm is None
+        assert stats.centroid_lps_mm is None
         assert stats.touches_border is False
         return
     voxels = len(coords)
@@ -38,13 +38,13 @@ def assert_stats_brute_force(stats, mask: np.ndarray, space: Space) -> None:
     assert tuple(tuple(int(v) for v in axis) for axis in stats.bbox) == bbox
     centroid = coords.mean(axis=0)
     assert np.allclose(stats.centroid_voxel, centroid, rtol=0, atol=1e-3)
-    # axis-aligned Space: world = origin + spacing * index; centroid_mm is derived from the
+    # axis-aligned Space: world = origin + spacing * index; centroid_lps_mm is derived from the
     # stored centroid_voxel (rounded to 0.001 voxel), so it is exact to 0.001 voxel in mm
     tolerance = 1e-3 * float(max(space.spacing))
     centroid_mm = np.asarray(space.origin) + np.asarray(space.spacing) * centroid
-    assert np.allclose(stats.centroid_mm, centroid_mm, rtol=0, atol=tolerance)
+    assert np.allclose(stats.centroid_lps_mm, centroid_mm, rtol=0, atol=tolerance)
     via_space = space.to_world_transform.apply_point(np.array([stats.centroid_voxel]))[0]
-    assert np.allclose(stats.centroid_mm, via_space, rtol=0, atol=1e-3)
+    assert np.allclose(stats.centroid_lps_mm, via_space, rtol=0, atol=1e-3)
     touches = any(lo == 0 or hi == n for (lo, hi), n in zip(bbox, space.shape))
     assert stats.touches_border is touches
 
@@ -223,7 +223,7 @@ def test_empty_masks_keep_their_name():
     assert list(data.mapping) == ["present", "empty_a", "empty_b"]
     for name in ("empty_a", "empty_b"):
         s = data.stats[name]
-        assert (s.voxels, s.volume_ml, s.bbox, s.centroid_voxel, s.centroid_mm, s.touches_border) == (
+        assert (s.voxels, s.volume_ml, s.bbox, s.centroid_voxel, s.centroid_lps_mm, s.touches_border) == (
             0, 0.0, None, None, None, False,
         )
         assert not data.organ_mask(name).any()

@@ -71,7 +71,7 @@ def stat(info, organ: str, field: str) -> float:
     if field.startswith("bbox_"):
         return s.bbox[axis.index(field[5])][int(field[6])]
     if field.endswith("_mm"):
-        return s.centroid_mm["xyz".index(field[9])]
+        return (s.centroid_lps_mm if "_lps_" in field else s.centroid_ras_mm)["xyz".index(field[-4])]
     return s.centroid_voxel[axis.index(field[-1])]
 
 

@@ -109,7 +109,7 @@ def organ_stats(draw) -> OrganStats:
         volume_ml=draw(finite),
         bbox=tuple(bbox),
         centroid_voxel=tuple(draw(finite) for _ in range(3)),
-        centroid_mm=tuple(draw(finite) for _ in range(3)),
+        centroid_lps_mm=tuple(draw(finite) for _ in range(3)),
         touches_border=draw(st.booleans()),
     )
 
@@ -400,7 +400,7 @@ def test_zarr_reader_reconciles_cases_of_an_open_writer(tmp_path):
             assert voxels_in(index, "e") == {o: int(m.sum()) for o, m in new_masks.items()}
             assert voxels_in(index, "e") != voxels_in(stale, "e")
             assert reader.query("age <= 2") == ["e", "f"]
-            stats = reader.stats()
+            stats = reader.stats(include_empty=True)
             assert sorted(stats["case_id"].unique()) == ["a", "c", "e", "f"]
             assert len(stats) == sum(len(reader[c].mapping) for c in reader.case_ids())
     with MaskArchive(path, "r") as reader:  # closed: the index is saved, complete and current

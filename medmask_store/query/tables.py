@@ -1,0 +1,158 @@
+"""Tables of the archive index: statistics (long or one row per case), chosen columns, the organ census.
+
+Long tables have one row per case × organ (``case_id``, ``organ``, statistics, then the case's
+metadata); wide tables one row per case (``case_id``, an ``organ.field`` column per organ and
+statistic, then the metadata). Empty organs (no voxels) are left out unless ``include_empty``: in a
+wide table their cells are missing. Counts and bounding boxes stay integers (pandas ``Int64`` where
+a cell can be missing), never ``107.0``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+import pandas as pd
+
+from medmask_store.errors import InvalidQuery, OrganNotFound
+from medmask_store.query.index import INTEGER_FIELDS, ORGAN_FIELDS, ArchiveIndex
+
+ROW_KEYS = ("case_id", "organ")
+WHOLE_NUMBER_FIELDS = (*INTEGER_FIELDS, *(f for f in ORGAN_FIELDS if f.startswith("bbox_")))
+PERCENTILES = (5, 50, 95)
+
+
+def _suggest(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _whole_numbers(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``columns`` as int64, or as nullable Int64 where a cell is missing."""
+    return table.astype({column: "Int64" if table[column].isna().any() else "int64" for column in columns})
+
+
+def _organ_names(frame: pd.DataFrame, organs: Sequence[str] | None) -> list[str]:
+    """The organs asked for (each checked to exist in some case), or every organ of ``frame``."""
+    known = [str(o) for o in frame["organ"].cat.categories]
+    if organs is None:
+        return known
+    for organ in organs:
+        if organ not in known:
+            raise OrganNotFound(f"no case has an organ {organ!r}{_suggest(organ, known)}")
+    return list(dict.fromkeys(organs))
+
+
+def _split_fields(frame: pd.DataFrame, fields: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """``fields`` as (organ statistics, metadata columns), each checked; None means all of both."""
+    meta = [str(c) for c in frame.columns if c not in (*ROW_KEYS, *ORGAN_FIELDS)]
+    if fields is None:
+        return list(ORGAN_FIELDS), meta
+    for name in fields:
+        if name not in ORGAN_FIELDS and name not in meta:
+            raise InvalidQuery(
+                f"unknown field {name!r}{_suggest(name, [*ORGAN_FIELDS, *meta])}; organ fields: "
+                f"{', '.join(ORGAN_FIELDS)}; metadata fields: {', '.join(meta) or 'none'}"
+            )
+    return [f for f in ORGAN_FIELDS if f in fields], [f for f in meta if f in fields]
+
+
+def stats_table(
+    index: ArchiveIndex,
+    organs: Sequence[str] | None = None,
+    fields: Sequence[str] | None = None,
+    wide: bool = False,
+    include_empty: bool = False,
+    cases: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Statistics of ``organs`` (default: all) and ``fields`` (organ statistics and metadata names; default: all).
+
+    ``cases`` keeps only those case ids. Long (default): one row per case × organ, sorted by case and organ.
+    ``wide``: one row per case with ``organ.field`` columns, then the metadata; an organ asked for has its
+    columns even where no case holds it.
+    """
+    frame = index.stats_frame()
+    names = _organ_names(frame, organs)
+    organ_fields, meta_fields = _split_fields(frame, fields)
+    keep = frame["organ"].isin(names) if organs is not None else pd.Series(True, index=frame.index)
+    if cases is not None:
+        keep &= frame["case_id"].isin(cases)
+    if not include_empty:
+        keep &= frame["voxels"] > 0
+    rows = frame[keep]
+    if not wide:
+        long = rows[[*ROW_KEYS, *organ_fields, *meta_fields]].reset_index(drop=True)
+        long[list(ROW_KEYS)] = long[list(ROW_KEYS)].astype(object)
+        return _whole_numbers(long, [f for f in organ_fields if f in WHOLE_NUMBER_FIELDS])
+    chosen = None if cases is None else set(cases)
+    ids = [c for c in index.case_ids if chosen is None or c in chosen]
+    return _wide(rows, ids, names if organs is not None else _present(rows), organ_fields, index, meta_fields)
+
+
+def _present(rows: pd.DataFrame) -> list[str]:
+    return sorted({str(o) for o in rows["organ"]})
+
+
+def _wide(
+    rows: pd.DataFrame, ids: list[str], organs: list[str], fields: list[str], index: ArchiveIndex, meta: list[str]
+) -> pd.DataFrame:
+    """One row per case of ``ids``: ``organ.field`` columns, then the metadata columns ``meta``."""
+    keys = rows[list(ROW_KEYS)].astype(object)
+    stacked = rows[fields].set_index([keys["case_id"], keys["organ"]])
+    # one unstack for all organs: a join per organ fragments the frame (117 organs x 20 columns)
+    table = stacked.unstack("organ").swaplevel(axis=1)
+    table = table.reindex(
+        index=pd.Index(ids, name="case_id", dtype=object), columns=pd.MultiIndex.from_product([organs, fields])
+    )
+    table.columns = [f"{organ}.{field}" for organ, field in table.columns]
+    whole = [c for c in table.columns if c.rpartition(".")[2] in WHOLE_NUMBER_FIELDS]
+    flags = {c: "boolean" for c in table.columns if c.rpartition(".")[2] == "touches_border"}
+    table = _whole_numbers(table.astype(flags), whole)
+    return table.join(_metadata(index).reindex(table.index)[meta]).copy().reset_index()  # copy: one block per dtype
+
+
+def _metadata(index: ArchiveIndex) -> pd.DataFrame:
+    """The scalar metadata by case, named as in the statistics tables: ``meta.<key>`` where a key clashes."""
+    meta = index.meta_frame()
+    return meta.rename(columns=lambda c: f"meta.{c}" if c in (*ROW_KEYS, *ORGAN_FIELDS) else c)
+
+
+def columns_table(
+    index: ArchiveIndex, cases: Sequence[str], columns: Sequence[str], include_empty: bool = False
+) -> pd.DataFrame:
+    """One row per case of ``cases``: ``case_id`` and ``columns``, each ``organ.field`` or a metadata field."""
+    meta = [str(c) for c in _metadata(index).columns]
+    organs, fields, meta_fields = [], [], []
+    for column in columns:
+        if column in meta:
+            meta_fields.append(column)
+            continue
+        organ, dot, field = column.rpartition(".")
+        if not dot:
+            raise InvalidQuery(
+                f"unknown column {column!r}{_suggest(column, meta)}: write organ.field (e.g. liver.volume_ml) "
+                f"or a metadata field ({', '.join(meta) or 'none'})"
+            )
+        if field not in ORGAN_FIELDS:
+            raise InvalidQuery(
+                f"unknown organ field {field!r} in {column!r}{_suggest(field, ORGAN_FIELDS)}; fields: {', '.join(ORGAN_FIELDS)}"
+            )
+        organs.append(organ)
+        fields.append(field)
+    table = stats_table(
+        index, organs=organs, fields=[*dict.fromkeys(fields), *meta_fields], wide=True,
+        include_empty=include_empty, cases=cases,
+    )  # fmt: skip
+    return table[["case_id", *columns]]
+
+
+def organ_census(index: ArchiveIndex, percentiles: Sequence[float] = PERCENTILES) -> pd.DataFrame:
+    """One row per organ of any case: ``cases`` holding it with voxels, and ``volume_ml_p<q>`` over those cases."""
+    frame = index.stats_frame()
+    present = frame[frame["voxels"] > 0].astype({"organ": object})
+    volumes = present.groupby("organ")["volume_ml"]
+    census = pd.DataFrame(index=pd.Index([str(o) for o in frame["organ"].cat.categories], name="organ", dtype=object))
+    census["cases"] = volumes.size().reindex(census.index, fill_value=0).astype("int64")
+    for q in percentiles:
+        census[f"volume_ml_p{q:g}"] = volumes.quantile(q / 100).reindex(census.index).round(3)
+    return census.reset_index()
