@@ -51,7 +51,10 @@ def keep_freed_memory() -> None:
     the buffer is reused). Import worker processes and the CLI call this; the
     freed memory stays with the process until it exits, so peak RSS is unchanged.
     """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library the interpreter runs on
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library the interpreter runs on
+    except (OSError, TypeError):  # Windows: no process-wide C library to load by None
+        return
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, MAX_HEAP_ALLOCATION)
         mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)

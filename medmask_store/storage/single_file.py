@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from medmask_store.errors import ArchiveLocked, InvalidArchive, ReadOnlyArchive
-from medmask_store.storage.portable import lock_exclusively
+from medmask_store.storage.portable import lock_exclusively, sync_folder
 
 
 class SingleWriter:
@@ -89,11 +89,7 @@ class SingleFileEditor:
             os.replace(snapshot, self.archive)
         finally:
             _remove(snapshot)
-        directory = os.open(self.archive.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        sync_folder(self.archive.parent)
 
     def close(self) -> None:
         _remove(self.working)

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import struct
-import weakref
 import zipfile
 from dataclasses import replace
 from functools import partial
@@ -31,7 +30,7 @@ from medmask_store.model.plain_attributes import array_attributes
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
 from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, EncodedCase
-from medmask_store.storage.portable import read_at
+from medmask_store.storage.portable import OpenedFolder, read_at
 
 COMPACT_JSON = {"json_indent": None}
 EMPTY_ENTRY = 2**64 - 1
@@ -226,13 +225,11 @@ class FolderBytes(OpenedSource):
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
         self.what = what
-        self._descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        weakref.finalize(self, os.close, self._descriptor)
+        self._folder = OpenedFolder(path)
 
     def open(self, key: str) -> FileObject | None:
-        opener = partial(_open_at, folder=self._descriptor)
         try:
-            return FileObject(open(key, "rb", buffering=0, opener=opener), f"{self.what}/{key}")  # noqa: SIM115
+            return FileObject(self._folder.open(key), f"{self.what}/{key}")
         except FileNotFoundError:
             if self.moved():
                 raise CaseNotFound(f"{self.what} was replaced or deleted since it was opened; open it again") from None
@@ -242,14 +239,7 @@ class FolderBytes(OpenedSource):
 
     def moved(self) -> bool:
         """Whether the folder's path now names another folder, or nothing."""
-        try:
-            return os.stat(self.path).st_ino != os.fstat(self._descriptor).st_ino
-        except FileNotFoundError:
-            return True
-
-
-def _open_at(path: str, flags: int, folder: int) -> int:
-    return os.open(path, flags, dir_fd=folder)
+        return self._folder.moved()
 
 
 class ZipMember:

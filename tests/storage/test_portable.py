@@ -1,7 +1,9 @@
-"""Every local backend works where ``fcntl`` and ``os.pread`` do not exist (Windows), simulated on this machine.
+"""Every local backend works where ``fcntl``, ``os.pread`` and folder descriptors do not exist (Windows), simulated
+on this machine.
 
 A subprocess (and the import workers it starts) runs with a ``sitecustomize`` that makes
-``import fcntl`` fail and deletes ``os.pread`` before medmask_store is imported. Only
+``import fcntl`` fail, deletes ``os.pread`` and ``os.O_DIRECTORY``, refuses to open a
+folder (``dir_fd`` included) and to load a C library by ``None`` before medmask_store is imported. Only
 portalocker, imported first, keeps its own reference to ``fcntl``: on Windows it locks
 with ``msvcrt`` instead.
 """
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 SIMULATION = """
+import ctypes
 import os
 import sys
 
@@ -21,6 +24,28 @@ import portalocker  # noqa: F401 - the locking library brings its platform's loc
 
 sys.modules["fcntl"] = None  # import fcntl raises ImportError from now on
 del os.pread
+del os.O_DIRECTORY  # no folder descriptors: files open by path
+os.supports_dir_fd = os.supports_dir_fd - {os.open}
+_open = os.open
+
+
+def open_no_folder(path, flags, mode=0o777, *, dir_fd=None):
+    if dir_fd is not None or os.path.isdir(path):  # Windows opens no folder
+        raise PermissionError(13, "Permission denied", path)
+    return _open(path, flags, mode)
+
+
+os.open = open_no_folder
+
+
+class CDLL(ctypes.CDLL):  # Windows loads no C library by None (medmask_store tunes glibc's malloc where it can)
+    def __init__(self, name, *args, **kwargs):
+        if name is None:
+            raise TypeError("expected str, bytes or os.PathLike object, not NoneType")
+        super().__init__(name, *args, **kwargs)
+
+
+ctypes.CDLL = CDLL
 """
 
 ROUND_TRIPS = """
@@ -42,7 +67,10 @@ except ImportError:
     pass
 else:
     sys.exit("fcntl is still importable")
-assert not hasattr(os, "pread"), "os.pread is still there"
+assert not hasattr(os, "pread") and not hasattr(os, "O_DIRECTORY"), "os.pread or os.O_DIRECTORY is still there"
+from medmask_store.storage import portable  # noqa: E402
+
+assert not portable.FOLDER_DESCRIPTORS, "folders are still opened by descriptor"
 
 root = Path(sys.argv[1])
 masks, space = make_phantom(shape=(70, 60, 50), n_organs=6, n_empty=2, seed=3)
