@@ -28,17 +28,26 @@ def open_zarr_zip(path: Path | RemoteLocation, mode: str, settings: StorageSetti
 
 
 def _open_zip(path: Path | RemoteLocation) -> ZipBytes:
-    file = open_archive_file(path, "r")
-    if not zipfile.is_zipfile(as_file(file)):
-        file.close()
-        raise InvalidArchive(f"{path} is not a zip file")
-    source = ZipBytes(file)
+    try:
+        source = ZipBytes(open_archive_file(path, "r"))
+    except CorruptMetadata:  # the directory is read once: whether it is a zip at all is asked only on failure
+        if not _is_zip(path):
+            raise InvalidArchive(f"{path} is not a zip file") from None
+        raise
     try:
         check_archive_root(source, path)
     except BaseException:
         source.close()
         raise
     return source
+
+
+def _is_zip(path: Path | RemoteLocation) -> bool:
+    file = open_archive_file(path, "r")
+    try:
+        return zipfile.is_zipfile(as_file(file))
+    finally:
+        file.close()
 
 
 def _extract_without_crc_check(path: Path, destination: Path) -> None:
