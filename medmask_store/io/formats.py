@@ -128,7 +128,7 @@ def single_case_loader(path: Path) -> Callable[[], CaseData] | None:
 def case_id_of(path: Path) -> str:
     """A single-case source's id: its name without the format's suffix."""
     name = path.name
-    for suffix in (".seg.nrrd", ".dcm", ".ome.zarr", ".zarr"):
+    for suffix in (*SUFFIXES["seg.nrrd"], *SUFFIXES["dicom-seg"], *SUFFIXES["ome-zarr"], ".zarr"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
