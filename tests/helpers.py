@@ -5,14 +5,17 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pytest
@@ -384,15 +387,55 @@ def packed_header(frame: bytes) -> bytes:
     return struct.pack("<4sBII", b"MSKP", 2, len(frame), google_crc32c.value(frame))
 
 
-def packed_index(path: Path) -> bytes | None:
-    catalog, data = read_packed(path)
-    return None if catalog["index"] is None else data[catalog["index"][0] : sum(catalog["index"])]
+def index_blobs(path: Path) -> dict[str, bytes]:
+    """The stored index's blobs by name (empty: no index), read without the library, on every backend."""
+    suffix = suffix_of(path)
+    if suffix == ".msk":
+        catalog, data = read_packed(path)
+        return {name: data[offset : offset + length] for name, (offset, length) in (catalog["index"] or {}).items()}
+    if suffix == ".zarr":
+        folder = path / "index"
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    if suffix == ".zarr.zip":
+        with zipfile.ZipFile(path) as zf:
+            return {n[len("index/") :]: zf.read(n) for n in zf.namelist() if n.startswith("index/") and not n.endswith("/")}
+    with h5py.File(path, "r") as f:
+        blobs: dict[str, bytes] = {}
+        if "index" in f:
+            f["index"].visititems(lambda n, o: blobs.update({n: o[...].tobytes()}) if isinstance(o, h5py.Dataset) else None)
+        return blobs
 
 
-def set_packed_index(path: Path, index: bytes | None) -> None:
-    catalog, data = read_packed(path)
-    catalog["index"] = None if index is None else [len(data), len(index)]
-    write_packed(path, catalog, data + (index or b""))
+def write_index_blobs(path: Path, blobs: dict[str, bytes]) -> None:
+    """Make ``blobs`` the stored index (empty: remove it), behind the library's back."""
+    suffix = suffix_of(path)
+    if suffix == ".msk":
+        catalog, data = read_packed(path)
+        catalog["index"], start = {}, len(data)
+        for name, blob in blobs.items():
+            catalog["index"][name] = [start, len(blob)]
+            start += len(blob)
+        catalog["index"] = catalog["index"] or None
+        write_packed(path, catalog, data + b"".join(blobs.values()))
+    elif suffix == ".zarr":
+        shutil.rmtree(path / "index", ignore_errors=True)
+        for name, blob in blobs.items():
+            (path / "index" / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / "index" / name).write_bytes(blob)
+    elif suffix == ".zarr.zip":
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename: zf.read(i) for i in zf.infolist() if not i.filename.startswith("index/")}
+        members.update({f"index/{name}": blob for name, blob in blobs.items()})
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+    else:
+        with h5py.File(path, "r+") as f:
+            if "index" in f:
+                del f["index"]
+            for name, blob in blobs.items():
+                f.create_dataset(f"index/{name}", data=np.frombuffer(blob, dtype=np.uint8))
+    assert index_blobs(path) == blobs
 
 
 def packed_manifest(catalog: dict, case_id: str, array: str) -> dict:

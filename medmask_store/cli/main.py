@@ -396,7 +396,7 @@ EXPORT_FORMAT_NAMES = ("nifti", "multilabel", "seg.nrrd", "dicom-seg", "ome-zarr
 @click.option("--ct-series", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="dicom-seg: the folder of the CT series the segmentation refers to.")
 @click.option("--allow-overlap", is_flag=True, help="multilabel: paint overlapping organs over their neighbours.")
-@click.option("--organs", metavar="A,B,...", help="nifti, multilabel: export these organs only (comma-separated).")
+@click.option("--organs", metavar="A,B,...", help="Export these organs only (comma-separated).")
 @QUIET_OPTION
 def export_command(
     archive: Path | str, case_id: str, out: Path, export_format: str | None, multilabel: bool, ome_zarr: bool,
@@ -688,7 +688,10 @@ def organs_command(archive: Path | str, as_csv: bool, as_json: bool, skip_damage
 @click.option("--scheduler", metavar="ADDRESS", help="Run on this Dask scheduler, e.g. tcp://host:8786 [default: local processes].")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per case.")
-def map_command(archive: Path | str, function: str, cases: str | None, scheduler: str | None, as_csv: bool, as_json: bool) -> None:
+@QUIET_OPTION
+def map_command(
+    archive: Path | str, function: str, cases: str | None, scheduler: str | None, as_csv: bool, as_json: bool, quiet: bool
+) -> None:
     """Run FUNCTION(case) over the cases on Dask and print one row per case: case_id, the keys of the dict it
     returns (or result), and error (the exception of a case that failed; exit code 1 if any did).
 
@@ -712,7 +715,7 @@ def map_command(archive: Path | str, function: str, cases: str | None, scheduler
     if not callable(fn):
         raise click.BadParameter(f"{function} is not a function", param_hint="MODULE:FUNCTION")
     with connect(scheduler) as client, MaskArchive(archive) as store:
-        results = store.map_cases(fn, client, cases)
+        results = store.map_cases(fn, client, cases, progress=not quiet and sys.stderr.isatty())
     print_table(results, as_csv, as_json)
     failed = results["error"].notna()
     if failed.any():

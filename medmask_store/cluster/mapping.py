@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ def map_cases(
     fn: Callable[[Case], Any],
     client: Client | None = None,
     cases: str | Iterable[str] | None = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Run ``fn(case)`` over the archive's cases on Dask: local processes, or ``client``'s cluster.
 
@@ -31,7 +34,8 @@ def map_cases(
     Returns one row per case: ``case_id``, the keys of the dict ``fn`` returned (or ``result`` for
     any other value) and ``error``: None, or ``"ExcType: message"`` if ``fn`` (or opening the case)
     raised; the other cases go on. Tasks carry the archive by path (opened with mode ``"r"``) and
-    the case id; ``fn`` must pickle (a lambda does: Dask uses cloudpickle).
+    the case id; ``fn`` must pickle (a lambda does: Dask uses cloudpickle). ``progress``: a progress bar
+    on stderr (Dask's).
     """
     dask = require("dask")
     import pandas as pd
@@ -39,7 +43,18 @@ def map_cases(
     case_ids = archive.case_ids() if cases is None else archive.query(cases) if isinstance(cases, str) else list(cases)
     shared = dask.delayed(archive)  # one key: each distributed worker unpickles (reopens) the archive once
     tasks = [dask.delayed(case_row, pure=False)(fn, shared, case_id) for case_id in case_ids]
-    rows = dask.compute(*tasks, scheduler="processes" if client is None else client)
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext():
+            rows = dask.compute(*tasks, scheduler="processes")
+    else:
+        futures = client.compute(tasks)
+        if progress:
+            from distributed import progress as show_progress
+
+            show_progress(futures)
+        rows = client.gather(futures)
     values = dict.fromkeys(key for row in rows for key in row if key not in (CASE_ID, ERROR))
     frame = pd.DataFrame(list(rows), columns=[CASE_ID, *values, ERROR])
     frame[ERROR] = pd.Series([row[ERROR] for row in rows], index=frame.index, dtype=object)  # None, not NaN

@@ -6,7 +6,10 @@ Each format lives in its own module (:mod:`.nifti`, :mod:`.slicer`, :mod:`.dicom
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import dataclasses
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -54,8 +57,8 @@ def export_case(
     an earlier export there is replaced (an OME-Zarr export replaces an OME-Zarr image only).
     ``ct_series`` (DICOM SEG only, required there) is the folder of the CT series the
     segmentation refers to; ``allow_overlap`` (multilabel only) paints overlapping organs
-    over their neighbours. ``organs`` (nifti and multilabel only) exports those organs only;
-    ``progress`` (nifti) wraps the organs written, e.g. ``tqdm``.
+    over their neighbours. ``organs`` exports those organs only (with their values, colours and
+    overlaps); ``progress`` (nifti) wraps the organs written, e.g. ``tqdm``.
     """
     fmt = format or export_format_of(path)
     if fmt not in EXPORT_FORMATS:
@@ -76,6 +79,12 @@ def export_case(
         from medmask_store.io.nifti import export_multilabel
 
         return list(export_multilabel(case, path, allow_overlap=allow_overlap, organs=organs))
+    with _with_organs(case, organs) as chosen:
+        return _export_whole(chosen, path, fmt, ct_series)
+
+
+def _export_whole(case: Case, path: Path, fmt: ExportFormat, ct_series: str | Path | None) -> list[Path]:
+    """Every organ of ``case`` in one of the formats that write whole cases."""
     if fmt == "seg.nrrd":
         from medmask_store.io.slicer import export_seg_nrrd
 
@@ -93,12 +102,29 @@ def export_case(
     return [export_ome_zarr(case, path, overwrite=True)]  # an earlier OME-Zarr export only, never another folder
 
 
+@contextmanager
+def _with_organs(case: Case, organs: Sequence[str] | None) -> Iterator[Case]:
+    """``case``, or with ``organs`` a copy of it holding those organs only (stored in a temporary ``.msk``: the
+    exporters read stored cases)."""
+    if organs is None:
+        yield case
+        return
+    from medmask_store.model.case_data import CaseData
+    from medmask_store.storage.archive import MaskArchive
+
+    names = list(dict.fromkeys(organs))
+    data = CaseData.from_masks(
+        case.read_organs(names), space=case.space, mapping={n: case.mapping[n] for n in names}, meta=case.meta
+    )
+    data = dataclasses.replace(data, colors={n: case.colors[n] for n in names})
+    with tempfile.TemporaryDirectory() as folder, MaskArchive(Path(folder) / "organs.msk", "w") as archive:
+        yield archive.add_case(case.case_id, data)
+
+
 def _check_organs(case: Case, fmt: ExportFormat, organs: Sequence[str] | None) -> None:
-    """Organs can be chosen for the NIfTI formats, and must be the case's."""
+    """Chosen organs must be the case's."""
     if organs is None:
         return
-    if fmt not in ("nifti", "multilabel"):
-        raise ExportError(f"choosing organs is for nifti and multilabel exports only; {fmt} writes every organ")
     if not organs:
         raise ExportError("no organs chosen: name at least one")
     unknown = [name for name in organs if name not in case.mapping]

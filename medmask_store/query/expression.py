@@ -38,6 +38,7 @@ import io
 import tokenize
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import cast
 
 import pandas as pd
@@ -140,9 +141,9 @@ class _Columns(ast.NodeTransformer):
     comparison refuses a text operand, so text is only ever compared.
     """
 
-    def __init__(self, source: str, organs: list[str], meta: pd.DataFrame) -> None:
-        self.source, self.organs, self.meta = source, organs, meta
-        self.meta_fields = [str(c) for c in meta.columns]
+    def __init__(self, source: str, organs: list[str], meta_fields: list[str], load: Callable[[list[str]], pd.DataFrame]) -> None:
+        self.source, self.organs, self.meta_fields, self._load = source, organs, meta_fields, load
+        self.meta: dict[str, pd.Series] = {}  # the fields used, read as they are met
         self.organ_fields: set[tuple[str, str]] = set()
         self.meta_used: set[str] = set()
         self.meta_types: dict[str, str | None] = {}
@@ -252,7 +253,8 @@ class _Columns(ast.NodeTransformer):
             raise InvalidQuery(f"unknown metadata field {_clip(node.id)!r}{hint}{suggestion}")
         self.meta_used.add(node.id)
         if node.id not in self.meta_types:
-            self.meta[node.id], self.meta_types[node.id], note = _of_one_type(node.id, self.meta[node.id])
+            column = self._load([node.id])[node.id]
+            self.meta[node.id], self.meta_types[node.id], note = _of_one_type(node.id, column)
             self.notes += [note] if note else []
         if self.meta_types[node.id] not in (None, "number", "boolean"):
             self.text.add(node)
@@ -310,9 +312,7 @@ def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
     field because their value has another type than the field's in the other cases.
     """
     tree = _parse(expression)
-    organs = [str(o) for o in index.organs["organ"].cat.categories]
-    meta = index.meta_frame()
-    columns = _Columns(expression.strip(), organs, meta)
+    columns = _Columns(expression.strip(), index.present_organs(), index.meta_keys, index.meta_frame)
     checked = columns.visit(tree)
     for note in columns.notes:
         warnings.warn(note, QueryWarning, stacklevel=3)  # the caller of MaskArchive.query
@@ -322,16 +322,19 @@ def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
     _check_depth(_size(checked)[1], expression)
     rewritten = ast.unparse(checked)
     wide = pd.DataFrame(index=pd.Index(index.case_ids, name="case_id"))
-    for organ in sorted({o for o, _ in columns.organ_fields}):
-        rows = index.organs[index.organs["organ"] == organ]
-        fields = sorted(f for o, f in columns.organ_fields if o == organ)
-        table = rows.set_index(rows["case_id"].astype(object))[fields]
-        table.columns = [f"{organ}{COLUMN_SEPARATOR}{field}" for field in fields]
+    organs = sorted({o for o, _ in columns.organ_fields})
+    fields = sorted({f for _, f in columns.organ_fields})
+    if organs:  # only the columns of these fields are read
+        rows = index.organ_rows(fields, organs, include_empty=True).astype({"case_id": object})
+    for organ in organs:
+        used = sorted(f for o, f in columns.organ_fields if o == organ)
+        table = rows[rows["organ"] == organ].set_index("case_id")[used]
+        table.columns = [f"{organ}{COLUMN_SEPARATOR}{field}" for field in used]
         wide = wide.join(table)
-        if "touches_border" in fields:  # a missing organ touches nothing
+        if "touches_border" in used:  # a missing organ touches nothing
             flag = f"{organ}{COLUMN_SEPARATOR}touches_border"
             wide[flag] = wide[flag].fillna(False).astype(bool)
-    wide = wide.join(meta[sorted(columns.meta_used)])
+    wide = wide.join(pd.DataFrame({name: columns.meta[name] for name in sorted(columns.meta_used)}, index=wide.index))
     try:
         result = wide.eval(rewritten, engine="python", local_dict={}, global_dict={})
     except Exception as exc:  # pandas raises many types for ill-typed expressions

@@ -1,20 +1,24 @@
-"""The archive index: per-case, per-organ statistics and case metadata in one blob.
+"""The archive index: per-case, per-organ statistics and case metadata, column by column.
 
-Stored as one ``.npz`` of numeric and fixed-width text columns (loaded with
-``allow_pickle=False``; Zstd-compressed when small, where size matters, stored
-plain when large, where decode time does) followed by its crc32c, so a 10,000-case index is one read
-and becomes a DataFrame without per-row Python work. Each case carries the
-backend's version token of the stored case, and the index records the version
-of the case listing it was built from; readers whose listing changed since
-reconcile the stored index with the cases present (:meth:`ArchiveIndex.reconcile`),
-so an index written before another process added a case is completed on read.
+The index is a manifest (one small blob: the organ names, the listing version it was built from, and
+its segments) and :mod:`segments <medmask_store.query.segments>` of about :data:`SEGMENT_ROWS` organ
+rows each, every column of a segment one compressed blob. Only organs with voxels have rows; a
+query reads the manifest and, of each segment, the columns it touches. Adding or deleting cases
+rewrites the last, unfilled segment (or the segments that held the deleted cases) and the
+manifest; every other blob stays as it is.
+
+Each case carries the backend's version token of the stored case, and the manifest the version
+of the case listing it was built from; readers whose listing changed since reconcile the stored
+index with the cases present (:meth:`ArchiveIndex.reconcile`).
 """
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,79 +27,162 @@ import zstandard
 from medmask_store.codecs.chunks import append_crc32c, strip_crc32c
 from medmask_store.errors import CorruptChunk, CorruptMetadata
 from medmask_store.model.attributes import CaseInfo
-
-AXES = ("i", "j", "k")
-# World centroids name their frame: LPS (the Space's, DICOM's) is stored, RAS (NIfTI's) derived on read.
-LPS_CENTROID = ("centroid_lps_x_mm", "centroid_lps_y_mm", "centroid_lps_z_mm")
-RAS_CENTROID = ("centroid_ras_x_mm", "centroid_ras_y_mm", "centroid_ras_z_mm")
-ORGAN_FIELDS = (
-    "value", "voxels", "volume_ml",
-    *(f"bbox_{a}{end}" for a in AXES for end in ("0", "1")),
-    *(f"centroid_{a}" for a in AXES),
-    *LPS_CENTROID, *RAS_CENTROID,
-    "touches_border",
+from medmask_store.query.segments import (
+    BBOX,
+    LPS_CENTROID,
+    ROW_COLUMNS,
+    VOXEL_CENTROID,
+    Segment,
+    check_mapping_codes,
+    row_arrays,
 )  # fmt: skip
+
+# World centroids name their frame: LPS (the Space's, DICOM's) is stored, RAS (NIfTI's) derived on read.
+RAS_CENTROID = ("centroid_ras_x_mm", "centroid_ras_y_mm", "centroid_ras_z_mm")
+ORGAN_FIELDS = ("value", "voxels", "volume_ml", *BBOX, *VOXEL_CENTROID, *LPS_CENTROID, *RAS_CENTROID, "touches_border")
 # Names of LPS centroid fields before they named their frame: queries still take them, with a warning.
 RENAMED_FIELDS = dict(zip(("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), LPS_CENTROID))
-# The stored columns, by position (indexes written before the frame was named hold the same ones).
-STORED_FIELDS = tuple(f for f in ORGAN_FIELDS if f not in RAS_CENTROID)
 INTEGER_FIELDS = ("value", "voxels")
 FLOAT_FIELDS = tuple(f for f in ORGAN_FIELDS if f not in INTEGER_FIELDS and f != "touches_border")
-SMALL_INDEX_BYTES = 1 << 20
-ZIP_MAGIC = b"PK\x03\x04"
-CASE_COLUMNS = ("case_id", "token", "meta")
+MANIFEST = "manifest"  # the index blob naming every other
+FORMAT = 1
+SEGMENT_ROWS = 16384  # a full segment of TotalSegmentator-like rows is ~0.4 MB: what one add rewrites at most
+MAX_MANIFEST_BYTES = 64 << 20
+PARALLEL_READS = 8  # blobs read at once: object stores answer them in parallel
 
 
-def organ_rows(info: CaseInfo) -> list[tuple[object, ...]]:
-    """Index rows of one case: every organ of its mapping, empty ones with zero voxels."""
-    rows = []
-    for organ, value in info.mapping.items():
-        s = info.stats[organ]
-        bbox = [float(v) for pair in s.bbox for v in pair] if s.bbox else [np.nan] * 6
-        centroid = list(s.centroid_voxel) if s.centroid_voxel else [np.nan] * 3
-        lps = s.centroid_lps_mm or (np.nan,) * 3
-        ras = s.centroid_ras_mm or (np.nan,) * 3
-        rows.append((info.case_id, organ, value, s.voxels, s.volume_ml, *bbox, *centroid, *lps, *ras, s.touches_border))
-    return rows
+def _stored_columns(fields: Iterable[str]) -> list[str]:
+    """The row columns that give ``fields``."""
+    needed = {"case", "organ"}
+    for name in fields:
+        if name in RAS_CENTROID:
+            needed.add(LPS_CENTROID[RAS_CENTROID.index(name)])
+        elif name in ROW_COLUMNS:
+            needed.add(name)
+    return [key for key in ROW_COLUMNS if key in needed]
 
 
 class ArchiveIndex:
-    """Organ rows (``organs``) and one row per case (``cases``: version token and metadata dict)."""
+    """Cases (id, version token, mapping, metadata) and their non-empty organs' statistics, in segments."""
 
-    def __init__(self, organs: pd.DataFrame, cases: pd.DataFrame, listing_version: str = "") -> None:
-        self.organs = organs
-        self.cases = cases
+    def __init__(
+        self, organ_names: Sequence[str] = (), segments: Sequence[Segment] = (), listing_version: str = ""
+    ) -> None:
+        self.organ_names = list(organ_names)  # every organ code's name (append-only until a rebuild)
+        self.segments = list(segments)
         self.listing_version = listing_version  # the backend's listing version it was built from
-        self._meta: pd.DataFrame | None = None
+        self._as_stored = [s for s in self.segments if s.name]  # the segments the stored manifest lists
 
+    # -- building -------------------------------------------------------------
     @classmethod
     def from_cases(cls, cases: Iterable[tuple[CaseInfo, str]]) -> ArchiveIndex:
-        """Build from stored cases and their version tokens."""
-        infos = list(cases)
-        rows = [row for info, _ in infos for row in organ_rows(info)]
-        organs = pd.DataFrame(rows, columns=["case_id", "organ", *ORGAN_FIELDS])
-        case_rows = [(info.case_id, token, dict(info.meta)) for info, token in infos]
-        return cls(_typed(organs), pd.DataFrame(case_rows, columns=list(CASE_COLUMNS), dtype=object))
+        """Build (in memory) from stored cases and their version tokens."""
+        index = cls()
+        index.replace(set(), list(cases))
+        return index
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ArchiveIndex):
-            return NotImplemented
-        mine, theirs = self._sorted(), other._sorted()
-        return mine.cases.equals(theirs.cases) and mine.organs.equals(theirs.organs)
+    def _codes(self, names: Iterable[str]) -> list[int]:
+        codes = {name: code for code, name in enumerate(self.organ_names)}
+        result = []
+        for name in names:
+            if name not in codes:
+                codes[name] = len(self.organ_names)
+                self.organ_names.append(name)
+            result.append(codes[name])
+        return result
 
-    def _sorted(self) -> ArchiveIndex:
-        organs = _typed(self.organs.astype({"case_id": object, "organ": object})).sort_values(["case_id", "organ"])
-        cases = self.cases.sort_values("case_id")
-        return ArchiveIndex(organs.reset_index(drop=True), cases.reset_index(drop=True))
+    def _segment_of(self, cases: list[tuple[CaseInfo, str]]) -> Segment:
+        records, codes = [], []
+        distinct: dict[tuple[tuple[int, int], ...], int] = {}
+        for position, (info, _) in enumerate(cases):
+            organ_codes = self._codes(info.mapping)
+            mapping = tuple(sorted(zip(organ_codes, info.mapping.values())))
+            codes.append(distinct.setdefault(mapping, len(distinct)))
+            for code, organ in zip(organ_codes, info.mapping):
+                s = info.stats[organ]
+                if s.voxels and s.bbox and s.centroid_voxel and s.centroid_lps_mm:
+                    box = [v for pair in s.bbox for v in pair]
+                    stats = (s.voxels, s.volume_ml, *box, *s.centroid_voxel, *s.centroid_lps_mm, s.touches_border)
+                    records.append((position, code, *stats))
+        return Segment.build(
+            [info.case_id for info, _ in cases], [token for _, token in cases], np.asarray(codes, dtype=np.int64),
+            [[list(pair) for pair in mapping] for mapping in distinct], [dict(info.meta) for info, _ in cases],
+            row_arrays(records),
+        )  # fmt: skip
 
+    def add_rows(self, cases: pd.DataFrame, mappings: Sequence[dict[str, int]], rows: pd.DataFrame) -> None:
+        """Add cases from tables: ``cases`` (``case_id``, ``token``, ``meta``), each case's mapping (organ name ->
+        value), and one row per non-empty organ (``case_id``, ``organ`` and the stored statistics: ``voxels``,
+        ``volume_ml``, ``bbox_*``, ``centroid_i/j/k``, ``centroid_lps_*_mm``, ``touches_border``)."""
+        distinct = {id(mapping): mapping for mapping in mappings}  # datasets share a few mapping objects
+        self._codes(name for mapping in distinct.values() for name in mapping)
+        organ_code = dict(zip(self.organ_names, range(len(self.organ_names))))
+        position = pd.Series(np.arange(len(cases)), index=cases["case_id"].to_numpy())
+        arrays = {key: rows[key].to_numpy() for key in ROW_COLUMNS if key not in ("case", "organ")}
+        located = (position.reindex(rows["case_id"].to_numpy()), rows["organ"].map(organ_code))
+        if any(column.isna().any() for column in located):
+            raise ValueError("rows name cases or organs that are not among the cases or their mappings")
+        arrays["case"], arrays["organ"] = (column.to_numpy().astype(np.int64) for column in located)
+        order = {key: n for n, key in enumerate(distinct)}
+        coded = [sorted([organ_code[name], value] for name, value in mapping.items()) for mapping in distinct.values()]
+        codes = np.asarray([order[id(mapping)] for mapping in mappings], dtype=np.int64)
+        mapped = np.zeros((len(coded), len(self.organ_names)), dtype=bool)
+        for row, pairs in enumerate(coded):
+            mapped[row, [code for code, _ in pairs]] = True
+        if not mapped[codes[arrays["case"]], arrays["organ"]].all():
+            raise ValueError("rows name organs that are not in their case's mapping")
+        segment = Segment.build(
+            cases["case_id"].tolist(), cases["token"].tolist(), codes, coded, cases["meta"].tolist(), arrays
+        )
+        self.segments.append(segment)
+
+    def _prefetch(self, keys: Sequence[str], meta: Sequence[str] = ()) -> None:
+        """Read the columns ``keys`` and metadata ``meta`` of every stored segment, :data:`PARALLEL_READS` at a time."""
+        wanted = [
+            (s, key)
+            for s in self.segments
+            for key in [*keys, *(f"meta.{s.meta_keys.index(k)}" for k in meta if k in s.meta_keys)]
+            if key not in s.columns
+        ]
+        if len(wanted) > 1:
+            with ThreadPoolExecutor(PARALLEL_READS) as pool:
+                list(pool.map(lambda pair: pair[0].column(pair[1]), wanted))
+
+    # -- cases ----------------------------------------------------------------
     @property
     def case_ids(self) -> list[str]:
-        return sorted(self.cases["case_id"].tolist())
+        self._prefetch(["case_id"])
+        return sorted(c for s in self.segments for c in s.column("case_id"))
 
     def tokens(self) -> dict[str, str]:
-        return dict(zip(self.cases["case_id"], self.cases["token"]))
+        self._prefetch(["case_id", "token"])
+        return {c: t for s in self.segments for c, t in zip(s.column("case_id"), s.column("token"))}
 
-    # -- consistency -------------------------------------------------------------
+    @property
+    def cases(self) -> pd.DataFrame:
+        """One row per case: ``case_id``, ``token`` and ``meta`` (its metadata dict)."""
+        self._prefetch(["case_id", "token"], self.meta_keys)
+        columns: dict[str, list[Any]] = {"case_id": [], "token": [], "meta": []}
+        for s in self.segments:
+            columns["case_id"] += s.column("case_id")
+            columns["token"] += s.column("token")
+            columns["meta"] += s.metas()
+        return pd.DataFrame(columns, dtype=object)
+
+    def mappings(self) -> dict[str, dict[str, int]]:
+        """Every case's label mapping (organ name -> value)."""
+        return {
+            case_id: {self.organ_names[code]: value for code, value in mapping}
+            for s in self.segments
+            for case_id, mapping in zip(s.column("case_id"), s.case_mappings())
+        }
+
+    @property
+    def meta_keys(self) -> list[str]:
+        """Every metadata key of any case (from the manifest: no blob is read)."""
+        return list(dict.fromkeys(key for s in self.segments for key in s.meta_keys))
+
+    # -- consistency ------------------------------------------------------------
     def reconcile(self, live_tokens: dict[str, str], read_info: Callable[[str], CaseInfo | None]) -> bool:
         """Drop cases that are gone, (re)read cases that are new or changed; return whether any was.
 
@@ -111,117 +198,266 @@ class ArchiveIndex:
         return True
 
     def replace(self, removed: set[str], added: list[tuple[CaseInfo, str]]) -> None:
-        """Remove cases and add (or re-add) others."""
+        """Remove cases and add (or re-add) others; only segments holding removed cases are rewritten."""
         removed = removed | {info.case_id for info, _ in added}
-        if not removed:
-            return
-        keep_organs = self.organs[~self.organs["case_id"].isin(removed)]
-        keep_cases = self.cases[~self.cases["case_id"].isin(removed)]
-        new = ArchiveIndex.from_cases(added)
-        plain = {"case_id": object, "organ": object}
-        self.organs = _typed(pd.concat([keep_organs.astype(plain), new.organs.astype(plain)], ignore_index=True))
-        self.cases = pd.concat([keep_cases, new.cases], ignore_index=True)
-        self._meta = None
+        if removed:
+            kept = []
+            for segment in self.segments:
+                keep = np.array([c not in removed for c in segment.column("case_id")], dtype=bool)
+                if keep.all():
+                    kept.append(segment)
+                elif keep.any():
+                    kept.append(segment.select(keep))
+            self.segments = kept
+        if added:
+            self.segments.append(self._segment_of(added))
 
-    # -- serialization ----------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        case_codes = self.organs["case_id"].cat
-        organ_codes = self.organs["organ"].cat
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            case_ids=np.asarray(self.cases["case_id"], dtype=str),
-            tokens=np.asarray(self.cases["token"], dtype=str),
-            meta=np.array(json.dumps(self.cases["meta"].tolist())),
-            listing_version=np.array(self.listing_version),
-            row_case_names=np.asarray(case_codes.categories, dtype=str),
-            row_case=case_codes.codes.to_numpy(np.int32),
-            organ_names=np.asarray(organ_codes.categories, dtype=str),
-            row_organ=organ_codes.codes.to_numpy(np.int32),
-            numbers=self.organs[list(STORED_FIELDS)].to_numpy(dtype=np.float64),
-        )
-        raw = buffer.getvalue()
-        # One TotalSegmentator case: 31 KB -> 3 KB. Large indexes stay plain: decoding 30 MB costs 75 ms.
-        if len(raw) < SMALL_INDEX_BYTES:
-            raw = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(raw)
-        return append_crc32c(raw)
-
+    # -- storing ------------------------------------------------------------------
     @classmethod
-    def from_bytes(cls, data: bytes, where: object = "the archive index") -> ArchiveIndex:
-        """Decode a stored index after checking its crc32c; :class:`CorruptMetadata` names ``where``."""
+    def load(cls, read: Callable[[str], bytes | None], where: object = "the archive index") -> ArchiveIndex | None:
+        """The stored index (its manifest read; segments' columns on first use), or None if none is stored.
+
+        A damaged manifest raises :class:`CorruptMetadata` naming ``where``."""
+        data = read(MANIFEST)
+        if data is None:
+            return None
         fix = "run `medmask-store reindex` to rebuild it from the cases"
         try:
-            payload = strip_crc32c(data)
+            frame = strip_crc32c(data)
         except CorruptChunk:
             raise CorruptMetadata(f"{where} fails its checksum: it was changed or damaged; {fix}") from None
         try:
-            return cls._from_npz(payload)
-        except Exception as exc:  # only a crafted index gets here, and numpy/zipfile raise many types on one
+            declared = zstandard.get_frame_parameters(frame).content_size
+            if not 0 <= declared <= MAX_MANIFEST_BYTES:
+                raise ValueError(f"its manifest declares {declared} bytes")
+            manifest = json.loads(zstandard.ZstdDecompressor().decompress(frame, max_output_size=MAX_MANIFEST_BYTES))
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+                raise ValueError(f"it is not an index manifest of format {FORMAT}")
+            organs, version, entries = manifest["organs"], manifest["listing_version"], manifest["segments"]
+            if not (isinstance(organs, list) and all(isinstance(o, str) for o in organs) and isinstance(version, str)):
+                raise ValueError("its organ names or listing version are malformed")
+            if not isinstance(entries, list):
+                raise ValueError("its segment list is malformed")
+            segments = [Segment.stored(entry, read) for entry in entries]
+            if len({s.name for s in segments}) != len(segments):
+                raise ValueError("two of its segments have one name")
+        except (zstandard.ZstdError, ValueError, KeyError, RecursionError, CorruptMetadata) as exc:
             raise CorruptMetadata(f"{where} is malformed ({type(exc).__name__}: {exc}); {fix}") from exc
+        return cls(organs, segments, version)
 
-    @classmethod
-    def _from_npz(cls, payload: bytes) -> ArchiveIndex:
-        if payload[:4] == ZIP_MAGIC:
-            raw = payload
-        else:
-            declared = zstandard.get_frame_parameters(payload).content_size
-            if not 0 <= declared < SMALL_INDEX_BYTES:  # larger indexes are stored plain
-                raise ValueError(f"a compressed index declares {declared} bytes")
-            raw = zstandard.ZstdDecompressor().decompress(payload)
-        with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
-            c = {key: stored[key] for key in stored.files}
-        numbers = c["numbers"].reshape(-1, len(STORED_FIELDS))
-        organs = _with_ras_centroid(pd.DataFrame(numbers, columns=list(STORED_FIELDS)))
-        organs.insert(0, "case_id", pd.Categorical.from_codes(c["row_case"], c["row_case_names"].astype(object)))
-        organs.insert(1, "organ", pd.Categorical.from_codes(c["row_organ"], c["organ_names"].astype(object)))
-        metas = json.loads(str(c["meta"]))
-        cases = pd.DataFrame({"case_id": c["case_ids"].tolist(), "token": c["tokens"].tolist(), "meta": metas}, dtype=object)
-        if not all(isinstance(meta, dict) for meta in metas) or not set(organs["case_id"]) <= set(cases["case_id"]):
-            raise ValueError("its case rows and organ rows disagree")
-        return cls(_typed(organs), cases, str(c["listing_version"]))
+    def changes(self, max_rows: int = SEGMENT_ROWS) -> tuple[dict[str, bytes], list[str]]:
+        """What storing the index writes: new blobs (the manifest last), and the blobs no longer used.
 
-    # -- tables -----------------------------------------------------------------
-    def meta_frame(self) -> pd.DataFrame:
-        """Scalar metadata fields, one row per case, indexed by case id (any key name is safe)."""
-        if self._meta is None:
-            metas = self.cases["meta"].tolist()
-            keys = dict.fromkeys(k for meta in metas for k, v in meta.items() if not isinstance(v, (dict, list)))
-            columns = {key: [meta.get(key) for meta in metas] for key in keys}  # column-wise: 4x faster than records
-            index = pd.Index(self.cases["case_id"].tolist(), name="case_id", dtype=object)
-            self._meta = pd.DataFrame(columns, index=index)
-        return self._meta.copy()
-
-    def stats_frame(self) -> pd.DataFrame:
-        """One row per case × organ: organ statistics, then the case's scalar metadata.
-
-        Metadata keys that clash with a statistics column are prefixed ``meta.``.
+        New and rewritten cases join the last stored segment while it has fewer than ``max_rows``
+        rows, then fill new segments of ``max_rows`` rows; afterwards the index is as stored.
         """
-        case_codes = self.organs["case_id"].cat.codes.to_numpy(np.int64)
-        order_key = case_codes * (len(self.organs["organ"].cat.categories) + 1) + self.organs["organ"].cat.codes.to_numpy()
-        organs = self.organs if (np.diff(order_key) >= 0).all() else self.organs.iloc[np.argsort(order_key, kind="stable")]
-        organs = organs.reset_index(drop=True)
-        meta = self.meta_frame().reindex(self.organs["case_id"].cat.categories)
-        meta.columns = [f"meta.{c}" if c in organs.columns else c for c in meta.columns]
-        rows = organs["case_id"].cat.codes.to_numpy()
-        for column in meta.columns:  # a take per column: cheaper than a join on 250k rows
-            organs[column] = meta[column].to_numpy()[rows]
-        return organs
+        stored = [s for s in self.segments if s.name]
+        fresh = [s for s in self.segments if not s.name]
+        if fresh and stored and stored[-1].rows < max_rows:
+            fresh.insert(0, stored.pop())
+        pieces = [p for p in Segment.concat(fresh).split(max_rows) if p.cases] if fresh else []
+        blobs: dict[str, bytes] = {}
+        for piece in pieces:
+            name = f"s{uuid.uuid4().hex[:16]}"
+            entry, encoded = piece.encode(name)
+            blobs.update(encoded)
+            piece.name, piece.blobs = name, entry["blobs"]
+        self.segments = [*stored, *pieces]
+        kept = {s.name for s in self.segments}
+        garbage = [f"{s.name}/{key}" for s in self._as_stored if s.name not in kept for key in s.blobs]
+        self._as_stored = list(self.segments)
+        blobs[MANIFEST] = self._manifest()
+        return blobs, garbage
 
+    def _manifest(self) -> bytes:
+        entries = [s.entry(s.name, s.blobs) for s in self.segments if s.name]
+        manifest = {
+            "format": FORMAT,
+            "listing_version": self.listing_version,
+            "organs": self.organ_names,
+            "segments": entries,
+        }
+        raw = json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode()
+        return append_crc32c(zstandard.ZstdCompressor(level=9).compress(raw))
 
-def _with_ras_centroid(stored: pd.DataFrame) -> pd.DataFrame:
-    """The stored columns and the RAS centroid (the LPS one, x and y negated), in :data:`ORGAN_FIELDS` order."""
-    x, y, z = (stored[f] for f in LPS_CENTROID)
-    ras = dict(zip(RAS_CENTROID, (0.0 - x, 0.0 - y, z)))  # not -x: a 0 would print as -0.0
-    return stored.assign(**ras)[list(ORGAN_FIELDS)]
+    # -- tables -----------------------------------------------------------------------
+    def present_organs(self) -> list[str]:
+        """The organs of any case's mapping, sorted (empty organs included)."""
+        codes = {code for s in self.segments for code in s.organ_codes}
+        if any(code >= len(self.organ_names) for code in codes):
+            raise CorruptMetadata(
+                f"a mapping of the index names organ code {max(codes)}, it lists {len(self.organ_names)} organs"
+            )
+        return sorted(self.organ_names[code] for code in codes)
 
+    def _organ_codes(self, organs: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+        """Each organ code's position among the sorted names asked for (-1: not asked for), and those names."""
+        names = self.present_organs() if organs is None else sorted(set(organs))
+        position = np.full(len(self.organ_names) + 1, -1, dtype=np.int64)
+        for rank, name in enumerate(names):
+            if name in self.organ_names:
+                position[self.organ_names.index(name)] = rank
+        return position, names
 
-def _typed(organs: pd.DataFrame) -> pd.DataFrame:
-    """Numeric columns typed; case ids and organ names as categoricals with sorted categories."""
-    types = {**{f: "int64" for f in INTEGER_FIELDS}, **{f: "float64" for f in FLOAT_FIELDS}, "touches_border": bool}
-    organs = organs.astype(types)
-    for column in ("case_id", "organ"):
-        if not isinstance(organs[column].dtype, pd.CategoricalDtype):
-            values = organs[column].astype(object)
-            categories = pd.Index(sorted(set(values)), dtype=object)
-            organs[column] = pd.Categorical(values, categories=categories)
-    return organs
+    def organ_rows(
+        self, fields: Sequence[str] = ORGAN_FIELDS, organs: Sequence[str] | None = None, include_empty: bool = False
+    ) -> pd.DataFrame:
+        """One row per case × organ with voxels (or, with ``include_empty``, per organ of its mapping):
+        ``case_id``, ``organ`` (categoricals, sorted categories) and ``fields``, sorted by case and organ.
+
+        Only the columns ``fields`` need are read."""
+        position, names = self._organ_codes(organs)
+        self._prefetch(["case_id", "mapping", "mappings", *_stored_columns(fields)])
+        ids = [c for s in self.segments for c in s.column("case_id")]
+        ranks = np.argsort(np.argsort(np.asarray(ids, dtype=object), kind="stable"), kind="stable")
+        parts, offset = [], 0
+        for s in self.segments:
+            part = self._segment_rows(s, fields, position, include_empty)
+            part["case_id"] = ranks[offset + part["case_id"]]
+            parts.append(part)
+            offset += s.cases
+        columns = (
+            {key: np.concatenate([p[key] for p in parts]) for key in ("case_id", "organ", *fields)} if parts else None
+        )
+        if columns is None:
+            columns = {"case_id": np.zeros(0, np.int64), "organ": np.zeros(0, np.int64)}
+            columns.update(
+                {
+                    f: np.zeros(0, bool if f == "touches_border" else np.int64 if f in INTEGER_FIELDS else float)
+                    for f in fields
+                }
+            )
+        order = np.lexsort((columns["organ"], columns["case_id"]))
+        frame = pd.DataFrame({key: values[order] for key, values in columns.items()})
+        frame["case_id"] = pd.Categorical.from_codes(frame["case_id"], categories=pd.Index(sorted(ids), dtype=object))
+        frame["organ"] = pd.Categorical.from_codes(frame["organ"], categories=pd.Index(names, dtype=object))
+        return frame
+
+    def _segment_rows(
+        self, s: Segment, fields: Sequence[str], position: np.ndarray, include_empty: bool
+    ) -> dict[str, np.ndarray]:
+        """One segment's rows of the organs ``position`` ranks: case positions, organ ranks, ``fields``."""
+        case, organ = s.column("case"), s.column("organ")
+        if organ.size and (organ.min() < 0 or organ.max() >= len(self.organ_names)):
+            raise CorruptMetadata(f"index segment {s.name!r} has rows of organs the index does not name")
+        keep = position[organ] >= 0
+        case, organ = case[keep], organ[keep]
+        values = self._values(s)
+        part: dict[str, np.ndarray] = {"case_id": case, "organ": position[organ]}
+        for name in fields:
+            if name == "value":
+                part[name] = values[s.column("mapping")[case], organ]
+            elif name in RAS_CENTROID:
+                lps = s.column(LPS_CENTROID[RAS_CENTROID.index(name)])[keep]
+                part[name] = lps if name.endswith("z_mm") else 0.0 - lps  # not -x: a 0 would print as -0.0
+            else:
+                part[name] = s.column(name)[keep].astype(bool) if name == "touches_border" else s.column(name)[keep]
+        if include_empty:
+            empty = self._empty_rows(s, values, case, organ, position, fields)
+            part = {key: np.concatenate([part[key], empty[key]]) for key in part}
+        return part
+
+    def _values(self, s: Segment) -> np.ndarray:
+        """Label value by (mapping code, organ code); -1 where the mapping has no such organ."""
+        mappings = s.column("mappings")
+        table = np.full((len(mappings), len(self.organ_names)), -1, dtype=np.int64)
+        for row, mapping in enumerate(mappings):
+            for code, value in mapping:
+                if not 0 <= code < len(self.organ_names):
+                    raise CorruptMetadata(
+                        f"index segment {s.name!r} maps organ code {code}, of {len(self.organ_names)}"
+                    )
+                table[row, code] = value
+        check_mapping_codes(s)
+        return table
+
+    def _empty_rows(
+        self,
+        s: Segment,
+        values: np.ndarray,
+        case: np.ndarray,
+        organ: np.ndarray,
+        position: np.ndarray,
+        fields: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        """Rows of the organs (ranked by ``position``) that the segment's cases map but hold no voxels of."""
+        mapped_case, mapped_organ = np.nonzero(values[s.column("mapping")] >= 0)
+        asked = position[mapped_organ] >= 0
+        mapped_case, mapped_organ = mapped_case[asked], mapped_organ[asked]
+        width = len(self.organ_names)
+        missing = ~np.isin(mapped_case * width + mapped_organ, case * width + organ)
+        mapped_case, mapped_organ = mapped_case[missing], mapped_organ[missing]
+        empty: dict[str, np.ndarray] = {"case_id": mapped_case, "organ": position[mapped_organ]}
+        for name in fields:
+            if name == "value":
+                empty[name] = values[s.column("mapping")[mapped_case], mapped_organ]
+            elif name in INTEGER_FIELDS:
+                empty[name] = np.zeros(mapped_case.size, dtype=np.int64)
+            elif name == "touches_border":
+                empty[name] = np.zeros(mapped_case.size, dtype=bool)
+            else:
+                empty[name] = np.full(mapped_case.size, 0.0 if name == "volume_ml" else np.nan)
+        return empty
+
+    @property
+    def organs(self) -> pd.DataFrame:
+        """Every non-empty organ row with every field (:meth:`organ_rows`)."""
+        return self.organ_rows()
+
+    def meta_frame(self, keys: Sequence[str] | None = None) -> pd.DataFrame:
+        """Metadata fields, one row per case, indexed by case id (any key name is safe).
+
+        ``keys``: those fields (only their blobs are read); default: every field with a scalar value."""
+        self._prefetch(["case_id"], self.meta_keys if keys is None else keys)
+        ids = [c for s in self.segments for c in s.column("case_id")]
+        columns: dict[str, list[Any]] = {}
+        for key in self.meta_keys if keys is None else keys:
+            column: list[Any] = [None] * len(ids)
+            offset = 0
+            for s in self.segments:
+                positions, values = s.meta_column(key)
+                for p, value in zip(positions.tolist(), values):
+                    column[offset + p] = value
+                offset += s.cases
+            if keys is not None or any(v is not None and not isinstance(v, (dict, list)) for v in column):
+                columns[key] = column
+        return pd.DataFrame(columns, index=pd.Index(ids, name="case_id", dtype=object))
+
+    def stats_frame(
+        self,
+        fields: Sequence[str] = ORGAN_FIELDS,
+        meta: Sequence[str] | None = None,
+        organs: Sequence[str] | None = None,
+        include_empty: bool = False,
+    ) -> pd.DataFrame:
+        """:meth:`organ_rows`, then the case's metadata ``meta`` (default: every scalar field).
+
+        Metadata keys that clash with a statistics column are prefixed ``meta.``."""
+        frame = self.organ_rows(fields, organs, include_empty)
+        table = self.meta_frame(meta)
+        table = table.reindex(frame["case_id"].cat.categories)
+        rows = frame["case_id"].cat.codes.to_numpy()
+        for column in table.columns:  # a take per column: cheaper than a join on 250k rows
+            name = f"meta.{column}" if column in frame.columns else column
+            frame[name] = table[column].to_numpy()[rows]
+        return frame
+
+    # -- comparing --------------------------------------------------------------------
+    def entries(self) -> dict[str, tuple[Any, ...]]:
+        """Each case's entry, comparable: token, metadata, mapping and its organ rows."""
+        rows = self.organ_rows()
+        by_case: dict[str, list[tuple[Any, ...]]] = {}
+        for record in rows.astype({"case_id": object, "organ": object}).itertuples(index=False):
+            by_case.setdefault(record[0], []).append(tuple(record[1:]))
+        mappings = self.mappings()
+        return {
+            case_id: (token, json.dumps(meta, sort_keys=True), mappings[case_id], by_case.get(case_id, []))
+            for case_id, token, meta in self.cases.itertuples(index=False)
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ArchiveIndex):
+            return NotImplemented
+        return self.entries() == other.entries()
+
+    __hash__ = None  # type: ignore[assignment]

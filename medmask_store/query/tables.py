@@ -32,9 +32,9 @@ def _whole_numbers(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return table.astype({column: "Int64" if table[column].isna().any() else "int64" for column in columns})
 
 
-def _organ_names(frame: pd.DataFrame, organs: Sequence[str] | None) -> list[str]:
-    """The organs asked for (each checked to exist in some case), or every organ of ``frame``."""
-    known = [str(o) for o in frame["organ"].cat.categories]
+def _organ_names(index: ArchiveIndex, organs: Sequence[str] | None) -> list[str]:
+    """The organs asked for (each checked to exist in some case), or every organ of any case."""
+    known = index.present_organs()
     if organs is None:
         return known
     for organ in organs:
@@ -43,11 +43,16 @@ def _organ_names(frame: pd.DataFrame, organs: Sequence[str] | None) -> list[str]
     return list(dict.fromkeys(organs))
 
 
-def _split_fields(frame: pd.DataFrame, fields: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def _meta_names(index: ArchiveIndex) -> dict[str, str]:
+    """Metadata keys by their column name in the tables: ``meta.<key>`` where a key clashes with a statistic."""
+    return {(f"meta.{key}" if key in (*ROW_KEYS, *ORGAN_FIELDS) else key): key for key in index.meta_keys}
+
+
+def _split_fields(index: ArchiveIndex, fields: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
     """``fields`` as (organ statistics, metadata columns), each checked; None means all of both."""
-    meta = [str(c) for c in frame.columns if c not in (*ROW_KEYS, *ORGAN_FIELDS)]
+    meta = list(_meta_names(index))
     if fields is None:
-        return list(ORGAN_FIELDS), meta
+        return list(ORGAN_FIELDS), None
     for name in fields:
         if name not in ORGAN_FIELDS and name not in meta:
             raise InvalidQuery(
@@ -69,33 +74,32 @@ def stats_table(
 
     ``cases`` keeps only those case ids. Long (default): one row per case × organ, sorted by case and organ.
     ``wide``: one row per case with ``organ.field`` columns, then the metadata; an organ asked for has its
-    columns even where no case holds it.
+    columns even where no case holds it. Only the index columns of the fields asked for are read.
     """
-    frame = index.stats_frame()
-    names = _organ_names(frame, organs)
-    organ_fields, meta_fields = _split_fields(frame, fields)
-    keep = frame["organ"].isin(names) if organs is not None else pd.Series(True, index=frame.index)
+    names = _organ_names(index, organs)
+    organ_fields, meta_columns = _split_fields(index, fields)
+    keys = None if meta_columns is None else [_meta_names(index)[c] for c in meta_columns]
+    if wide:
+        rows = index.organ_rows(organ_fields, names if organs is not None else None, include_empty)
+    else:
+        rows = index.stats_frame(organ_fields, keys, names if organs is not None else None, include_empty)
     if cases is not None:
-        keep &= frame["case_id"].isin(cases)
-    if not include_empty:
-        keep &= frame["voxels"] > 0
-    rows = frame[keep]
+        rows = rows[rows["case_id"].isin(cases)]
     if not wide:
+        meta_fields = [c for c in rows.columns if c not in (*ROW_KEYS, *organ_fields)]
         long = rows[[*ROW_KEYS, *organ_fields, *meta_fields]].reset_index(drop=True)
         long[list(ROW_KEYS)] = long[list(ROW_KEYS)].astype(object)
         return _whole_numbers(long, [f for f in organ_fields if f in WHOLE_NUMBER_FIELDS])
     chosen = None if cases is None else set(cases)
     ids = [c for c in index.case_ids if chosen is None or c in chosen]
-    return _wide(rows, ids, names if organs is not None else _present(rows), organ_fields, index, meta_fields)
+    return _wide(rows, ids, names if organs is not None else _present(rows), organ_fields, _metadata(index, keys))
 
 
 def _present(rows: pd.DataFrame) -> list[str]:
     return sorted({str(o) for o in rows["organ"]})
 
 
-def _wide(
-    rows: pd.DataFrame, ids: list[str], organs: list[str], fields: list[str], index: ArchiveIndex, meta: list[str]
-) -> pd.DataFrame:
+def _wide(rows: pd.DataFrame, ids: list[str], organs: list[str], fields: list[str], meta: pd.DataFrame) -> pd.DataFrame:
     """One row per case of ``ids``: ``organ.field`` columns, then the metadata columns ``meta``."""
     keys = rows[list(ROW_KEYS)].astype(object)
     stacked = rows[fields].set_index([keys["case_id"], keys["organ"]])
@@ -108,12 +112,12 @@ def _wide(
     whole = [c for c in table.columns if c.rpartition(".")[2] in WHOLE_NUMBER_FIELDS]
     flags = {c: "boolean" for c in table.columns if c.rpartition(".")[2] == "touches_border"}
     table = _whole_numbers(table.astype(flags), whole)
-    return table.join(_metadata(index).reindex(table.index)[meta]).copy().reset_index()  # copy: one block per dtype
+    return table.join(meta.reindex(table.index)).copy().reset_index()  # copy: one block per dtype
 
 
-def _metadata(index: ArchiveIndex) -> pd.DataFrame:
-    """The scalar metadata by case, named as in the statistics tables: ``meta.<key>`` where a key clashes."""
-    meta = index.meta_frame()
+def _metadata(index: ArchiveIndex, keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """The metadata ``keys`` (default: every scalar field) by case, named as in the statistics tables."""
+    meta = index.meta_frame(keys)
     return meta.rename(columns=lambda c: f"meta.{c}" if c in (*ROW_KEYS, *ORGAN_FIELDS) else c)
 
 
@@ -121,7 +125,7 @@ def columns_table(
     index: ArchiveIndex, cases: Sequence[str], columns: Sequence[str], include_empty: bool = False
 ) -> pd.DataFrame:
     """One row per case of ``cases``: ``case_id`` and ``columns``, each ``organ.field`` or a metadata field."""
-    meta = [str(c) for c in _metadata(index).columns]
+    meta = list(_meta_names(index))
     organs, fields, meta_fields = [], [], []
     for column in columns:
         if column in meta:
@@ -148,10 +152,9 @@ def columns_table(
 
 def organ_census(index: ArchiveIndex, percentiles: Sequence[float] = PERCENTILES) -> pd.DataFrame:
     """One row per organ of any case: ``cases`` holding it with voxels, and ``volume_ml_p<q>`` over those cases."""
-    frame = index.stats_frame()
-    present = frame[frame["voxels"] > 0].astype({"organ": object})
+    present = index.organ_rows(["volume_ml"]).astype({"organ": object})
     volumes = present.groupby("organ")["volume_ml"]
-    census = pd.DataFrame(index=pd.Index([str(o) for o in frame["organ"].cat.categories], name="organ", dtype=object))
+    census = pd.DataFrame(index=pd.Index(index.present_organs(), name="organ", dtype=object))
     census["cases"] = volumes.size().reindex(census.index, fill_value=0).astype("int64")
     for q in percentiles:
         census[f"volume_ml_p{q:g}"] = volumes.quantile(q / 100).reindex(census.index).round(3)

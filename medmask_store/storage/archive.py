@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from medmask_store.io.labels import LabelSource
     from medmask_store.query.index import ArchiveIndex
 
+T = TypeVar("T")
 MODES = ("r", "r+", "a", "w", "w-")
 INDEX_SAVE_EVERY = 256
 # Below this many cases no index is stored: reading every case's attributes is as fast,
@@ -236,7 +237,20 @@ class MaskArchive:
             warnings.warn(f"skipped damaged case {case_id!r}: {exc}", DamagedDataWarning, stacklevel=4)
             return None
 
-    def _reconciled(self, stored: bytes | None, skip_damaged: bool) -> ArchiveIndex:
+    def _stored(self, skip_damaged: bool) -> ArchiveIndex | None:
+        """The stored index, its manifest read (None if there is none); with ``skip_damaged`` a damaged one
+        is None, with a :class:`DamagedDataWarning`."""
+        from medmask_store.query.index import ArchiveIndex  # pandas: imported by the index users only
+
+        try:
+            return ArchiveIndex.load(self._backend.read_index_blob, f"{self.path}: the query index")
+        except CorruptMetadata as exc:
+            if not skip_damaged:
+                raise
+            warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=4)
+            return None
+
+    def _reconciled(self, skip_damaged: bool) -> ArchiveIndex:
         """The stored index, completed with cases added, replaced or deleted since it was written.
 
         When the index lists exactly the stored cases and the backend's listing
@@ -245,38 +259,81 @@ class MaskArchive:
         cases are left out and a damaged index is rebuilt from the cases, with
         a :class:`DamagedDataWarning` each; otherwise they raise.
         """
-        from medmask_store.query.index import ArchiveIndex  # pandas: imported by the index users only
+        from medmask_store.query.index import ArchiveIndex
 
+        stored = self._stored(skip_damaged)
         version = self._backend.listing_version()
-        index = ArchiveIndex.from_cases([])
-        if stored:
-            try:
-                index = ArchiveIndex.from_bytes(stored, f"{self.path}: the query index")
-            except CorruptMetadata as exc:
-                if not skip_damaged:
-                    raise
-                warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=3)
+        index = stored or ArchiveIndex()
         if stored and not self._modified and index.listing_version == version and self._backend.listing_version_is_exact:
             return index  # the store's listing version proves the index lists every case: none is listed
         listed = set(self.case_ids(skip_damaged))
-        if not stored or self._modified or index.listing_version != version or set(index.case_ids) != listed:
-            index.replace(self._modified, [])
-            tokens = {c: t for c, t in self._backend.case_tokens().items() if c in listed}
-            index.reconcile(tokens, self._skipping_damaged if skip_damaged else self._info)
+        try:
+            if not stored or self._modified or index.listing_version != version or set(index.case_ids) != listed:
+                index.replace(self._modified, [])
+                tokens = {c: t for c, t in self._backend.case_tokens().items() if c in listed}
+                index.reconcile(tokens, self._skipping_damaged if skip_damaged else self._info)
+        except CorruptMetadata as exc:  # a damaged segment of the index
+            if not skip_damaged or stored is None:
+                raise
+            warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=3)
+            index = ArchiveIndex()
+            index.reconcile({c: t for c, t in self._backend.case_tokens().items() if c in listed}, self._skipping_damaged)
         index.listing_version = version
         return index
 
+    def _answer(self, skip_damaged: bool, question: Callable[[ArchiveIndex], T]) -> T:
+        """``question(index)``; asked again of a fresh index if another writer replaced the index meanwhile,
+        or, with ``skip_damaged``, of one rebuilt from the cases if a column of it is damaged."""
+        from medmask_store.query.segments import MissingBlob
+
+        try:
+            return question(self.index(skip_damaged))
+        except MissingBlob:
+            self._index = None
+            return question(self.index(skip_damaged))
+        except CorruptMetadata as exc:
+            if not skip_damaged:
+                raise
+            warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=3)
+            return question(self._from_cases())
+
+    def _from_cases(self) -> ArchiveIndex:
+        from medmask_store.query.index import ArchiveIndex
+
+        index = ArchiveIndex()
+        index.reconcile(self._backend.case_tokens(), self._skipping_damaged)
+        return index
+
     def _save_index(self) -> None:
-        self._backend.update_index(self._index_to_store)
+        self._backend.update_index(self._index_changes)
         self._modified.clear()
 
-    def _index_to_store(self, stored: bytes | None) -> bytes:
-        """The reconciled index, or b"" (no index stored) below ``INDEX_MIN_CASES`` cases.
+    def _index_changes(self) -> tuple[dict[str, bytes], list[str]]:
+        """The blobs that store the reconciled index (none below ``INDEX_MIN_CASES`` cases) and the unused ones.
 
         A writer leaves damaged cases out (with a warning) and rebuilds a damaged
         index, rather than fail a write over a case it did not touch.
         """
-        return self._reconciled(stored, skip_damaged=True).to_bytes() if self.stores_index else b""
+        if not self.stores_index:
+            return {}, self._backend.index_blob_names()
+        index = self._reconciled(skip_damaged=True)
+        try:
+            blobs, unused = index.changes()
+        except CorruptMetadata as exc:  # a damaged segment, read to be rewritten
+            warnings.warn(f"{exc}; rebuilding the index from the case attributes", DamagedDataWarning, stacklevel=4)
+            return self._rebuilt(index.listing_version)
+        return blobs, [] if self._backend.shared_index_blobs else unused
+
+    def _rebuilt(self, version: str, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> tuple[dict[str, bytes], list[str]]:
+        """Blobs of an index built afresh from every case, and every other stored blob as unused."""
+        from medmask_store.query.index import ArchiveIndex
+
+        tokens = self._backend.case_tokens()
+        infos = ((self._skipping_damaged(c), tokens[c]) for c in progress(self.case_ids(skip_damaged=True)))
+        fresh = ArchiveIndex.from_cases((info, token) for info, token in infos if info is not None)
+        fresh.listing_version = version
+        blobs, _ = fresh.changes()
+        return blobs, [name for name in self._backend.index_blob_names() if name not in blobs]
 
     @property
     def stores_index(self) -> bool:
@@ -287,15 +344,15 @@ class MaskArchive:
         return len(self._backend.case_ids()) >= INDEX_MIN_CASES
 
     def index(self, skip_damaged: bool = False) -> ArchiveIndex:
-        """The archive index (one read), reconciled with the cases present.
+        """The archive index (its manifest read; columns as they are used), reconciled with the cases present.
 
         A damaged index or case raises a :class:`CorruptArchive` naming it, or with
         ``skip_damaged=True`` is left out with a :class:`DamagedDataWarning`.
         """
         if skip_damaged:
-            return self._reconciled(self._backend.read_index(), skip_damaged=True)
+            return self._reconciled(skip_damaged=True)
         if self._index is None:
-            self._index = self._reconciled(self._backend.read_index(), skip_damaged=False)
+            self._index = self._reconciled(skip_damaged=False)
         return self._index
 
     def stats(
@@ -306,13 +363,13 @@ class MaskArchive:
         case's scalar metadata, or with ``wide`` one row per case (:func:`medmask_store.query.tables.stats_table`)."""
         from medmask_store.query.tables import stats_table
 
-        return stats_table(self.index(skip_damaged), organs, fields, wide, include_empty)
+        return self._answer(skip_damaged, lambda index: stats_table(index, organs, fields, wide, include_empty))
 
     def query(self, expression: str, skip_damaged: bool = False) -> list[str]:
         """Ids of the cases matching an expression such as ``"liver.volume_ml > 2000 and age >= 60"``."""
         from medmask_store.query.expression import evaluate_query
 
-        return evaluate_query(expression, self.index(skip_damaged))
+        return self._answer(skip_damaged, lambda index: evaluate_query(expression, index))
 
     def query_table(
         self, expression: str, columns: Sequence[str], include_empty: bool = False, skip_damaged: bool = False
@@ -321,36 +378,33 @@ class MaskArchive:
         from medmask_store.query.expression import evaluate_query
         from medmask_store.query.tables import columns_table
 
-        index = self.index(skip_damaged)
-        return columns_table(index, evaluate_query(expression, index), columns, include_empty)
+        return self._answer(
+            skip_damaged, lambda index: columns_table(index, evaluate_query(expression, index), columns, include_empty)
+        )
 
     def organ_census(self, skip_damaged: bool = False) -> pd.DataFrame:
         """Every organ with the number of cases holding it (non-empty) and volume percentiles in ml."""
         from medmask_store.query.tables import organ_census
 
-        return organ_census(self.index(skip_damaged))
+        return self._answer(skip_damaged, organ_census)
 
     def reindex(self, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> None:
-        """Rebuild the stored index from every case's attributes (damaged cases left out, with a warning)."""
-        from medmask_store.query.index import ArchiveIndex
-
+        """Rebuild the stored index from every case's attributes (damaged cases left out, with a warning),
+        and delete every index blob it does not use (also those other writers superseded)."""
         self._check_writable()
         version = self._backend.listing_version()
-        tokens = self._backend.case_tokens()
-        infos = ((self._skipping_damaged(c), tokens[c]) for c in progress(self.case_ids(skip_damaged=True)))
-        fresh = ArchiveIndex.from_cases((info, token) for info, token in infos if info is not None)
-        fresh.listing_version = version
-        self._backend.update_index(lambda _: fresh.to_bytes() if self.stores_index else b"")
+        def build() -> tuple[dict[str, bytes], list[str]]:
+            rebuilt = self._rebuilt(version, progress)  # every case read (and checked) even where none is stored
+            return rebuilt if self.stores_index else ({}, self._backend.index_blob_names())
+
+        self._backend.update_index(build)
         self._modified.clear()
         self._index = None
         self._backend.commit()
 
     def stored_index(self) -> ArchiveIndex | None:
         """The index as stored, without reconciliation (None if none was written)."""
-        from medmask_store.query.index import ArchiveIndex
-
-        stored = self._backend.read_index()
-        return ArchiveIndex.from_bytes(stored, f"{self.path}: the query index") if stored else None
+        return self._stored(skip_damaged=False)
 
     def __repr__(self) -> str:
         return f"<MaskArchive {str(self.path)!r} mode={self.mode!r}>"
@@ -448,7 +502,7 @@ class MaskArchive:
     def metadata_types(self) -> FieldTypes:
         """The metadata field types of the stored cases (from the index, read once; this process's writes kept)."""
         if self._field_types is None:
-            cases = self.index(skip_damaged=True).cases
+            cases = self._answer(True, lambda index: index.cases)
             self._field_types = FieldTypes(zip(cases["case_id"], cases["meta"]))
         return self._field_types
 
@@ -563,9 +617,11 @@ class MaskArchive:
                 target.copy_case_from(self[case_id])
         return target
 
-    def map_cases(self, fn: Callable[[Case], Any], client: Any = None, cases: str | Iterable[str] | None = None) -> pd.DataFrame:
+    def map_cases(
+        self, fn: Callable[[Case], Any], client: Any = None, cases: str | Iterable[str] | None = None, progress: bool = False
+    ) -> pd.DataFrame:
         """``fn(case)`` for every case (or ``cases``: ids or a query) on Dask (a ``distributed.Client``, else local
         processes): one row per case, errors per case; see :func:`medmask_store.cluster.map_cases`."""
         from medmask_store.cluster.mapping import map_cases
 
-        return map_cases(self, fn, client, cases)
+        return map_cases(self, fn, client, cases, progress)

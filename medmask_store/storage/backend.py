@@ -107,6 +107,9 @@ class Backend(Protocol):
     # Whether an unchanged listing version proves the stored index lists every case (object stores,
     # where listing costs requests): queries then read no listing.
     listing_version_is_exact: bool
+    # Whether writers on other machines may still read index blobs another writer supersedes (object
+    # stores, where writers take no lock): only ``reindex`` deletes them.
+    shared_index_blobs: bool
     # How this store's chunks are encoded, by chunk codec (HDF5's label chunks differ from Zarr's).
     chunk_encoders: dict[str, Encoder]
 
@@ -133,12 +136,17 @@ class Backend(Protocol):
         """Changes whenever a case is added, replaced or deleted ("" where one writer keeps the index exact)."""
         ...
 
-    def read_index(self) -> bytes | None:
-        """The stored archive index, or None if there is none yet."""
+    def read_index_blob(self, name: str) -> bytes | None:
+        """One blob of the archive index (:mod:`medmask_store.query.index`), or None if it is not stored."""
         ...
 
-    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
-        """Replace the stored index by ``build(current)``, atomically and exclusively; b"" removes it."""
+    def index_blob_names(self) -> list[str]:
+        """Every stored blob of the archive index."""
+        ...
+
+    def update_index(self, build: Callable[[], tuple[dict[str, bytes], list[str]]]) -> None:
+        """Exclusively among this store's writers: write the blobs ``build()`` returns, in order (the
+        manifest, listed last, publishes the others), then delete the blobs it names as unused."""
         ...
 
     def commit(self) -> None:

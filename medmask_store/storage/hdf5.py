@@ -63,7 +63,7 @@ CODECS_BY_FILTER = {filter_id: codec for codec, filter_id in FILTER_IDS.items()}
 # and checksums on every object header and chunk index (HDF5 verifies them on read).
 LIBVER = ("v110", "latest")
 STAGING_GROUP = "staging"
-INDEX_DATASET = "index"  # the archive index (.npz bytes), see medmask_store.query.index
+INDEX_GROUP = "index"  # the archive index: one uint8 dataset per blob (medmask_store.query.index)
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -179,19 +179,38 @@ class Hdf5Backend(SingleWriter):
     def case_ids(self) -> list[str]:
         return sorted(self._file[CASES_GROUP].keys())
 
-    @_hdf5_errors
-    def read_index(self) -> bytes | None:
-        dataset = self._file.get(INDEX_DATASET)
-        return None if dataset is None else dataset[...].tobytes()
+    def _index_group(self) -> h5py.Group | None:
+        group = self._file.get(INDEX_GROUP)
+        return group if isinstance(group, h5py.Group) else None  # a dataset: the one-blob index of old releases
 
     @_hdf5_errors
-    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
+    def read_index_blob(self, name: str) -> bytes | None:
+        group = self._index_group()
+        dataset = None if group is None else group.get(name)
+        return dataset[...].tobytes() if isinstance(dataset, h5py.Dataset) else None
+
+    @_hdf5_errors
+    def index_blob_names(self) -> list[str]:
+        group, names = self._index_group(), []
+        if group is not None:
+            group.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        return sorted(names)
+
+    @_hdf5_errors
+    def update_index(self, build: Callable[[], tuple[dict[str, bytes], list[str]]]) -> None:
         self._check_writable()
-        data = build(self.read_index())
-        if INDEX_DATASET in self._file:
-            del self._file[INDEX_DATASET]
-        if data:
-            self._file.create_dataset(INDEX_DATASET, data=np.frombuffer(data, dtype=np.uint8))
+        blobs, unused = build()
+        if INDEX_GROUP in self._file and self._index_group() is None:
+            del self._file[INDEX_GROUP]
+        group = self._file.require_group(INDEX_GROUP)
+        for name in [*blobs, *unused]:
+            if name in group:
+                del group[name]
+        for name, data in blobs.items():
+            group.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8))
+        for parent in {name.rpartition("/")[0] for name in unused} - {""}:
+            if parent in group and not len(group[parent]):
+                del group[parent]
         self._dirty = True
 
     def _case_group(self, case_id: str) -> h5py.Group:
@@ -317,8 +336,8 @@ class Hdf5Backend(SingleWriter):
             for key, value in self._file.attrs.items():
                 snapshot.attrs[key] = value
             self._file.copy(self._file[CASES_GROUP], snapshot, CASES_GROUP)
-            if INDEX_DATASET in self._file:
-                self._file.copy(self._file[INDEX_DATASET], snapshot, INDEX_DATASET)
+            if self._index_group() is not None:
+                self._file.copy(self._file[INDEX_GROUP], snapshot, INDEX_GROUP)
 
     def close(self) -> None:
         self.closed = True

@@ -20,7 +20,8 @@ from medmask_store.model.voxels import occupied_box
 from medmask_store.storage.chunked import ChunkCoords, iter_chunks
 
 CASES_GROUP = "cases"
-INDEX = "index.npz.zst"
+INDEX_FOLDER = "index"  # the archive index's blobs (medmask_store.query.index)
+LEGACY_INDEX = "index.npz.zst"  # the one-blob index of releases before the columnar one: removed on update
 # The dimension names each array of a case is stored with.
 DIMENSION_NAMES = {
     LABEL_VOLUME: ("i", "j", "k"), BINARY_LAYERS: ("layer", "i", "j", "k"), manifest.ORGAN_CHUNK_VOXELS: ("organ", "chunk"),

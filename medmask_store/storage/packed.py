@@ -125,7 +125,7 @@ class PackedFileBackend(SingleWriter):
         self._file: StoredObject | None = None
         self._cases: dict[str, PackedCase] = {}
         self._damaged: dict[str, CorruptMetadata] = {}
-        self._index: Location | bytes | None = None
+        self._index: dict[str, Location | bytes] = {}  # the archive index's blobs by name
         self._dirty = False
         if isinstance(path, RemoteLocation):  # read in place, by ranges
             self._editor = None
@@ -138,7 +138,7 @@ class PackedFileBackend(SingleWriter):
             elif self.read_only:
                 raise InvalidArchive(f"{path} does not exist; open it with mode 'a' or 'w' to create one")
             if mode == "w" or not path.exists():
-                self._cases, self._damaged, self._index, self._dirty = {}, {}, None, True
+                self._cases, self._damaged, self._index, self._dirty = {}, {}, {}, True
             elif not self.read_only:
                 self._hold_in_memory()
         except BaseException:
@@ -164,15 +164,18 @@ class PackedFileBackend(SingleWriter):
         self._data_start = HEADER.size + length
         data_size = file_size - self._data_start
         cases, index = catalog["cases"], catalog["index"]
-        if not isinstance(cases, dict) or not (index is None or _location_row(index, data_size, coordinates=False)):
-            raise CorruptMetadata(f"{self.path}: the catalog is malformed (cases or index location)")
+        if isinstance(index, list):  # the one-blob index of releases before the columnar one: rebuilt by writers
+            index = None
+        blobs_valid = isinstance(index, dict) and all(_location_row(row, data_size, coordinates=False) for row in index.values())
+        if not isinstance(cases, dict) or not (index is None or blobs_valid):
+            raise CorruptMetadata(f"{self.path}: the catalog is malformed (cases or index locations)")
         self._cases, self._damaged = {}, {}  # a damaged case fails when opened, not the whole file
         for case_id, entry in cases.items():
             try:
                 self._cases[case_id] = PackedCase.from_json(entry, data_size, f"{self.path}: case {case_id!r}")
             except CorruptMetadata as exc:
                 self._damaged[case_id] = exc
-        self._index = tuple(index) if index else None  # type: ignore[assignment]
+        self._index = {name: (row[0], row[1]) for name, row in (index or {}).items()}
 
     def _read_catalog(self, frame: bytes) -> dict[str, Any]:
         """The catalog document; its declared size is bounded before it is decompressed."""
@@ -200,8 +203,7 @@ class PackedFileBackend(SingleWriter):
                 for name, stored in case.locations.items()
             }
             case.locations = {}
-        if isinstance(self._index, tuple):
-            self._index = self._read(*self._index)
+        self._index = {name: self._read(*where) if isinstance(where, tuple) else where for name, where in self._index.items()}
 
     def _read(self, offset: int, length: int) -> bytes:
         """Bytes of the data section (locations were checked against the file size on load)."""
@@ -245,10 +247,12 @@ class PackedFileBackend(SingleWriter):
 
         return StoredArray(lengths, fetch, zarr_chunks=True, fetch_many=fetch_many)
 
-    def read_index(self) -> bytes | None:
-        if isinstance(self._index, tuple):
-            return self._read(*self._index)
-        return self._index
+    def read_index_blob(self, name: str) -> bytes | None:
+        where = self._index.get(name)
+        return self._read(*where) if isinstance(where, tuple) else where
+
+    def index_blob_names(self) -> list[str]:
+        return sorted(self._index)
 
     # -- Backend: writing ----------------------------------------------------
     def write_case(self, case_id: str, case: EncodedCase, overwrite: bool) -> None:
@@ -267,9 +271,12 @@ class PackedFileBackend(SingleWriter):
         del self._cases[case_id]
         self._dirty = True
 
-    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
+    def update_index(self, build: Callable[[], tuple[dict[str, bytes], list[str]]]) -> None:
         self._check_writable()
-        self._index = build(self.read_index()) or None
+        blobs, unused = build()
+        for name in unused:
+            self._index.pop(name, None)
+        self._index.update(blobs)
         self._dirty = True
 
     def _write_snapshot(self, destination: Path) -> None:
@@ -283,7 +290,7 @@ class PackedFileBackend(SingleWriter):
             return offset - len(data), len(data)
 
         cases = {case_id: case.to_json(place) for case_id, case in sorted(self._cases.items())}
-        index = list(place(self._index)) if isinstance(self._index, bytes) else None
+        index = {name: list(place(data)) for name, data in sorted(self._index.items()) if isinstance(data, bytes)} or None
         catalog = {"attributes": archive_attributes(), "cases": cases, "index": index}
         text = json.dumps(catalog, separators=(",", ":")).encode()
         compressor = zstandard.ZstdCompressor(level=CATALOG_LEVEL, dict_data=CATALOG_DICTIONARY, write_dict_id=False)

@@ -29,6 +29,7 @@ class SingleWriter:
     tokens, no listing version), and ``commit`` publishes a snapshot written by ``_write_snapshot``."""
 
     concurrent_writers = False
+    shared_index_blobs = False
     listing_version_is_exact = False
     path: Path
     read_only: bool

@@ -7,6 +7,7 @@ the next one checked, so one run lists everything that needs repair.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -28,21 +29,21 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
     their current statistics and metadata.
     """
     case_ids, problems = archive.listing()
-    stored: ArchiveIndex | None = None
+    entries: dict[str, tuple[Any, ...]] = {}
+    indexed = False  # whether each case is checked against an index entry
     try:
         stored = archive.stored_index()
         if stored is None and archive.stores_index:
             problems.append("index: missing (run `medmask-store reindex`)")
-            stored = ArchiveIndex.from_cases([])
+        entries, indexed = (stored.entries() if stored is not None else {}), stored is not None or archive.stores_index
     except MaskStoreError as exc:
         problems.append(f"index: {exc}")
-    for case_id in sorted(set(stored.case_ids if stored else []) - set(case_ids)):
+    for case_id in sorted(set(entries) - set(case_ids)):
         problems.append(f"index: lists case {case_id!r}, which is not stored")
-    entries = _entries(stored) if stored is not None else {}
     for case_id in progress(case_ids):
         try:
             case = archive[case_id]
-            if stored is not None:
+            if indexed:
                 problems += _index_problems(entries, case)
             problems += [f"case {case_id!r}: {p}" for p in _voxel_problems(case)]
             problems += [
@@ -54,21 +55,11 @@ def verify_archive(archive: MaskArchive, progress: Callable[[Iterable[str]], Ite
     return problems
 
 
-def _entries(stored: ArchiveIndex) -> dict[str, ArchiveIndex]:
-    """The stored index split into one index per case (one pass, not one scan per case)."""
-    organs = stored.organs.astype({"case_id": object, "organ": object})
-    rows = dict(tuple(organs.groupby("case_id", sort=False)))
-    return {
-        case_id: ArchiveIndex(rows.get(case_id, organs.iloc[:0]), stored.cases.iloc[[position]])
-        for position, case_id in enumerate(stored.cases["case_id"])
-    }
-
-
-def _index_problems(entries: dict[str, ArchiveIndex], case: Case) -> list[str]:
+def _index_problems(entries: dict[str, tuple[Any, ...]], case: Case) -> list[str]:
     entry = entries.get(case.case_id)
     if entry is None:
         return [f"index: case {case.case_id!r} has no entry"]
-    truth = ArchiveIndex.from_cases([(case.info, entry.cases["token"].iloc[0])])
+    truth = ArchiveIndex.from_cases([(case.info, entry[0])]).entries()[case.case_id]
     return [] if entry == truth else [f"index: entry of case {case.case_id!r} differs from its attributes"]
 
 

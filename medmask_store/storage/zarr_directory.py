@@ -9,6 +9,8 @@ Layout::
       cases/<case_id>/label_volume/  uint8|uint16, one shard of 64^3 Zstd chunks
       cases/<case_id>/binary_layers/ bool (layer, i, j, k), one shard of
                                      (1, 64, 64, 64) PackBits+Zstd chunks
+      index/manifest                 the query index: its manifest, and one blob per column
+      index/<segment>/<column>       of each segment (medmask_store.query.index)
       .staging/                      cases being written (not part of the archive)
 
 Every inner chunk carries a crc32c checksum; empty chunks are not stored.  A
@@ -18,6 +20,7 @@ case is written under ``.staging/`` and renamed into ``cases/`` in one
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive
-from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedCase, StorageSettings
+from medmask_store.storage.layout import CASES_GROUP, INDEX_FOLDER, LEGACY_INDEX, EncodedCase, StorageSettings
 from medmask_store.storage.portable import lock_exclusively
 from medmask_store.storage.zarr_store import (
     FolderBytes,
@@ -100,18 +103,29 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         """Modification time of ``cases/``: every add, replace and delete renames an entry there."""
         return str(os.stat(self.path / CASES_GROUP).st_mtime_ns)
 
-    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
-        """Rewrite (or, given b"", remove) the index file under an exclusive lock, by atomic rename."""
+    def index_blob_names(self) -> list[str]:
+        folder = self.path / INDEX_FOLDER
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+    def update_index(self, build: Callable[[], tuple[dict[str, bytes], list[str]]]) -> None:
+        """Write the index blobs under an exclusive lock, each by atomic rename (the manifest last), then
+        delete the unused ones."""
         with open(self.path / ".index.lock", "a") as lock:
             lock_exclusively(lock)
-            data = build(self.read_index())
-            if not data:  # no index wanted
-                (self.path / INDEX).unlink(missing_ok=True)
-                return
-            temporary = self._staging_path("index", "index")
-            temporary.parent.mkdir(exist_ok=True)
-            temporary.write_bytes(data)
-            os.replace(temporary, self.path / INDEX)
+            blobs, unused = build()
+            folder = self.path / INDEX_FOLDER
+            for name, data in blobs.items():
+                temporary = self._staging_path("index", "index")
+                temporary.parent.mkdir(exist_ok=True)
+                temporary.write_bytes(data)
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temporary, folder / name)
+            for name in unused:
+                (folder / name).unlink(missing_ok=True)
+            for segment in {(folder / name).parent for name in unused} - {folder}:
+                with contextlib.suppress(OSError):  # still holding blobs: a concurrent writer's
+                    segment.rmdir()
+            (self.path / LEGACY_INDEX).unlink(missing_ok=True)
 
     def write_case(self, case_id: str, case: EncodedCase, overwrite: bool) -> None:
         staging = self._staging_path("new", case_id)

@@ -8,11 +8,12 @@ replaced case is hidden first (its document deleted), rewritten, then published
 again; a deleted case is hidden first, then removed.
 
 After every add, replace or delete, a writer rewrites the small ``listing`` object
-with a new value. The index records the value it was built from, so a query reads
-two objects (the index and ``listing``): when they agree, the index is exact and no
-case is listed; when they differ, the index is reconciled with a listing of the cases.
-Writers on many machines may add cases at once: concurrent index updates can only
-leave an index older than ``listing``, which the next query reconciles.
+with a new value. The index manifest records the value it was built from, so a query
+reads the manifest, ``listing`` and the index columns it uses: when the two agree, the
+index is exact and no case is listed; when they differ, the index is reconciled with a
+listing of the cases. Writers on many machines may add cases at once: concurrent index
+updates can only leave an index older than ``listing``, which the next query reconciles,
+and no writer deletes an index object another may still use (``reindex`` collects them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from medmask_store.errors import CaseExists, CaseNotFound, InvalidArchive, ReadOnlyArchive
 from medmask_store.storage.backend import StoredCase
-from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedCase, StorageSettings
+from medmask_store.storage.layout import CASES_GROUP, INDEX_FOLDER, LEGACY_INDEX, EncodedCase, StorageSettings
 from medmask_store.storage.remote import READ_ONLY_SCHEMES, RemoteBytes, RemoteLocation, requests_to
 from medmask_store.storage.zarr_store import (
     PrefixBytes,
@@ -47,6 +48,7 @@ class RemoteZarrBackend(ZarrCaseReader):
 
     concurrent_writers = True
     listing_version_is_exact = True
+    shared_index_blobs = True
 
     def __init__(self, location: RemoteLocation, mode: str, settings: StorageSettings) -> None:
         import obstore
@@ -181,16 +183,20 @@ class RemoteZarrBackend(ZarrCaseReader):
         with requests_to(f"{self.location}/{LISTING}"):
             self._obstore.put(self._store, LISTING, uuid.uuid4().hex.encode())
 
-    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
-        """Rewrite (or, given b"", remove) the index object; a concurrent writer's index can only be older
-        than ``listing``, and is then reconciled by readers."""
+    def index_blob_names(self) -> list[str]:
+        prefix = f"{INDEX_FOLDER}/"
+        return sorted(key[len(prefix) :] for key in self._keys(prefix))
+
+    def update_index(self, build: Callable[[], tuple[dict[str, bytes], list[str]]]) -> None:
+        """Put the index objects (the manifest last), then delete the unused ones. Writers take no lock: a
+        concurrent writer's manifest can only be older than ``listing``, and is then reconciled by readers."""
         self._check_writable()
-        data = build(self.read_index())
-        if data:
-            with requests_to(f"{self.location}/{INDEX}"):
-                self._obstore.put(self._store, INDEX, data)
-        elif self.read_index() is not None:
-            self._delete([INDEX])
+        blobs, unused = build()
+        for name, data in blobs.items():
+            with requests_to(f"{self.location}/{INDEX_FOLDER}/{name}"):
+                self._obstore.put(self._store, f"{INDEX_FOLDER}/{name}", data)
+        legacy = [LEGACY_INDEX] if self._source.read_whole(LEGACY_INDEX) is not None else []
+        self._delete([*(f"{INDEX_FOLDER}/{name}" for name in unused), *legacy])
 
     def commit(self) -> None:
         """Nothing to do: every case was published by its group document."""

@@ -29,7 +29,7 @@ from medmask_store.model.manifest import ArrayManifest, chunk_list_digest, crc32
 from medmask_store.model.plain_attributes import array_attributes
 from medmask_store.storage.backend import StoredArray, StoredCase
 from medmask_store.storage.chunked import ChunkCoords
-from medmask_store.storage.layout import CASES_GROUP, INDEX, EncodedArray, EncodedCase
+from medmask_store.storage.layout import CASES_GROUP, INDEX_FOLDER, EncodedArray, EncodedCase
 from medmask_store.storage.portable import OpenedFolder, read_at
 
 COMPACT_JSON = {"json_indent": None}
@@ -527,6 +527,7 @@ class ZarrCaseReader:
     closed: bool
     chunk_encoders = ZARR_ENCODERS
     listing_version_is_exact = False
+    shared_index_blobs = False
 
     def __init__(self, source: ByteSource, where: object) -> None:
         self._source = source
@@ -550,5 +551,5 @@ class ZarrCaseReader:
             f"{self._where}: case {case_id!r}: its zarr.json is missing; restore the archive from a copy, or delete the case"
         )
 
-    def read_index(self) -> bytes | None:
-        return self._source.read_whole(INDEX)
+    def read_index_blob(self, name: str) -> bytes | None:
+        return self._source.read_whole(f"{INDEX_FOLDER}/{name}")

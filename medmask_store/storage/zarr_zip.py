@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medmask_store.errors import CaseNotFound, CorruptMetadata, InvalidArchive, ReadOnlyArchive
-from medmask_store.storage.layout import CASES_GROUP, StorageSettings
+from medmask_store.storage.layout import CASES_GROUP, INDEX_FOLDER, StorageSettings
 from medmask_store.storage.remote import RemoteLocation, as_file, open_archive_file
 from medmask_store.storage.single_file import SingleFileEditor, SingleWriter
 from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
@@ -87,6 +87,10 @@ class ZarrZipReader(SingleWriter, ZarrCaseReader):
     def case_ids(self) -> list[str]:
         return list(self._case_ids)
 
+    def index_blob_names(self) -> list[str]:
+        prefix = f"{INDEX_FOLDER}/"
+        return sorted(name[len(prefix) :] for name in self._zip.names if name.startswith(prefix) and not name.endswith("/"))
+
     def _case_source(self, case_id: str) -> PrefixBytes:
         if case_id not in self._case_ids:
             raise CaseNotFound(f"no case {case_id!r} in {self._where}")
@@ -111,7 +115,7 @@ class ZarrZipWriter(SingleWriter, ZarrDirectoryBackend):
 
     _editor: SingleFileEditor
 
-    def update_index(self, build: Callable[[bytes | None], bytes]) -> None:
+    def update_index(self, build: Callable[[], tuple[dict[str, bytes], list[str]]]) -> None:
         super().update_index(build)
         self._dirty = True
 

@@ -16,6 +16,7 @@ from spacetransformer import Space
 import medmask_store
 from medmask_store.cli.main import ALIASES, main
 from medmask_store.cli.messages import CLI_FIXES, in_cli_words
+from medmask_store.io.formats import single_case_loader
 from medmask_store.storage.archive import MaskArchive
 
 PACKAGE = Path(medmask_store.__file__).parent
@@ -142,15 +143,30 @@ def test_export_of_an_unknown_organ_writes_nothing(archive: Path, tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
-def test_export_organs_for_other_formats_is_refused(archive: Path, tmp_path: Path) -> None:
-    output = failed("export", archive, "c1", tmp_path / "c1.seg.nrrd", "--organs", "liver")
-    assert "choosing organs is for nifti and multilabel exports only; seg.nrrd writes every organ" in output
+@pytest.mark.parametrize("name", ["c1.seg.nrrd", "c1.ome.zarr"])
+def test_export_chosen_organs_in_the_whole_case_formats(archive: Path, tmp_path: Path, phantom, name: str) -> None:
+    """Overlapping organs (rib_right_12 inside the liver) export with their values and colours."""
+    masks = phantom[0]
+    ok("export", archive, "c1", tmp_path / name, "--organs", "rib_right_12,liver")
+    data = single_case_loader(tmp_path / name)()
+    with MaskArchive(archive) as stored:
+        case = stored["c1"]
+        assert data.mapping == {organ: case.mapping[organ] for organ in ("rib_right_12", "liver")}
+        assert {organ: data.colors.get(organ, case.colors[organ]) for organ in data.mapping} == {
+            organ: case.colors[organ] for organ in data.mapping
+        }
+    for organ in data.mapping:
+        assert np.array_equal(data.organ_mask(organ), masks[organ]), organ
 
 
 # -- progress ----------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "args", [["verify", "{a}"], ["reindex", "{a}"], ["convert", "{a}", "{t}/b.h5"], ["export", "{a}", "c1", "{t}/o"]]
-)
+    "args",
+    [
+        ["verify", "{a}"], ["reindex", "{a}"], ["convert", "{a}", "{t}/b.h5"], ["export", "{a}", "c1", "{t}/o"],
+        ["map", "{a}", "builtins:repr"],
+    ],
+)  # fmt: skip
 def test_progress_bars_show_on_a_terminal_unless_quiet(archive: Path, tmp_path: Path, args: list[str]) -> None:
     command = [a.format(a=archive, t=tmp_path) for a in args]
     script = "import sys; sys.stderr.isatty = lambda: True\nfrom medmask_store.cli.main import main\nmain(sys.argv[1:])"
@@ -161,7 +177,7 @@ def test_progress_bars_show_on_a_terminal_unless_quiet(archive: Path, tmp_path: 
         done = subprocess.run(["python", "-c", script, *command, *extra], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         runs.append(done.stderr)
-    assert "it/s]" in runs[0] or "/s]" in runs[0]
+    assert "it/s]" in runs[0] or "/s]" in runs[0] or "100% Completed" in runs[0]  # tqdm's, or Dask's (map)
     assert runs[1] == ""
 
 

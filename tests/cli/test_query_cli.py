@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -24,21 +25,20 @@ import pytest
 from conftest import BACKEND_SUFFIXES
 from helpers import (
     flip_byte,
+    index_blobs,
     ok,
     packed_chunks,
-    packed_index,
     read_packed,
     run,
-    set_packed_index,
     snapshot,
     suffix_of,
+    write_index_blobs,
     write_packed,
 )
 
 from medmask_store import MaskArchive
 from medmask_store.phantom import make_phantom
 from medmask_store.query import ArchiveIndex
-from medmask_store.storage.layout import INDEX
 from medmask_store.storage.verify import verify_archive
 
 pytestmark = pytest.mark.usefixtures("index_every_archive")
@@ -202,17 +202,18 @@ def test_reindex_then_verify(small):
 # -- verify finds problems -------------------------------------------------------------------
 
 
-def read_index(path: Path) -> bytes | None:
-    suffix = suffix_of(path)
-    if suffix == ".msk":
-        return packed_index(path)
-    if suffix == ".zarr":
-        return (path / INDEX).read_bytes() if (path / INDEX).exists() else None
-    if suffix == ".h5":
-        with h5py.File(path, "r") as f:
-            return f["index"][...].tobytes() if "index" in f else None
-    with zipfile.ZipFile(path) as zf:
-        return zf.read(INDEX) if INDEX in zf.namelist() else None
+def stored(path: Path) -> ArchiveIndex:
+    """The stored index, read from its blobs."""
+    index = ArchiveIndex.load(index_blobs(path).get)
+    assert index is not None
+    return index
+
+
+def store(path: Path, index: ArchiveIndex) -> None:
+    """Store ``index``'s changes behind the library's back, as a writer would."""
+    blobs = index_blobs(path)
+    new, unused = index.changes()
+    write_index_blobs(path, {name: data for name, data in {**blobs, **new}.items() if name not in unused})
 
 
 def rewrite_zip(path: Path, changes: dict[str, bytes | None]) -> None:
@@ -227,28 +228,6 @@ def rewrite_zip(path: Path, changes: dict[str, bytes | None]) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-
-
-def write_index(path: Path, data: bytes | None) -> None:
-    """Replace the stored index (None: remove it), behind the library's back."""
-    suffix = suffix_of(path)
-    if suffix == ".zarr":
-        target = path / INDEX
-        if data is None:
-            target.unlink()
-        else:
-            target.write_bytes(data)
-    elif suffix == ".h5":
-        with h5py.File(path, "r+") as f:
-            if "index" in f:
-                del f["index"]
-            if data is not None:
-                f.create_dataset("index", data=np.frombuffer(data, dtype=np.uint8))
-    elif suffix == ".msk":
-        set_packed_index(path, data)
-    else:
-        rewrite_zip(path, {INDEX: data})
-    assert read_index(path) == data
 
 
 def verify_both(path: Path) -> tuple[list[str], str]:
@@ -300,7 +279,7 @@ def test_verify_clean_on_every_backend(pristine):
 
 def test_verify_empty_archive_without_index(archive_path):
     MaskArchive(archive_path, "w").close()
-    assert read_index(archive_path) is None
+    assert index_blobs(archive_path) == {}
     assert verify_both(archive_path)[0] == []
 
 
@@ -314,10 +293,10 @@ def test_verify_reports_flipped_chunk_byte(small):
 
 
 def test_verify_reports_deleted_index_entry_and_reindex_fixes_it(small):
-    index = ArchiveIndex.from_bytes(read_index(small))
+    index = stored(small)
     index.replace({"k3"}, [])
     assert index.case_ids == sorted(set(CASES) - {"k3"})
-    write_index(small, index.to_bytes())
+    store(small, index)
     problems, out = verify_both(small)
     assert problems == ["index: case 'k3' has no entry"]
     with MaskArchive(small) as archive:  # readers still see the case
@@ -325,11 +304,11 @@ def test_verify_reports_deleted_index_entry_and_reindex_fixes_it(small):
         assert "k3" in archive.query("age == 80")
     ok("reindex", small)
     assert verify_both(small)[0] == []
-    assert "k3" in ArchiveIndex.from_bytes(read_index(small)).case_ids
+    assert "k3" in stored(small).case_ids
 
 
 def test_verify_reports_missing_index_and_reindex_fixes_it(small):
-    write_index(small, None)
+    write_index_blobs(small, {})
     problems, _ = verify_both(small)
     assert problems == ["index: missing (run `medmask-store reindex`)"] + [
         f"index: case {c!r} has no entry" for c in sorted(CASES)
@@ -339,11 +318,12 @@ def test_verify_reports_missing_index_and_reindex_fixes_it(small):
 
 
 def test_verify_reports_altered_index_entry(small):
-    index = ArchiveIndex.from_bytes(read_index(small))
-    rows = (index.organs["case_id"].astype(str) == "k1") & (index.organs["organ"].astype(str) == "liver")
-    assert rows.sum() == 1
-    index.organs.loc[rows, "voxels"] += 1
-    write_index(small, index.to_bytes())
+    index = stored(small)
+    with MaskArchive(small) as archive:
+        info = archive["k1"].info
+    liver = dataclasses.replace(info.stats["liver"], voxels=info.stats["liver"].voxels + 1)
+    index.replace(set(), [(dataclasses.replace(info, stats={**info.stats, "liver": liver}), index.tokens()["k1"])])
+    store(small, index)
     problems, _ = verify_both(small)
     assert problems == ["index: entry of case 'k1' differs from its attributes"]
     ok("reindex", small)

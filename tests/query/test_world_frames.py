@@ -16,7 +16,6 @@ from helpers import box, ok
 
 from medmask_store import MaskArchive, WorldBox
 from medmask_store.errors import InvalidRegion
-from medmask_store.query.index import ORGAN_FIELDS, ArchiveIndex
 
 CASE = "s0001"
 SHAPE = (40, 36, 24)
@@ -143,14 +142,3 @@ def test_cli_reads_a_ras_box_as_nibabel_places_it(archive: Path, tmp_path: Path)
     image = nib.load(out)
     assert image.shape == (1, 1, 1) and np.asanyarray(image.dataobj)[0, 0, 0] == 1  # colon's value
     np.testing.assert_allclose(image.affine[:3, 3], centre, rtol=0, atol=1e-4)
-
-
-def test_an_index_written_before_frames_were_named_reads_with_both_frames(archive: Path) -> None:
-    """The stored columns did not change (positions, LPS): an old index decodes, RAS derived from LPS."""
-    with MaskArchive(archive) as store:
-        index = store.index()
-    stored = index.to_bytes()
-    decoded = ArchiveIndex.from_bytes(stored)
-    assert decoded == index and list(decoded.organs.columns) == ["case_id", "organ", *ORGAN_FIELDS]
-    colon = decoded.organs.set_index("organ").loc["colon"]
-    assert colon["centroid_ras_x_mm"] == -colon["centroid_lps_x_mm"] and colon["centroid_lps_x_mm"] > 0

@@ -312,15 +312,24 @@ def _huge_document(workdir: Path) -> None:
 
 
 def _pickled_index(workdir: Path) -> None:
-    import io
+    """A stored index whose case-id column is a pickle, its checksum and declared size valid."""
+    import pickle
 
-    from medmask_store.codecs.chunks import append_crc32c
+    from medmask_store.codecs.chunks import append_crc32c, strip_crc32c
+    from medmask_store.query.index import MANIFEST, ArchiveIndex
 
     path = intact_archive(workdir)
-    arrays = {"meta": np.array([print], dtype=object)}
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    (path / "index.npz.zst").write_bytes(append_crc32c(buffer.getvalue()))
+    with MaskArchive(path) as archive:
+        blobs, _ = ArchiveIndex.from_cases([(archive["c0"].info, "")]).changes()
+    manifest = json.loads(zstandard.ZstdDecompressor().decompress(strip_crc32c(blobs[MANIFEST])))
+    segment = manifest["segments"][0]
+    payload = pickle.dumps(print)
+    segment["blobs"]["case_id"][1] = len(payload)
+    blobs[f"{segment['name']}/case_id"] = append_crc32c(zstandard.ZstdCompressor().compress(payload))
+    blobs[MANIFEST] = append_crc32c(zstandard.ZstdCompressor().compress(json.dumps(manifest).encode()))
+    for name, data in blobs.items():
+        (path / "index" / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / "index" / name).write_bytes(data)
 
 
 CRAFTED = [

@@ -103,7 +103,7 @@ def test_region_and_organ_reads_request_only_their_chunks(
     assert 0 < proxy.count() <= 3  # the layers' shard index, at most one run of chunks per array
 
 
-def test_cold_query_reads_the_index_and_the_listing_version_only(
+def test_cold_query_reads_the_index_manifest_the_listing_version_and_the_columns_it_uses(
     s3_server: S3Service, s3_prefix: str, masks: dict[str, np.ndarray], index_every_archive: None
 ) -> None:
     url = s3_prefix + "query.zarr"
@@ -113,7 +113,11 @@ def test_cold_query_reads_the_index_and_the_listing_version_only(
     archive = MaskArchive(url, storage_options=options(s3_server))
     proxy.reset()
     assert archive.query("spleen.voxels > 0") == ["a", "c"]
-    assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in proxy.requests] == [("GET", "index.npz.zst"), ("HEAD", "listing")]
+    requests = [(r.method, r.path.rsplit("/", 1)[-1]) for r in proxy.requests]
+    assert requests[:2] == [("GET", "manifest"), ("HEAD", "listing")]
+    # then the columns the query needs, of the one segment: no case is listed or opened
+    columns = {"case_id", "mapping", "mappings", "case", "organ", "voxels"}
+    assert sorted(requests[2:]) == sorted(("GET", column) for column in columns)
     # a writer killed before it saved the index: its case is listed, so the next query reconciles
     writer = MaskArchive(url, "a", storage_options=options(s3_server))
     with writer.batch():

@@ -16,7 +16,6 @@ from helpers import (
     box,
     flip_byte,
     packed_chunks,
-    packed_index,
     packed_manifest,
     read_packed,
     reseal_packed_case,
@@ -516,7 +515,7 @@ def test_every_chunk_read_is_one_pread_of_its_stored_length(packed: Path, phanto
         assert set(pread_calls) <= {(label_chunk[-1], start + label_chunk[-2]), *chunk_reads["binary_layers"]}
 
 
-def test_index_blob_is_one_pread_at_the_end_of_the_data(packed: Path, phantom, monkeypatch, pread_calls) -> None:
+def test_index_blobs_end_the_data_and_a_query_preads_only_those_it_uses(packed: Path, phantom, monkeypatch, pread_calls) -> None:
     import medmask_store.storage.archive as archive_module
 
     masks, space = phantom
@@ -524,14 +523,15 @@ def test_index_blob_is_one_pread_at_the_end_of_the_data(packed: Path, phantom, m
     with MaskArchive(packed, "a", SMALL) as archive:
         archive.add_case("s2", masks, space=space, meta={"age": 40})
     catalog, data = read_packed(packed)
-    offset, length = catalog["index"]
-    assert offset + length == len(data)
-    assert packed_index(packed) == data[offset:]
+    locations = catalog["index"]
+    assert max(offset + length for offset, length in locations.values()) == len(data)
+    assert sum(length for _, length in locations.values()) == len(data) - min(offset for offset, _ in locations.values())
     pread_calls.clear()
     with MaskArchive(packed) as archive:
         pread_calls.clear()
         assert archive.query("age < 50") == ["s2"]
-        assert pread_calls == [(length, data_start(packed) + offset)]
+        used = {name: where for name, where in locations.items() if name.rpartition("/")[2] in ("manifest", "case_id", "meta.0")}
+        assert sorted(pread_calls) == sorted((length, data_start(packed) + offset) for offset, length in used.values())
 
 
 def test_chunks_read_after_a_copy_of_the_file_match(packed: Path, tmp_path: Path, phantom) -> None:
