@@ -309,7 +309,9 @@ class ArchiveIndex:
         position, names = self._organ_codes(organs)
         self._prefetch(["case_id", "mapping", "mappings", *_stored_columns(fields)])
         ids = [c for s in self.segments for c in s.column("case_id")]
-        ranks = np.argsort(np.argsort(np.asarray(ids, dtype=object), kind="stable"), kind="stable")
+        by_id = np.argsort(np.asarray(ids, dtype=str), kind="stable")
+        ranks = np.empty(len(ids), dtype=np.int64)
+        ranks[by_id] = np.arange(len(ids))
         parts, offset = [], 0
         for s in self.segments:
             part = self._segment_rows(s, fields, position, include_empty)
@@ -329,7 +331,9 @@ class ArchiveIndex:
             )
         order = np.lexsort((columns["organ"], columns["case_id"]))
         frame = pd.DataFrame({key: values[order] for key, values in columns.items()})
-        frame["case_id"] = pd.Categorical.from_codes(frame["case_id"], categories=pd.Index(sorted(ids), dtype=object))
+        frame["case_id"] = pd.Categorical.from_codes(
+            frame["case_id"], categories=pd.Index([ids[p] for p in by_id], dtype=object)
+        )
         frame["organ"] = pd.Categorical.from_codes(frame["organ"], categories=pd.Index(names, dtype=object))
         return frame
 

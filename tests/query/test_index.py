@@ -664,3 +664,18 @@ def test_object_store_writers_leave_superseded_blobs_for_reindex(tmp_path, monke
         used = {s.name for s in reader.stored_index().segments}
         assert reader.stored_index() == truth_of(reader)
     assert {name.partition("/")[0] for name in index_blobs(path) if name != MANIFEST} == used
+
+
+def test_add_rows_builds_what_from_cases_builds_and_refuses_rows_it_cannot_place():
+    infos = [(info_of("a", {"liver": 120, "spleen": 4, "aorta": 0}, {"age": 3}), "t"), (info_of("b", {"liver": 5}), "")]
+    truth = ArchiveIndex.from_cases(infos)
+    rows = truth.organ_rows([f for f in ORGAN_FIELDS if f != "value" and not f.startswith("centroid_ras")])
+    cases = truth.cases
+    mappings = [truth.mappings()[c] for c in cases["case_id"]]
+    index = ArchiveIndex()
+    index.add_rows(cases, mappings, rows.astype({"case_id": str, "organ": str}))
+    assert index == truth
+    with pytest.raises(ValueError, match="not among the cases"):
+        ArchiveIndex().add_rows(cases, mappings, rows.assign(case_id="zzz"))
+    with pytest.raises(ValueError, match="not in their case's mapping"):
+        ArchiveIndex().add_rows(cases, mappings, rows.astype({"case_id": str, "organ": str}).assign(case_id="b"))
