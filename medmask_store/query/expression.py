@@ -141,7 +141,9 @@ class _Columns(ast.NodeTransformer):
     comparison refuses a text operand, so text is only ever compared.
     """
 
-    def __init__(self, source: str, organs: list[str], meta_fields: list[str], load: Callable[[list[str]], pd.DataFrame]) -> None:
+    def __init__(
+        self, source: str, organs: list[str], meta_fields: list[str], load: Callable[[list[str]], pd.DataFrame]
+    ) -> None:
         self.source, self.organs, self.meta_fields, self._load = source, organs, meta_fields, load
         self.meta: dict[str, pd.Series] = {}  # the fields used, read as they are met
         self.organ_fields: set[tuple[str, str]] = set()
@@ -321,20 +323,12 @@ def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
     # pandas walks the rewritten tree (comparisons wrapped in their guards): ~5 stack frames a level
     _check_depth(_size(checked)[1], expression)
     rewritten = ast.unparse(checked)
-    wide = pd.DataFrame(index=pd.Index(index.case_ids, name="case_id"))
-    organs = sorted({o for o, _ in columns.organ_fields})
-    fields = sorted({f for _, f in columns.organ_fields})
-    if organs:  # only the columns of these fields are read
-        rows = index.organ_rows(fields, organs, include_empty=True).astype({"case_id": object})
-    for organ in organs:
-        used = sorted(f for o, f in columns.organ_fields if o == organ)
-        table = rows[rows["organ"] == organ].set_index("case_id")[used]
-        table.columns = [f"{organ}{COLUMN_SEPARATOR}{field}" for field in used]
-        wide = wide.join(table)
-        if "touches_border" in used:  # a missing organ touches nothing
-            flag = f"{organ}{COLUMN_SEPARATOR}touches_border"
-            wide[flag] = wide[flag].fillna(False).astype(bool)
-    wide = wide.join(pd.DataFrame({name: columns.meta[name] for name in sorted(columns.meta_used)}, index=wide.index))
+    ids, organ_values = index.organ_columns(sorted(columns.organ_fields))  # only these fields' columns are read
+    wide = pd.DataFrame(index=pd.Index(ids, name="case_id", dtype=object))
+    for (organ, field), values in organ_values.items():  # a missing organ touches nothing: NaN == 1 is False
+        wide[f"{organ}{COLUMN_SEPARATOR}{field}"] = values == 1 if field == "touches_border" else values
+    for name in sorted(columns.meta_used):  # the metadata columns are in the same case order
+        wide[name] = columns.meta[name].to_numpy()
     try:
         result = wide.eval(rewritten, engine="python", local_dict={}, global_dict={})
     except Exception as exc:  # pandas raises many types for ill-typed expressions

@@ -14,6 +14,7 @@ index with the cases present (:meth:`ArchiveIndex.reconcile`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -48,7 +49,7 @@ MANIFEST = "manifest"  # the index blob naming every other
 FORMAT = 1
 SEGMENT_ROWS = 16384  # a full segment of TotalSegmentator-like rows is ~0.4 MB: what one add rewrites at most
 MAX_MANIFEST_BYTES = 64 << 20
-PARALLEL_READS = 8  # blobs read at once: object stores answer them in parallel
+PARALLEL_READS = 8  # blobs read at once from object stores, which answer them in parallel
 
 
 def _stored_columns(fields: Iterable[str]) -> list[str]:
@@ -66,20 +67,35 @@ class ArchiveIndex:
     """Cases (id, version token, mapping, metadata) and their non-empty organs' statistics, in segments."""
 
     def __init__(
-        self, organ_names: Sequence[str] = (), segments: Sequence[Segment] = (), listing_version: str = ""
+        self,
+        organ_names: Sequence[str] = (),
+        segments: Sequence[Segment] = (),
+        listing_version: str = "",
+        parallel_reads: int = 1,
     ) -> None:
         self.organ_names = list(organ_names)  # every organ code's name (append-only until a rebuild)
         self.segments = list(segments)
         self.listing_version = listing_version  # the backend's listing version it was built from
+        self.parallel_reads = parallel_reads  # blobs read at once
         self._as_stored = [s for s in self.segments if s.name]  # the segments the stored manifest lists
 
     # -- building -------------------------------------------------------------
     @classmethod
     def from_cases(cls, cases: Iterable[tuple[CaseInfo, str]]) -> ArchiveIndex:
-        """Build (in memory) from stored cases and their version tokens."""
+        """Build (in memory) from stored cases and their version tokens, :data:`SEGMENT_ROWS` rows' worth of
+        cases at a time (memory holds their statistics as columns, not the cases)."""
         index = cls()
-        index.replace(set(), list(cases))
+        index._append(cases)
         return index
+
+    def _append(self, cases: Iterable[tuple[CaseInfo, str]]) -> int:
+        """Add cases (ids not in the index), :data:`SEGMENT_ROWS` rows' worth at a time: memory holds their
+        statistics as columns, not the cases. Returns how many were added."""
+        cases, added = iter(cases), 0
+        while chunk := list(itertools.islice(cases, SEGMENT_ROWS // 32)):
+            self.segments.append(self._segment_of(chunk))
+            added += len(chunk)
+        return added
 
     def _codes(self, names: Iterable[str]) -> list[int]:
         codes = {name: code for code, name in enumerate(self.organ_names)}
@@ -137,15 +153,15 @@ class ArchiveIndex:
         self.segments.append(segment)
 
     def _prefetch(self, keys: Sequence[str], meta: Sequence[str] = ()) -> None:
-        """Read the columns ``keys`` and metadata ``meta`` of every stored segment, :data:`PARALLEL_READS` at a time."""
+        """Read the columns ``keys`` and metadata ``meta`` of every stored segment, :attr:`parallel_reads` at a time."""
         wanted = [
             (s, key)
             for s in self.segments
-            for key in [*keys, *(f"meta.{s.meta_keys.index(k)}" for k in meta if k in s.meta_keys)]
+            for key in dict.fromkeys([*keys, *(f"meta.{s.meta_keys.index(k)}" for k in meta if k in s.meta_keys)])
             if key not in s.columns
         ]
-        if len(wanted) > 1:
-            with ThreadPoolExecutor(PARALLEL_READS) as pool:
+        if self.parallel_reads > 1 and len(wanted) > 1:
+            with ThreadPoolExecutor(self.parallel_reads) as pool:
                 list(pool.map(lambda pair: pair[0].column(pair[1]), wanted))
 
     # -- cases ----------------------------------------------------------------
@@ -190,34 +206,36 @@ class ArchiveIndex:
         """
         known = self.tokens()
         stale = {c for c, token in known.items() if live_tokens.get(c) != token}
+        self._remove(stale)
         read = ((read_info(c), token) for c, token in live_tokens.items() if known.get(c) != token)
-        fresh = [(info, token) for info, token in read if info is not None]
-        if not stale and not fresh:
-            return False
-        self.replace(stale, fresh)
-        return True
+        return self._append((info, token) for info, token in read if info is not None) > 0 or bool(stale)
 
     def replace(self, removed: set[str], added: list[tuple[CaseInfo, str]]) -> None:
         """Remove cases and add (or re-add) others; only segments holding removed cases are rewritten."""
-        removed = removed | {info.case_id for info, _ in added}
-        if removed:
-            kept = []
-            for segment in self.segments:
-                keep = np.array([c not in removed for c in segment.column("case_id")], dtype=bool)
-                if keep.all():
-                    kept.append(segment)
-                elif keep.any():
-                    kept.append(segment.select(keep))
-            self.segments = kept
-        if added:
-            self.segments.append(self._segment_of(added))
+        self._remove(removed | {info.case_id for info, _ in added})
+        self._append(added)
+
+    def _remove(self, removed: set[str]) -> None:
+        if not removed:
+            return
+        kept = []
+        for segment in self.segments:
+            keep = np.array([c not in removed for c in segment.column("case_id")], dtype=bool)
+            if keep.all():
+                kept.append(segment)
+            elif keep.any():
+                kept.append(segment.select(keep))
+        self.segments = kept
 
     # -- storing ------------------------------------------------------------------
     @classmethod
-    def load(cls, read: Callable[[str], bytes | None], where: object = "the archive index") -> ArchiveIndex | None:
+    def load(
+        cls, read: Callable[[str], bytes | None], where: object = "the archive index", parallel_reads: int = 1
+    ) -> ArchiveIndex | None:
         """The stored index (its manifest read; segments' columns on first use), or None if none is stored.
 
-        A damaged manifest raises :class:`CorruptMetadata` naming ``where``."""
+        ``parallel_reads``: blobs read at once (object stores answer in parallel; local files are read
+        fastest one at a time). A damaged manifest raises :class:`CorruptMetadata` naming ``where``."""
         data = read(MANIFEST)
         if data is None:
             return None
@@ -243,7 +261,7 @@ class ArchiveIndex:
                 raise ValueError("two of its segments have one name")
         except (zstandard.ZstdError, ValueError, KeyError, RecursionError, CorruptMetadata) as exc:
             raise CorruptMetadata(f"{where} is malformed ({type(exc).__name__}: {exc}); {fix}") from exc
-        return cls(organs, segments, version)
+        return cls(organs, segments, version, parallel_reads)
 
     def changes(self, max_rows: int = SEGMENT_ROWS) -> tuple[dict[str, bytes], list[str]]:
         """What storing the index writes: new blobs (the manifest last), and the blobs no longer used.
@@ -291,13 +309,71 @@ class ArchiveIndex:
         return sorted(self.organ_names[code] for code in codes)
 
     def _organ_codes(self, organs: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
-        """Each organ code's position among the sorted names asked for (-1: not asked for), and those names."""
+        """Each organ code's rank among the sorted names asked for (-1: not asked for), and those names."""
         names = self.present_organs() if organs is None else sorted(set(organs))
-        position = np.full(len(self.organ_names) + 1, -1, dtype=np.int64)
-        for rank, name in enumerate(names):
-            if name in self.organ_names:
-                position[self.organ_names.index(name)] = rank
-        return position, names
+        rank = np.full(len(self.organ_names), -1, dtype=np.int64)
+        codes = {name: code for code, name in enumerate(self.organ_names)}
+        for position, name in enumerate(names):
+            if name in codes:
+                rank[codes[name]] = position
+        return rank, names
+
+    def _gathered(self, keys: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Every segment's rows at once: the case ids, the row columns ``keys`` with ``case`` (the row's case,
+        by position among the ids) and ``organ``, each case's mapping (a code), and the label value by
+        (mapping code, organ code), -1 where the mapping lacks the organ."""
+        self._prefetch(["case_id", "mapping", "mappings", "case", "organ", *keys])
+        ids: list[str] = []
+        parts: dict[str, list[np.ndarray]] = {key: [] for key in ("case", "organ", *keys)}
+        tables, codes, cases, mappings = [], [], 0, 0
+        for s in self.segments:
+            ids += s.column("case_id")
+            for key in parts:
+                parts[key].append(s.column(key) + cases if key == "case" else s.column(key))
+            tables.append(self._values(s))
+            codes.append(s.column("mapping") + mappings)
+            cases, mappings = cases + s.cases, mappings + len(tables[-1])
+        rows = {key: np.concatenate(values) if values else np.zeros(0, np.int64) for key, values in parts.items()}
+        organ = rows["organ"]
+        if organ.size and (organ.min() < 0 or organ.max() >= len(self.organ_names)):
+            raise CorruptMetadata("the index has rows of organs it does not name")
+        if not tables:
+            return ids, rows, np.zeros(0, np.int64), np.zeros((0, len(self.organ_names)), np.int64)
+        return ids, rows, np.concatenate(codes), np.concatenate(tables)
+
+    def _long(
+        self, fields: Sequence[str], rank: np.ndarray, include_empty: bool
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """The case ids and the rows of the organs ``rank`` ranks: ``case`` (position among the ids), ``organ``
+        (code) and ``fields``; with ``include_empty`` also a row per mapped organ without voxels."""
+        ids, rows, mapping, values = self._gathered(_stored_columns(fields))
+        keep = rank[rows["organ"]] >= 0
+        case, organ = rows["case"][keep], rows["organ"][keep]
+        long: dict[str, np.ndarray] = {"case": case, "organ": organ}
+        for name in fields:
+            if name == "value":
+                long[name] = values[mapping[case], organ]
+            elif name in RAS_CENTROID:
+                lps = rows[LPS_CENTROID[RAS_CENTROID.index(name)]][keep]
+                long[name] = lps if name.endswith("z_mm") else 0.0 - lps  # not -x: a 0 would print as -0.0
+            else:
+                long[name] = rows[name][keep].astype(bool) if name == "touches_border" else rows[name][keep]
+        if include_empty:
+            asked = np.flatnonzero(rank >= 0)
+            missing = (values[:, asked] >= 0)[mapping]  # (case, organ asked): mapped...
+            missing[case, np.searchsorted(asked, organ)] = False  # ...without a row
+            empty_case, column = np.nonzero(missing)
+            empty_organ = asked[column]
+            empty = {"case": empty_case, "organ": empty_organ}
+            for name in fields:
+                if name == "value":
+                    empty[name] = values[mapping[empty_case], empty_organ]
+                elif name in INTEGER_FIELDS or name == "touches_border":
+                    empty[name] = np.zeros(empty_case.size, dtype=bool if name == "touches_border" else np.int64)
+                else:
+                    empty[name] = np.full(empty_case.size, 0.0 if name == "volume_ml" else np.nan)
+            long = {key: np.concatenate([long[key], empty[key]]) for key in long}
+        return ids, long
 
     def organ_rows(
         self, fields: Sequence[str] = ORGAN_FIELDS, organs: Sequence[str] | None = None, include_empty: bool = False
@@ -306,102 +382,50 @@ class ArchiveIndex:
         ``case_id``, ``organ`` (categoricals, sorted categories) and ``fields``, sorted by case and organ.
 
         Only the columns ``fields`` need are read."""
-        position, names = self._organ_codes(organs)
-        self._prefetch(["case_id", "mapping", "mappings", *_stored_columns(fields)])
-        ids = [c for s in self.segments for c in s.column("case_id")]
+        rank, names = self._organ_codes(organs)
+        ids, long = self._long(fields, rank, include_empty)
         by_id = np.argsort(np.asarray(ids, dtype=str), kind="stable")
-        ranks = np.empty(len(ids), dtype=np.int64)
-        ranks[by_id] = np.arange(len(ids))
-        parts, offset = [], 0
-        for s in self.segments:
-            part = self._segment_rows(s, fields, position, include_empty)
-            part["case_id"] = ranks[offset + part["case_id"]]
-            parts.append(part)
-            offset += s.cases
-        columns = (
-            {key: np.concatenate([p[key] for p in parts]) for key in ("case_id", "organ", *fields)} if parts else None
-        )
-        if columns is None:
-            columns = {"case_id": np.zeros(0, np.int64), "organ": np.zeros(0, np.int64)}
-            columns.update(
-                {
-                    f: np.zeros(0, bool if f == "touches_border" else np.int64 if f in INTEGER_FIELDS else float)
-                    for f in fields
-                }
-            )
-        order = np.lexsort((columns["organ"], columns["case_id"]))
-        frame = pd.DataFrame({key: values[order] for key, values in columns.items()})
-        frame["case_id"] = pd.Categorical.from_codes(
-            frame["case_id"], categories=pd.Index([ids[p] for p in by_id], dtype=object)
-        )
-        frame["organ"] = pd.Categorical.from_codes(frame["organ"], categories=pd.Index(names, dtype=object))
+        case_rank = np.empty(len(ids), dtype=np.int64)
+        case_rank[by_id] = np.arange(len(ids))
+        case, organ = case_rank[long.pop("case")], rank[long.pop("organ")]
+        order = np.lexsort((organ, case))
+        frame = pd.DataFrame({"case_id": case[order], "organ": organ[order], **{f: long[f][order] for f in fields}})
+        frame["case_id"] = pd.Categorical.from_codes(frame["case_id"], pd.Index([ids[p] for p in by_id], dtype=object))
+        frame["organ"] = pd.Categorical.from_codes(frame["organ"], pd.Index(names, dtype=object))
         return frame
 
-    def _segment_rows(
-        self, s: Segment, fields: Sequence[str], position: np.ndarray, include_empty: bool
-    ) -> dict[str, np.ndarray]:
-        """One segment's rows of the organs ``position`` ranks: case positions, organ ranks, ``fields``."""
-        case, organ = s.column("case"), s.column("organ")
-        if organ.size and (organ.min() < 0 or organ.max() >= len(self.organ_names)):
-            raise CorruptMetadata(f"index segment {s.name!r} has rows of organs the index does not name")
-        keep = position[organ] >= 0
-        case, organ = case[keep], organ[keep]
-        values = self._values(s)
-        part: dict[str, np.ndarray] = {"case_id": case, "organ": position[organ]}
-        for name in fields:
-            if name == "value":
-                part[name] = values[s.column("mapping")[case], organ]
-            elif name in RAS_CENTROID:
-                lps = s.column(LPS_CENTROID[RAS_CENTROID.index(name)])[keep]
-                part[name] = lps if name.endswith("z_mm") else 0.0 - lps  # not -x: a 0 would print as -0.0
-            else:
-                part[name] = s.column(name)[keep].astype(bool) if name == "touches_border" else s.column(name)[keep]
-        if include_empty:
-            empty = self._empty_rows(s, values, case, organ, position, fields)
-            part = {key: np.concatenate([part[key], empty[key]]) for key in part}
-        return part
+    def organ_columns(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[str], dict[tuple[str, str], np.ndarray]]:
+        """The case ids, and for each ``(organ, field)`` one value per case: the organ's statistic, an empty
+        organ's (0 voxels) where the case maps it without voxels, NaN where its mapping lacks the organ."""
+        if not pairs:
+            self._prefetch(["case_id"])
+            return [c for s in self.segments for c in s.column("case_id")], {}
+        fields = list(dict.fromkeys(field for _, field in pairs))
+        rank, _ = self._organ_codes([organ for organ, _ in pairs])
+        ids, long = self._long(fields, rank, include_empty=True)
+        codes = {name: code for code, name in enumerate(self.organ_names)}
+        columns = {}
+        for organ, field in pairs:
+            column = np.full(len(ids), np.nan)
+            rows = long["organ"] == codes.get(organ, -1)
+            column[long["case"][rows]] = long[field][rows]
+            columns[organ, field] = column
+        return ids, columns
 
     def _values(self, s: Segment) -> np.ndarray:
         """Label value by (mapping code, organ code); -1 where the mapping has no such organ."""
         mappings = s.column("mappings")
         table = np.full((len(mappings), len(self.organ_names)), -1, dtype=np.int64)
         for row, mapping in enumerate(mappings):
-            for code, value in mapping:
-                if not 0 <= code < len(self.organ_names):
-                    raise CorruptMetadata(
-                        f"index segment {s.name!r} maps organ code {code}, of {len(self.organ_names)}"
-                    )
-                table[row, code] = value
+            try:
+                pairs = np.asarray(mapping, dtype=np.int64).reshape(-1, 2)
+            except OverflowError:
+                raise CorruptMetadata(f"index segment {s.name!r} maps a label value beyond int64") from None
+            if pairs.size and (pairs[:, 0].min() < 0 or pairs[:, 0].max() >= len(self.organ_names)):
+                raise CorruptMetadata(f"index segment {s.name!r} maps organ codes beyond its {len(self.organ_names)}")
+            table[row, pairs[:, 0]] = pairs[:, 1]
         check_mapping_codes(s)
         return table
-
-    def _empty_rows(
-        self,
-        s: Segment,
-        values: np.ndarray,
-        case: np.ndarray,
-        organ: np.ndarray,
-        position: np.ndarray,
-        fields: Sequence[str],
-    ) -> dict[str, np.ndarray]:
-        """Rows of the organs (ranked by ``position``) that the segment's cases map but hold no voxels of."""
-        mapped_case, mapped_organ = np.nonzero(values[s.column("mapping")] >= 0)
-        asked = position[mapped_organ] >= 0
-        mapped_case, mapped_organ = mapped_case[asked], mapped_organ[asked]
-        width = len(self.organ_names)
-        missing = ~np.isin(mapped_case * width + mapped_organ, case * width + organ)
-        mapped_case, mapped_organ = mapped_case[missing], mapped_organ[missing]
-        empty: dict[str, np.ndarray] = {"case_id": mapped_case, "organ": position[mapped_organ]}
-        for name in fields:
-            if name == "value":
-                empty[name] = values[s.column("mapping")[mapped_case], mapped_organ]
-            elif name in INTEGER_FIELDS:
-                empty[name] = np.zeros(mapped_case.size, dtype=np.int64)
-            elif name == "touches_border":
-                empty[name] = np.zeros(mapped_case.size, dtype=bool)
-            else:
-                empty[name] = np.full(mapped_case.size, 0.0 if name == "volume_ml" else np.nan)
-        return empty
 
     @property
     def organs(self) -> pd.DataFrame:
@@ -416,15 +440,15 @@ class ArchiveIndex:
         ids = [c for s in self.segments for c in s.column("case_id")]
         columns: dict[str, list[Any]] = {}
         for key in self.meta_keys if keys is None else keys:
-            column: list[Any] = [None] * len(ids)
+            column = np.full(len(ids), None, dtype=object)
             offset = 0
             for s in self.segments:
                 positions, values = s.meta_column(key)
-                for p, value in zip(positions.tolist(), values):
-                    column[offset + p] = value
+                column[offset + positions] = np.fromiter(values, dtype=object, count=len(values))
                 offset += s.cases
-            if keys is not None or any(v is not None and not isinstance(v, (dict, list)) for v in column):
-                columns[key] = column
+            values = column.tolist()  # pandas infers the column's type from Python values
+            if keys is not None or any(v is not None and not isinstance(v, (dict, list)) for v in values):
+                columns[key] = values
         return pd.DataFrame(columns, index=pd.Index(ids, name="case_id", dtype=object))
 
     def stats_frame(

@@ -39,6 +39,7 @@ ROW_COLUMNS: dict[str, int] = {
 }  # fmt: skip
 CASE_COLUMNS = ("case_id", "token", "mapping", "mappings")
 INTEGER_TYPES = tuple(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "i8"))
+KINDS = frozenset(("json", "<f8", *(t.newbyteorder("<").str for t in INTEGER_TYPES)))  # what a blob may hold
 LEVEL = 9
 MAX_BLOB_BYTES = 1 << 30  # what a manifest may declare for one decoded blob
 
@@ -265,9 +266,8 @@ def _valid_descriptor(descriptor: Any) -> bool:
     if not (isinstance(descriptor, list) and len(descriptor) == 3):
         return False
     kind, size, scale = descriptor
-    kinds = ("json", "<f8", *(t.newbyteorder("<").str for t in INTEGER_TYPES))
     return (
-        kind in kinds
+        kind in KINDS
         and isinstance(size, int)
         and 0 <= size <= MAX_BLOB_BYTES
         and isinstance(scale, int)
@@ -343,11 +343,10 @@ def check_mapping_codes(segment: Segment) -> None:
 def _checked(key: str, value: Any, segment: Segment, where: str) -> Any:
     """A decoded column, if its shape and references agree with its segment (else :class:`CorruptMetadata`)."""
     if key in ("case_id", "token"):
-        valid = isinstance(value, list) and len(value) == segment.cases and all(isinstance(v, str) for v in value)
+        valid = isinstance(value, list) and len(value) == segment.cases and set(map(type, value)) <= {str}
     elif key == "mappings":
         valid = isinstance(value, list) and all(
-            isinstance(m, list)
-            and all(isinstance(p, list) and len(p) == 2 and all(type(v) is int for v in p) for p in m)
+            isinstance(m, list) and all(type(p) is list and len(p) == 2 and set(map(type, p)) == {int} for p in m)
             for m in value
         )
     elif key == "case":
@@ -355,7 +354,7 @@ def _checked(key: str, value: Any, segment: Segment, where: str) -> Any:
     elif key.startswith("meta."):
         cases = value.get("cases") if isinstance(value, dict) else None
         valid = (
-            isinstance(cases, list) and all(type(c) is int for c in cases) and cases == sorted(set(cases))
+            isinstance(cases, list) and set(map(type, cases)) <= {int} and cases == sorted(set(cases))
             and (not cases or 0 <= cases[0] and cases[-1] < segment.cases)
             and isinstance(value.get("values"), list) and len(value["values"]) == len(cases)
         )  # fmt: skip

@@ -240,10 +240,11 @@ class MaskArchive:
     def _stored(self, skip_damaged: bool) -> ArchiveIndex | None:
         """The stored index, its manifest read (None if there is none); with ``skip_damaged`` a damaged one
         is None, with a :class:`DamagedDataWarning`."""
-        from medmask_store.query.index import ArchiveIndex  # pandas: imported by the index users only
+        from medmask_store.query.index import PARALLEL_READS, ArchiveIndex  # pandas: imported by the index users only
 
+        parallel = PARALLEL_READS if isinstance(self.path, RemoteLocation) else 1
         try:
-            return ArchiveIndex.load(self._backend.read_index_blob, f"{self.path}: the query index")
+            return ArchiveIndex.load(self._backend.read_index_blob, f"{self.path}: the query index", parallel)
         except CorruptMetadata as exc:
             if not skip_damaged:
                 raise
@@ -264,7 +265,8 @@ class MaskArchive:
         stored = self._stored(skip_damaged)
         version = self._backend.listing_version()
         index = stored or ArchiveIndex()
-        if stored and not self._modified and index.listing_version == version and self._backend.listing_version_is_exact:
+        exact = self._backend.listing_version_is_exact and (version or not self._backend.concurrent_writers)
+        if stored and not self._modified and index.listing_version == version and exact:
             return index  # the store's listing version proves the index lists every case: none is listed
         listed = set(self.case_ids(skip_damaged))
         try:

@@ -30,7 +30,7 @@ class SingleWriter:
 
     concurrent_writers = False
     shared_index_blobs = False
-    listing_version_is_exact = False
+    listing_version_is_exact = True  # the one writer publishes the index with the cases
     path: Path
     read_only: bool
     _editor: SingleFileEditor | None

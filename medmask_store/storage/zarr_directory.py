@@ -40,12 +40,14 @@ from medmask_store.storage.zarr_store import (
 )
 
 STAGING = ".staging"
+LISTING = ".listing"  # a new random value after every add, replace and delete: the listing version
 
 
 class ZarrDirectoryBackend(ZarrCaseReader):
     """Cases as Zarr v3 groups under ``<path>/cases``; each case committed by one rename."""
 
     concurrent_writers = True
+    listing_version_is_exact = True  # every writer rewrites LISTING after each change
 
     def __init__(self, path: Path, mode: str, settings: StorageSettings) -> None:
         self.path = path
@@ -76,6 +78,8 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         super().__init__(source, path)
         if not self.read_only:
             self._remove_abandoned_staging()
+            if not (path / LISTING).exists():  # an archive of an earlier release, or a new one
+                self._bump_listing()
 
     def _case_dir(self, case_id: str) -> Path:
         return self.path / CASES_GROUP / case_id
@@ -100,8 +104,17 @@ class ZarrDirectoryBackend(ZarrCaseReader):
             }
 
     def listing_version(self) -> str:
-        """Modification time of ``cases/``: every add, replace and delete renames an entry there."""
-        return str(os.stat(self.path / CASES_GROUP).st_mtime_ns)
+        """The value of ``.listing``, which every add, replace and delete rewrites after renaming its case."""
+        try:
+            return (self.path / LISTING).read_text()
+        except FileNotFoundError:  # never opened for writing by this release: every query lists the cases
+            return ""
+
+    def _bump_listing(self) -> None:
+        temporary = self._staging_path("listing", "listing")
+        temporary.parent.mkdir(exist_ok=True)
+        temporary.write_text(uuid.uuid4().hex)
+        os.replace(temporary, self.path / LISTING)
 
     def index_blob_names(self) -> list[str]:
         folder = self.path / INDEX_FOLDER
@@ -148,6 +161,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
             os.rename(staging, target)
         except OSError as exc:
             raise CaseExists(f"case {case_id!r} was written concurrently by another process") from exc
+        self._bump_listing()
         if replaced is not None:
             remove_tree(replaced)
 
@@ -158,6 +172,7 @@ class ZarrDirectoryBackend(ZarrCaseReader):
         trash = self._staging_path("deleted", case_id)
         trash.parent.mkdir(exist_ok=True)
         os.rename(target, trash)
+        self._bump_listing()
         remove_tree(trash)
 
     def commit(self) -> None:

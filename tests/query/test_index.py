@@ -679,3 +679,25 @@ def test_add_rows_builds_what_from_cases_builds_and_refuses_rows_it_cannot_place
         ArchiveIndex().add_rows(cases, mappings, rows.assign(case_id="zzz"))
     with pytest.raises(ValueError, match="not in their case's mapping"):
         ArchiveIndex().add_rows(cases, mappings, rows.astype({"case_id": str, "organ": str}).assign(case_id="b"))
+
+
+def test_zarr_queries_list_no_case_while_the_listing_is_unchanged(tmp_path, monkeypatch):
+    from medmask_store.storage.zarr_directory import ZarrDirectoryBackend
+
+    path = tmp_path / "archive.zarr"
+    build_edited_archive(path)
+
+    def refuse(self):
+        raise AssertionError("the cases were listed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ZarrDirectoryBackend, "case_ids", refuse)
+        patched.setattr(ZarrDirectoryBackend, "case_tokens", refuse)
+        with MaskArchive(path) as reader:
+            assert reader.query("note == 'redo'") == ["c"]
+    with MaskArchive(path, "a") as writer:
+        masks, space = phantom(70)
+        writer.add_case("f", masks, space=space, meta={"note": "redo"})
+        writer._modified.clear()  # as if killed before it saved the index: only .listing tells
+    with MaskArchive(path) as reader:
+        assert reader.query("note == 'redo'") == ["c", "f"]
