@@ -16,7 +16,6 @@ import numpy as np
 from medmask_store.errors import (
     CaseExists,
     CaseNotFound,
-    CorruptArchive,
     CorruptMetadata,
     DamagedDataWarning,
     InvalidArchive,
@@ -30,6 +29,7 @@ from medmask_store.model.meta_types import FieldTypes
 from medmask_store.model.validation import validate_case_id
 from medmask_store.storage.backend import Backend
 from medmask_store.storage.case import Case
+from medmask_store.storage.index_upkeep import IndexUpkeep
 from medmask_store.storage.layout import EncodedCase, StorageSettings, encode_case
 from medmask_store.storage.remote import RemoteLocation, parse_location
 
@@ -226,62 +226,11 @@ class MaskArchive:
             self._backend.commit()
 
     # -- index and queries -------------------------------------------------
-    def _info(self, case_id: str) -> CaseInfo:
-        return self[case_id].info
-
-    def _skipping_damaged(self, case_id: str) -> CaseInfo | None:
-        """The case's metadata, or None with a warning if it is damaged."""
-        try:
-            return self._info(case_id)
-        except (CorruptArchive, InvalidArchive) as exc:
-            warnings.warn(f"skipped damaged case {case_id!r}: {exc}", DamagedDataWarning, stacklevel=4)
-            return None
-
-    def _stored(self, skip_damaged: bool) -> ArchiveIndex | None:
-        """The stored index, its manifest read (None if there is none); with ``skip_damaged`` a damaged one
-        is None, with a :class:`DamagedDataWarning`."""
-        from medmask_store.query.index import PARALLEL_READS, ArchiveIndex  # pandas: imported by the index users only
-
-        parallel = PARALLEL_READS if isinstance(self.path, RemoteLocation) else 1
-        try:
-            return ArchiveIndex.load(self._backend.read_index_blob, f"{self.path}: the query index", parallel)
-        except CorruptMetadata as exc:
-            if not skip_damaged:
-                raise
-            warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=4)
-            return None
-
-    def _reconciled(self, skip_damaged: bool) -> ArchiveIndex:
-        """The stored index, completed with cases added, replaced or deleted since it was written.
-
-        When the index lists exactly the stored cases and the backend's listing
-        version still equals the one it was built from (and this process wrote
-        nothing since), no case is looked at. With ``skip_damaged``, damaged
-        cases are left out and a damaged index is rebuilt from the cases, with
-        a :class:`DamagedDataWarning` each; otherwise they raise.
-        """
-        from medmask_store.query.index import ArchiveIndex
-
-        stored = self._stored(skip_damaged)
-        version = self._backend.listing_version()
-        index = stored or ArchiveIndex()
-        exact = self._backend.listing_version_is_exact and (version or not self._backend.concurrent_writers)
-        if stored and not self._modified and index.listing_version == version and exact:
-            return index  # the store's listing version proves the index lists every case: none is listed
-        listed = set(self.case_ids(skip_damaged))
-        try:
-            if not stored or self._modified or index.listing_version != version or set(index.case_ids) != listed:
-                index.replace(self._modified, [])
-                tokens = {c: t for c, t in self._backend.case_tokens().items() if c in listed}
-                index.reconcile(tokens, self._skipping_damaged if skip_damaged else self._info)
-        except CorruptMetadata as exc:  # a damaged segment of the index
-            if not skip_damaged or stored is None:
-                raise
-            warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=3)
-            index = ArchiveIndex()
-            index.reconcile({c: t for c, t in self._backend.case_tokens().items() if c in listed}, self._skipping_damaged)
-        index.listing_version = version
-        return index
+    @property
+    def _upkeep(self) -> IndexUpkeep:
+        read_info = lambda case_id: self[case_id].info  # noqa: E731
+        remote = isinstance(self.path, RemoteLocation)
+        return IndexUpkeep(lambda: self._backend, self.path, remote, read_info, self.case_ids, self._modified)
 
     def _answer(self, skip_damaged: bool, question: Callable[[ArchiveIndex], T]) -> T:
         """``question(index)``; asked again of a fresh index if another writer replaced the index meanwhile,
@@ -297,45 +246,11 @@ class MaskArchive:
             if not skip_damaged:
                 raise
             warnings.warn(f"{exc}; answering from the case attributes", DamagedDataWarning, stacklevel=3)
-            return question(self._from_cases())
-
-    def _from_cases(self) -> ArchiveIndex:
-        from medmask_store.query.index import ArchiveIndex
-
-        index = ArchiveIndex()
-        index.reconcile(self._backend.case_tokens(), self._skipping_damaged)
-        return index
+            return question(self._upkeep.from_cases())
 
     def _save_index(self) -> None:
-        self._backend.update_index(self._index_changes)
+        self._backend.update_index(lambda: self._upkeep.changes(self.stores_index))
         self._modified.clear()
-
-    def _index_changes(self) -> tuple[dict[str, bytes], list[str]]:
-        """The blobs that store the reconciled index (none below ``INDEX_MIN_CASES`` cases) and the unused ones.
-
-        A writer leaves damaged cases out (with a warning) and rebuilds a damaged
-        index, rather than fail a write over a case it did not touch.
-        """
-        if not self.stores_index:
-            return {}, self._backend.index_blob_names()
-        index = self._reconciled(skip_damaged=True)
-        try:
-            blobs, unused = index.changes()
-        except CorruptMetadata as exc:  # a damaged segment, read to be rewritten
-            warnings.warn(f"{exc}; rebuilding the index from the case attributes", DamagedDataWarning, stacklevel=4)
-            return self._rebuilt(index.listing_version)
-        return blobs, [] if self._backend.shared_index_blobs else unused
-
-    def _rebuilt(self, version: str, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> tuple[dict[str, bytes], list[str]]:
-        """Blobs of an index built afresh from every case, and every other stored blob as unused."""
-        from medmask_store.query.index import ArchiveIndex
-
-        tokens = self._backend.case_tokens()
-        infos = ((self._skipping_damaged(c), tokens[c]) for c in progress(self.case_ids(skip_damaged=True)))
-        fresh = ArchiveIndex.from_cases((info, token) for info, token in infos if info is not None)
-        fresh.listing_version = version
-        blobs, _ = fresh.changes()
-        return blobs, [name for name in self._backend.index_blob_names() if name not in blobs]
 
     @property
     def stores_index(self) -> bool:
@@ -352,9 +267,9 @@ class MaskArchive:
         ``skip_damaged=True`` is left out with a :class:`DamagedDataWarning`.
         """
         if skip_damaged:
-            return self._reconciled(skip_damaged=True)
+            return self._upkeep.reconciled(skip_damaged=True)
         if self._index is None:
-            self._index = self._reconciled(skip_damaged=False)
+            self._index = self._upkeep.reconciled(skip_damaged=False)
         return self._index
 
     def stats(
@@ -395,8 +310,9 @@ class MaskArchive:
         and delete every index blob it does not use (also those other writers superseded)."""
         self._check_writable()
         version = self._backend.listing_version()
+
         def build() -> tuple[dict[str, bytes], list[str]]:
-            rebuilt = self._rebuilt(version, progress)  # every case read (and checked) even where none is stored
+            rebuilt = self._upkeep.rebuilt(version, progress)  # every case read (and checked), even if none is stored
             return rebuilt if self.stores_index else ({}, self._backend.index_blob_names())
 
         self._backend.update_index(build)
@@ -406,7 +322,7 @@ class MaskArchive:
 
     def stored_index(self) -> ArchiveIndex | None:
         """The index as stored, without reconciliation (None if none was written)."""
-        return self._stored(skip_damaged=False)
+        return self._upkeep.stored(skip_damaged=False)
 
     def __repr__(self) -> str:
         return f"<MaskArchive {str(self.path)!r} mode={self.mode!r}>"
