@@ -117,7 +117,7 @@ class Hdf5Backend(SingleWriter):
         # Bumped when a case is replaced or deleted: HDF5 reuses freed space, so readers
         # opened before must stop rather than read bytes now belonging to other chunks.
         self._versions: dict[str, int] = {}
-        self._index_blobs: dict[str, tuple[int, int]] | None = None  # a reader's index blob locations
+        self._index: h5py.Group | None = None  # a reader's index group, looked up once
         self.settings = settings
         self._editor: SingleFileEditor | None = None
         if isinstance(path, RemoteLocation):  # read in place, by ranges: HDF5's own reads buffered
@@ -181,33 +181,24 @@ class Hdf5Backend(SingleWriter):
         return sorted(self._file[CASES_GROUP].keys())
 
     def _index_group(self) -> h5py.Group | None:
+        if self.read_only and self._index is not None:
+            return self._index
         group = self._file.get(INDEX_GROUP)
-        return group if isinstance(group, h5py.Group) else None  # a dataset: the one-blob index of old releases
+        group = group if isinstance(group, h5py.Group) else None  # a dataset: the one-blob index of old releases
+        if self.read_only:
+            self._index = group
+        return group
 
     @_hdf5_errors
     def read_index_blob(self, name: str) -> bytes | None:
-        if self.read_only:  # located once, then read as chunks are: 0.1 ms a blob instead of h5py's 0.5 ms
-            if self._index_blobs is None:
-                self._index_blobs = self._locate_index_blobs()
-            where = self._index_blobs.get(name)
-            if where is not None:
-                return self._chunk_file.read(*where)
         group = self._index_group()
         dataset = None if group is None else group.get(name)
-        return dataset[...].tobytes() if isinstance(dataset, h5py.Dataset) else None
-
-    def _locate_index_blobs(self) -> dict[str, tuple[int, int]]:
-        """(file offset, length) of every index blob stored contiguously (the others are read through h5py)."""
-        group, located = self._index_group(), {}
-
-        def locate(name: str, item: Any) -> None:
-            offset = item.id.get_offset() if isinstance(item, h5py.Dataset) else None
-            if offset is not None:
-                located[name] = (offset, item.id.get_storage_size())
-
-        if group is not None:
-            group.visititems(locate)
-        return located
+        if not isinstance(dataset, h5py.Dataset):
+            return None
+        offset = dataset.id.get_offset() if self.read_only else None  # a writer's file changes under it
+        if offset is None:  # not stored contiguously (or being written): through h5py
+            return dataset[...].tobytes()
+        return self._chunk_file.read(offset, dataset.id.get_storage_size())  # as chunks are read: 3x faster
 
     @_hdf5_errors
     def index_blob_names(self) -> list[str]:
