@@ -224,9 +224,10 @@ def _create_atomically(path: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a folder, or only the link where a case folder is a symbolic link (never its target)."""
-    if path.is_symlink():
-        path.unlink()
+    """Remove a folder (or a file: an abandoned index blob or listing value), or only the link where a case
+    folder is a symbolic link (never its target)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
     else:
         shutil.rmtree(path, ignore_errors=True)
 

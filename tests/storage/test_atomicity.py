@@ -143,18 +143,21 @@ def test_zarr_staging_cleanup_rules(archive_path):
     for name in names.values():
         (staging / name).mkdir()
         (staging / name / "zarr.json").write_text("{}")
+    # a writer that died while writing an index blob or the listing value: a file
+    abandoned_file = f"{dead}@{host}@index-0123456789abcdef@index"
+    (staging / abandoned_file).write_bytes(b"half a blob")
 
     # mode "r" never writes, so it leaves staging alone
     with MaskArchive(archive_path, "r") as archive:
         assert archive.case_ids() == ["s0"]
-    assert len(list(staging.iterdir())) == len(names) + 1
+    assert len(list(staging.iterdir())) == len(names) + 2
 
     with MaskArchive(archive_path, "a") as archive:
         assert archive.case_ids() == ["lost", "s0"]  # the replaced case is restored
         assert_case_matches(archive["lost"], {"a": np.ones((2, 2, 2), bool)})
     remaining = {e.name for e in staging.iterdir()}
     assert names["dead"] not in remaining
-    assert names["dead_replaced_present"] not in remaining
+    assert names["dead_replaced_present"] not in remaining and abandoned_file not in remaining
     assert remaining == {names["alive"], names["other_host"], names["foreign"]}
 
 
