@@ -52,6 +52,12 @@ MAX_MANIFEST_BYTES = 64 << 20
 PARALLEL_READS = 8  # blobs read at once from object stores, which answer them in parallel
 
 
+def meta_column_name(key: str) -> str:
+    """A metadata key's column in the statistics tables: ``meta.<key>`` where it would clash with a row key
+    (``case_id``, ``organ``) or an organ field, whether that field is asked for or not."""
+    return f"meta.{key}" if key in ("case_id", "organ", *ORGAN_FIELDS) else key
+
+
 def _stored_columns(fields: Iterable[str]) -> list[str]:
     """The row columns that give ``fields``."""
     needed = {"case", "organ"}
@@ -466,8 +472,7 @@ class ArchiveIndex:
         table = table.reindex(frame["case_id"].cat.categories)
         rows = frame["case_id"].cat.codes.to_numpy()
         for column in table.columns:  # a take per column: cheaper than a join on 250k rows
-            name = f"meta.{column}" if column in frame.columns else column
-            frame[name] = table[column].to_numpy()[rows]
+            frame[meta_column_name(column)] = table[column].to_numpy()[rows]
         return frame
 
     # -- comparing --------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from medmask_store.errors import InvalidQuery, OrganNotFound
-from medmask_store.query.index import INTEGER_FIELDS, ORGAN_FIELDS, ArchiveIndex
+from medmask_store.query.index import INTEGER_FIELDS, ORGAN_FIELDS, ArchiveIndex, meta_column_name
 
 ROW_KEYS = ("case_id", "organ")
 WHOLE_NUMBER_FIELDS = (*INTEGER_FIELDS, *(f for f in ORGAN_FIELDS if f.startswith("bbox_")))
@@ -45,7 +45,7 @@ def _organ_names(index: ArchiveIndex, organs: Sequence[str] | None) -> list[str]
 
 def _meta_names(index: ArchiveIndex) -> dict[str, str]:
     """Metadata keys by their column name in the tables: ``meta.<key>`` where a key clashes with a statistic."""
-    return {(f"meta.{key}" if key in (*ROW_KEYS, *ORGAN_FIELDS) else key): key for key in index.meta_keys}
+    return {meta_column_name(key): key for key in index.meta_keys}
 
 
 def _split_fields(index: ArchiveIndex, fields: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
@@ -118,7 +118,7 @@ def _wide(rows: pd.DataFrame, ids: list[str], organs: list[str], fields: list[st
 def _metadata(index: ArchiveIndex, keys: Sequence[str] | None = None) -> pd.DataFrame:
     """The metadata ``keys`` (default: every scalar field) by case, named as in the statistics tables."""
     meta = index.meta_frame(keys)
-    return meta.rename(columns=lambda c: f"meta.{c}" if c in (*ROW_KEYS, *ORGAN_FIELDS) else c)
+    return meta.rename(columns=meta_column_name)
 
 
 def columns_table(

@@ -109,6 +109,18 @@ def test_wide_keeps_the_columns_of_an_organ_asked_for_that_no_case_fills(tmp_pat
     assert wide.loc[0, ["cyst.voxels", "cyst.bbox_i0"]].isna().all()
 
 
+def test_a_metadata_key_named_like_a_statistic_has_one_name_in_every_table(tmp_path):
+    path = tmp_path / "a.zarr"
+    with MaskArchive(path, "w") as store:
+        store.add_case("c0", {"liver": block(8, 0)}, space=SPACE, meta={"voxels": 7})
+    with MaskArchive(path) as store:
+        for fields in (["meta.voxels"], ["voxels", "meta.voxels"], None):
+            long = store.stats(fields=fields)
+            wide = store.stats(fields=fields, wide=True)
+            assert long["meta.voxels"].tolist() == wide["meta.voxels"].tolist() == [7], fields
+        assert store.stats(fields=["meta.voxels"]).columns.tolist() == ["case_id", "organ", "meta.voxels"]
+
+
 def test_unknown_organ_and_field_are_refused_with_suggestions(archive):
     with pytest.raises(OrganNotFound, match=r"no case has an organ 'livr' \(did you mean liver\?\)"):
         archive.stats(organs=["livr"])
