@@ -173,8 +173,12 @@ class ArchiveIndex:
     # -- cases ----------------------------------------------------------------
     @property
     def case_ids(self) -> list[str]:
+        return sorted(self._ids())
+
+    def _ids(self) -> list[str]:
+        """Every case id, in segment order (the order of the other per-case lists here)."""
         self._prefetch(["case_id"])
-        return sorted(c for s in self.segments for c in s.column("case_id"))
+        return [c for s in self.segments for c in s.column("case_id")]
 
     def tokens(self) -> dict[str, str]:
         self._prefetch(["case_id", "token"])
@@ -404,8 +408,7 @@ class ArchiveIndex:
         """The case ids, and for each ``(organ, field)`` one value per case: the organ's statistic, an empty
         organ's (0 voxels) where the case maps it without voxels, NaN where its mapping lacks the organ."""
         if not pairs:
-            self._prefetch(["case_id"])
-            return [c for s in self.segments for c in s.column("case_id")], {}
+            return self._ids(), {}
         fields = list(dict.fromkeys(field for _, field in pairs))
         rank, _ = self._organ_codes([organ for organ, _ in pairs])
         ids, long = self._long(fields, rank, include_empty=True)
@@ -442,8 +445,8 @@ class ArchiveIndex:
         """Metadata fields, one row per case, indexed by case id (any key name is safe).
 
         ``keys``: those fields (only their blobs are read); default: every field with a scalar value."""
-        self._prefetch(["case_id"], self.meta_keys if keys is None else keys)
-        ids = [c for s in self.segments for c in s.column("case_id")]
+        self._prefetch(["case_id"], self.meta_keys if keys is None else keys)  # one round of reads
+        ids = self._ids()
         columns: dict[str, list[Any]] = {}
         for key in self.meta_keys if keys is None else keys:
             column = np.full(len(ids), None, dtype=object)
