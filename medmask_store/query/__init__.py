@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ORGAN_FIELDS", "ArchiveIndex", "evaluate_query"]
 
-# Imported on first use: the index needs pandas, which only queries and statistics pay for.
+# Imported on first use: NumPy and the index codecs, which only queries and statistics pay for.
 __getattr__, __dir__ = lazy_exports(__name__, {
     "ORGAN_FIELDS": "medmask_store.query.index",
     "ArchiveIndex": "medmask_store.query.index",

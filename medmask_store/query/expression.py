@@ -1,13 +1,13 @@
-"""Query expressions over organ statistics and case metadata, evaluated by pandas.
+"""Query expressions over organ statistics and case metadata, checked here, evaluated with NumPy.
 
 ``liver.volume_ml > 2000 and kidney_cyst_left.voxels > 0 and age >= 60``:
 ``organ.field`` names an organ statistic (fields: :data:`ORGAN_FIELDS`), a bare
 name a case metadata field. The expression is parsed with :mod:`ast` and only
 comparisons, boolean and arithmetic operators, names, ``organ.field`` and
 literals pass; calls, subscripts, other attribute access and ``@`` locals are
-refused before pandas (``DataFrame.eval``) evaluates it. A case without the
-organ (or the metadata field) has NaN there, so every comparison on it is false
-(``!=`` too), and its ``touches_border`` is false. World centroids name their frame
+refused before :mod:`evaluation <medmask_store.query.evaluation>` evaluates it. A
+case without the organ (or the metadata field) has no value there, so every
+comparison on it is false (``!=`` too), and its ``touches_border`` is false. World centroids name their frame
 (``centroid_lps_x_mm``: LPS, DICOM; ``centroid_ras_x_mm``: RAS, NIfTI); the old names
 (``centroid_x_mm``) read the LPS fields, with a ``FutureWarning``.
 
@@ -23,29 +23,29 @@ but not silently.
 Limits (:mod:`medmask_store.limits`), checked before anything recursive or costly
 runs: at most ``MAX_QUERY_CHARS`` characters (before parsing), ``MAX_QUERY_NODES``
 syntax-tree nodes and ``MAX_QUERY_DEPTH`` levels of nesting (``a + b + c`` nests one
-level per ``+``; counted again on the tree pandas walks, where each comparison is
-wrapped in its NaN guard); integers below 2**63; and no comparison in the middle
-of a chain (``0 < (a < b) < 2`` evaluates its middle twice, doubling per level).
-Every refusal is an :class:`InvalidQuery` of one line that shows at most 80
+level per ``+``); and integers below 2**63. Every refusal is an :class:`InvalidQuery` of one line that shows at most 80
 characters of the expression.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import io
+import math
+import sys
 import tokenize
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from typing import cast
 
-import pandas as pd
+import numpy as np
 
 from medmask_store.errors import InvalidQuery, QueryWarning
 from medmask_store.limits import MAX_QUERY_CHARS, MAX_QUERY_DEPTH, MAX_QUERY_NODES
-from medmask_store.model.meta_types import ARTICLES, dominant_type, meta_type
+from medmask_store.model.meta_types import ARTICLES, META_TYPES, dominant_type
+from medmask_store.query.evaluation import Evaluation, Operand
 from medmask_store.query.index import ORGAN_FIELDS, RENAMED_FIELDS, ArchiveIndex
 
 ALLOWED = (
@@ -53,7 +53,6 @@ ALLOWED = (
     ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Mod, ast.Compare, ast.Eq, ast.NotEq,
     ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Name, ast.Load, ast.Constant, ast.Attribute,
 )  # fmt: skip
-COLUMN_SEPARATOR = "__"
 MAX_INTEGER = 2**63  # an int64 column holds no larger value; a 4000-digit literal matters to no query
 EXAMPLE = "liver.volume_ml > 2000 and age >= 60"
 
@@ -83,49 +82,62 @@ def _check_depth(depth: int, expression: str) -> None:
     if depth > MAX_QUERY_DEPTH:
         raise InvalidQuery(
             f"query {_clip(expression)!r} nests deeper than {MAX_QUERY_DEPTH} levels (limits.MAX_QUERY_DEPTH; "
-            "a + b + c nests one level per +, a comparison two); simplify it or split it into several queries"
+            "a + b + c nests one level per +); simplify it or split it into several queries"
         )
 
 
-def _balanced(op: ast.boolop, values: list[ast.expr]) -> ast.expr:
-    """``v0 op v1 op …`` as a tree log2(n) deep: pandas folds a flat and/or left-deep and evaluates
-    it recursively, in quadratic time (400 terms exceed the recursion limit after 2 s); balanced,
-    the depth checked is the depth pandas walks."""
-    if len(values) == 1:
-        return values[0]
-    middle = len(values) // 2
-    return ast.BoolOp(op, [_balanced(op, values[:middle]), _balanced(op, values[middle:])])
+def _of_one_type(field: str, ids: list[str], values: np.ndarray) -> tuple[Operand, str | None, str]:
+    """A metadata field's values (one per case of ``ids``, None where absent) as an operand, its type, and a
+    note when values of another type (in archives written before types were checked) were left out:
+    comparisons on them are false, as on a missing value."""
+    python_types = np.fromiter(map(type, values.tolist()), dtype=object, count=len(values))  # masks per type
+    holders = {kind: python_types == kind for kind in set(python_types.tolist()) if kind is not type(None)}
+    named = {kind: META_TYPES.get(kind, kind.__name__) for kind in holders}
+    counts: Counter[str] = Counter()
+    for kind, held in holders.items():
+        counts[named[kind]] += int(held.sum())
+    name = dominant_type(counts)
+    present, other = np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=bool)
+    for kind, held in holders.items():
+        (present if named[kind] == name else other)[held] = True
+    note = ""
+    if other.any():
+        cases = ", ".join(repr(ids[case]) for case in np.flatnonzero(other)[:3]) + (", …" if other.sum() > 3 else "")
+        note = (
+            f"metadata field {field!r} is {ARTICLES.get(name or '', name)} in {int(present.sum())} case(s) "
+            f"but another type in {int(other.sum())} ({cases}): the query treats it as missing there"
+        )
+    if name == "number":
+        numbers = np.full(len(values), np.nan)
+        numbers[present] = _floats(values[present])
+        if present.all() and set(holders) == {int}:  # integers stay exact
+            with contextlib.suppress(OverflowError):  # JSON integers beyond int64: as floats
+                numbers = values.astype(np.int64)
+        return (numbers, present & ~np.isnan(numbers.astype(np.float64))), name, note
+    if name == "boolean":
+        flags = np.zeros(len(values), dtype=bool)
+        flags[present] = values[present].astype(bool)
+        return (flags, present), name, note
+    texts = values.copy()
+    texts[~present] = ""  # compared only where present; "" keeps ordering comparisons from meeting None
+    return (texts, present), name, note
 
 
-def _value_type(value: object) -> str | None:
-    """A metadata value's type; None for no value (pandas fills a missing number with NaN; JSON has no NaN)."""
-    return None if isinstance(value, float) and value != value else meta_type(value)
+def _floats(numbers: np.ndarray) -> np.ndarray:
+    """Numbers as float64; integers beyond its range (JSON allows them) as infinities of their sign."""
+    try:
+        return numbers.astype(np.float64)
+    except OverflowError:
+        inf = math.inf
+        return np.array(
+            [v if abs(v) <= sys.float_info.max else inf if v > 0 else -inf for v in numbers.tolist()], float
+        )
 
 
-def _of_one_type(field: str, column: pd.Series) -> tuple[pd.Series, str | None, str]:
-    """The column of a metadata field, its type, and a note when values of another type (in archives written
-    before types were checked) were left out: comparisons on them are false, as on a missing value."""
-    if pd.api.types.is_bool_dtype(column):
-        return column, "boolean", ""
-    if pd.api.types.is_numeric_dtype(column):
-        return column, "number", ""
-    types = column.map(_value_type)
-    name = dominant_type(Counter(types.dropna()))
-    odd = types.notna() & (types != name)
-    if not odd.any():
-        return column, name, ""
-    cases = ", ".join(repr(c) for c in column.index[odd][:3]) + (", …" if odd.sum() > 3 else "")
-    note = (
-        f"metadata field {field!r} is {ARTICLES.get(name or '', name)} in {int((types == name).sum())} case(s) "
-        f"but another type in {int(odd.sum())} ({cases}): the query treats it as missing there"
-    )
-    kept = column.where(~odd)
-    return (pd.to_numeric(kept) if name == "number" else kept), name, note
-
-
-def _absent_value_note(field: str, value: object, column: pd.Series) -> str:
+def _absent_value_note(field: str, value: object, column: Operand) -> str:
     """A note when no case holds ``value`` in ``field``, suggesting the close text values (any letter case)."""
-    held = set(column.dropna())
+    values, present = column
+    held = set(values[present].tolist())
     if value in held:
         return ""
     texts = {str(v).lower(): str(v) for v in held if isinstance(v, str)}
@@ -134,35 +146,38 @@ def _absent_value_note(field: str, value: object, column: pd.Series) -> str:
     return f"no case has {field} == {_clip(repr(value), 40)}{hint}"
 
 
-class _Columns(ast.NodeTransformer):
-    """Validates the tree and turns ``organ.field`` into the column name ``organ__field``.
+class _Checks(ast.NodeVisitor):
+    """Checks the tree, reading the metadata fields it names as it meets them (``read_meta`` gives a field's
+    operand, type and a note on values of another type).
 
     Text leaves (string literals, text metadata) are collected in ``text``; every node but a
     comparison refuses a text operand, so text is only ever compared.
     """
 
     def __init__(
-        self, source: str, organs: list[str], meta_fields: list[str], load: Callable[[list[str]], pd.DataFrame]
+        self,
+        source: str,
+        organs: list[str],
+        meta_fields: list[str],
+        read_meta: Callable[[str], tuple[Operand, str | None, str]],
     ) -> None:
-        self.source, self.organs, self.meta_fields, self._load = source, organs, meta_fields, load
-        self.meta: dict[str, pd.Series] = {}  # the fields used, read as they are met
-        self.organ_fields: set[tuple[str, str]] = set()
-        self.meta_used: set[str] = set()
+        self.source, self.organs, self.meta_fields, self._read_meta = source, organs, meta_fields, read_meta
+        self.meta: dict[str, Operand] = {}  # the fields used, read as they are met
         self.meta_types: dict[str, str | None] = {}
+        self.organ_fields: set[tuple[str, str]] = set()
         self.text: set[ast.AST] = set()
         self.notes: list[str] = []  # QueryWarning messages: a typo'd value matches nothing, not silently
         self.renamed: list[str] = []  # FutureWarning messages: fields used by their old names
 
-    def generic_visit(self, node: ast.AST) -> ast.AST:
+    def generic_visit(self, node: ast.AST) -> None:
         if not isinstance(node, ALLOWED):
             raise InvalidQuery(
                 f"{type(node).__name__} is not allowed in a query; use comparisons, and/or/not, arithmetic"
             )
-        node = super().generic_visit(node)
+        super().generic_visit(node)
         for child in ast.iter_child_nodes(node):
             if child in self.text:
                 self._refuse_text(child, node)
-        return node
 
     def _refuse_text(self, leaf: ast.AST, parent: ast.AST) -> None:
         negation = isinstance(parent, ast.UnaryOp) and isinstance(parent.op, ast.Not)
@@ -173,45 +188,23 @@ class _Columns(ast.NodeTransformer):
         shown = _clip(ast.get_source_segment(self.source, leaf) or ast.unparse(leaf))
         raise InvalidQuery(f"{shown} is text, which can only be compared (e.g. sex == 'F'), not used {role}")
 
-    def visit_Compare(self, node: ast.Compare) -> ast.AST:
-        """Guard each compared name with ``name == name`` (false for NaN): a comparison
-        involving a missing organ or metadata field is false, ``!=`` included.
+    def visit_Compare(self, node: ast.Compare) -> None:
+        """Text may be compared, so this skips the text check of :meth:`generic_visit`."""
+        super().generic_visit(node)
+        operands = [node.left, *node.comparators]
+        for left, op, right in zip(operands, node.ops, operands[1:]):
+            if isinstance(op, (ast.Eq, ast.NotEq)):
+                self._note_absent_value(left, right)
+                self._note_absent_value(right, left)
 
-        Text may be compared, so this skips the text check of :meth:`generic_visit`. A chain
-        ``a < b < c`` becomes pairwise comparisons, joined with the guards by :func:`_balanced`.
-        """
-        for middle in node.comparators[:-1]:
-            # a middle operand is evaluated twice (by pandas too): chains nested there double per level
-            if any(isinstance(n, ast.Compare) for n in ast.walk(middle)):
-                shown = _clip(ast.get_source_segment(self.source, middle) or "", 40)
-                raise InvalidQuery(
-                    f"the middle of a chained comparison ({shown}) contains a comparison; "
-                    "write the comparisons joined with and, e.g. 0 < x and x < 10"
-                )
-        compare = cast(ast.Compare, super().generic_visit(node))
-        operands = [compare.left, *compare.comparators]
-        pairs = [ast.Compare(left, [op], [right]) for left, op, right in zip(operands, compare.ops, operands[1:])]
-        for pair in pairs:
-            self._note_absent_value(pair)
-        names = sorted({n.id for n in ast.walk(compare) if isinstance(n, ast.Name)})
-        guards = [ast.Compare(ast.Name(n, ast.Load()), [ast.Eq()], [ast.Name(n, ast.Load())]) for n in names]
-        return _balanced(ast.And(), [*pairs, *guards])
-
-    def _note_absent_value(self, pair: ast.Compare) -> None:
+    def _note_absent_value(self, field: ast.expr, literal: ast.expr) -> None:
         """``field == 'value'`` (or ``!=``) with text on either side: note a value no case holds."""
-        if not isinstance(pair.ops[0], (ast.Eq, ast.NotEq)):
-            return
-        for field, literal in ((pair.left, pair.comparators[0]), (pair.comparators[0], pair.left)):
-            if isinstance(field, ast.Name) and field.id in self.meta_types and isinstance(literal, ast.Constant):
-                if isinstance(literal.value, str) or self.meta_types[field.id] == "text":
-                    note = _absent_value_note(field.id, literal.value, self.meta[field.id])
-                    self.notes += [note] if note and note not in self.notes else []
+        if isinstance(field, ast.Name) and field.id in self.meta_types and isinstance(literal, ast.Constant):
+            if isinstance(literal.value, str) or self.meta_types[field.id] == "text":
+                note = _absent_value_note(field.id, literal.value, self.meta[field.id])
+                self.notes += [note] if note and note not in self.notes else []
 
-    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
-        boolop = cast(ast.BoolOp, self.generic_visit(node))
-        return _balanced(boolop.op, boolop.values)
-
-    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+    def visit_Constant(self, node: ast.Constant) -> None:
         if not isinstance(node.value, (int, float, str, bool)):
             raise InvalidQuery(f"literal {_clip(repr(node.value))} is not allowed in a query")
         if isinstance(node.value, int) and abs(node.value) >= MAX_INTEGER:
@@ -221,9 +214,8 @@ class _Columns(ast.NodeTransformer):
             )
         if isinstance(node.value, str):
             self.text.add(node)
-        return node
 
-    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+    def visit_Attribute(self, node: ast.Attribute) -> None:
         if not isinstance(node.value, ast.Name):
             raise InvalidQuery("only organ.field attributes are allowed, e.g. liver.volume_ml")
         organ, field = node.value.id, node.attr
@@ -235,7 +227,6 @@ class _Columns(ast.NodeTransformer):
             suggestion, fields = _suggest(field, list(ORGAN_FIELDS)), ", ".join(ORGAN_FIELDS)
             raise InvalidQuery(f"unknown organ field {_clip(field)!r}{suggestion}; fields: {fields}")
         self.organ_fields.add((organ, field))
-        return ast.copy_location(ast.Name(id=f"{organ}{COLUMN_SEPARATOR}{field}", ctx=ast.Load()), node)
 
     def _renamed(self, organ: str, field: str) -> str:
         """The current name of a field given by its old name, noting the rename."""
@@ -248,19 +239,16 @@ class _Columns(ast.NodeTransformer):
         self.renamed += [note] if note not in self.renamed else []
         return lps
 
-    def visit_Name(self, node: ast.Name) -> ast.AST:
+    def visit_Name(self, node: ast.Name) -> None:
         if node.id not in self.meta_fields:
             hint = " (organ statistics are written organ.field, e.g. liver.voxels)" if node.id in self.organs else ""
             suggestion = _suggest(node.id, self.meta_fields)
             raise InvalidQuery(f"unknown metadata field {_clip(node.id)!r}{hint}{suggestion}")
-        self.meta_used.add(node.id)
         if node.id not in self.meta_types:
-            column = self._load([node.id])[node.id]
-            self.meta[node.id], self.meta_types[node.id], note = _of_one_type(node.id, column)
+            self.meta[node.id], self.meta_types[node.id], note = self._read_meta(node.id)
             self.notes += [note] if note else []
         if self.meta_types[node.id] not in (None, "number", "boolean"):
             self.text.add(node)
-        return node
 
 
 def _parse(expression: str) -> ast.Expression:
@@ -282,7 +270,7 @@ def _parse(expression: str) -> ast.Expression:
         raise InvalidQuery(f"cannot parse query {_clip(expression)!r}: {_clip(reason)}; write e.g. {EXAMPLE}") from exc
     except (MemoryError, RecursionError) as exc:  # the parser's own stack overflowing on deep nesting
         raise InvalidQuery(f"cannot parse query {_clip(expression)!r}: nested too deeply; simplify it") from exc
-    # before the recursive visitors: _Columns, ast.unparse and pandas raise RecursionError on deep trees
+    # before the recursive walks (the checks, the evaluation), which deep trees would overflow
     nodes, depth = _size(tree)
     if nodes > MAX_QUERY_NODES:
         raise InvalidQuery(
@@ -314,25 +302,26 @@ def evaluate_query(expression: str, index: ArchiveIndex) -> list[str]:
     field because their value has another type than the field's in the other cases.
     """
     tree = _parse(expression)
-    columns = _Columns(expression.strip(), index.present_organs(), index.meta_keys, index.meta_frame)
-    checked = columns.visit(tree)
-    for note in columns.notes:
+    ids = index.ordered_case_ids()  # the order of every column below
+
+    def read_meta(field: str) -> tuple[Operand, str | None, str]:
+        return _of_one_type(field, ids, index.meta_values(field))
+
+    checks = _Checks(expression.strip(), index.present_organs(), index.meta_keys, read_meta)
+    checks.visit(tree)
+    for note in checks.notes:
         warnings.warn(note, QueryWarning, stacklevel=3)  # the caller of MaskArchive.query
-    for note in columns.renamed:
+    for note in checks.renamed:
         warnings.warn(note, FutureWarning, stacklevel=3)  # FutureWarning: shown to users, unlike DeprecationWarning
-    # pandas walks the rewritten tree (comparisons wrapped in their guards): ~5 stack frames a level
-    _check_depth(_size(checked)[1], expression)
-    rewritten = ast.unparse(checked)
-    ids, organ_values = index.organ_columns(sorted(columns.organ_fields))  # only these fields' columns are read
-    wide = pd.DataFrame(index=pd.Index(ids, name="case_id", dtype=object))
-    for (organ, field), values in organ_values.items():  # a missing organ touches nothing: NaN == 1 is False
-        wide[f"{organ}{COLUMN_SEPARATOR}{field}"] = values == 1 if field == "touches_border" else values
-    for name in sorted(columns.meta_used):  # the metadata columns are in the same case order
-        wide[name] = columns.meta[name].to_numpy()
+    columns = index.organ_columns(sorted(checks.organ_fields))  # only these fields' columns are read
+    organs = {
+        pair: (values == 1, True) if pair[1] == "touches_border" else (values, ~np.isnan(values))
+        for pair, values in columns.items()
+    }  # a missing organ's touches_border is false
     try:
-        result = wide.eval(rewritten, engine="python", local_dict={}, global_dict={})
-    except Exception as exc:  # pandas raises many types for ill-typed expressions
+        matches = Evaluation(len(ids), organs, checks.meta).matches(tree)
+    except (TypeError, ValueError, ArithmeticError) as exc:  # ill-typed: 'M' < 5, liver.voxels > 'x'
         raise InvalidQuery(f"cannot evaluate query {_clip(expression)!r}: {_clip(str(exc), 120)}") from exc
-    if not isinstance(result, pd.Series) or result.dtype != bool:
+    if matches is None:
         raise InvalidQuery(f"query {_clip(expression)!r} does not give true/false per case; write e.g. {EXAMPLE}")
-    return sorted(result.index[result].tolist())
+    return sorted(np.asarray(ids, dtype=object)[matches].tolist())

@@ -19,10 +19,9 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import zstandard
 
 from medmask_store.codecs.chunks import append_crc32c, strip_crc32c
@@ -37,6 +36,9 @@ from medmask_store.query.segments import (
     check_mapping_codes,
     row_arrays,
 )  # fmt: skip
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported by the tables alone: a query imports no pandas
 
 # World centroids name their frame: LPS (the Space's, DICOM's) is stored, RAS (NIfTI's) derived on read.
 RAS_CENTROID = ("centroid_ras_x_mm", "centroid_ras_y_mm", "centroid_ras_z_mm")
@@ -136,6 +138,8 @@ class ArchiveIndex:
         """Add cases from tables: ``cases`` (``case_id``, ``token``, ``meta``), each case's mapping (organ name ->
         value), and one row per non-empty organ (``case_id``, ``organ`` and the stored statistics: ``voxels``,
         ``volume_ml``, ``bbox_*``, ``centroid_i/j/k``, ``centroid_lps_*_mm``, ``touches_border``)."""
+        import pandas as pd
+
         distinct = {id(mapping): mapping for mapping in mappings}  # datasets share a few mapping objects
         self._codes(name for mapping in distinct.values() for name in mapping)
         organ_code = dict(zip(self.organ_names, range(len(self.organ_names))))
@@ -173,10 +177,10 @@ class ArchiveIndex:
     # -- cases ----------------------------------------------------------------
     @property
     def case_ids(self) -> list[str]:
-        return sorted(self._ids())
+        return sorted(self.ordered_case_ids())
 
-    def _ids(self) -> list[str]:
-        """Every case id, in segment order (the order of the other per-case lists here)."""
+    def ordered_case_ids(self) -> list[str]:
+        """Every case id, in stored order: the order of :meth:`meta_values` and :meth:`organ_columns`."""
         self._prefetch(["case_id"])
         return [c for s in self.segments for c in s.column("case_id")]
 
@@ -187,6 +191,8 @@ class ArchiveIndex:
     @property
     def cases(self) -> pd.DataFrame:
         """One row per case: ``case_id``, ``token`` and ``meta`` (its metadata dict)."""
+        import pandas as pd
+
         self._prefetch(["case_id", "token"], self.meta_keys)
         columns: dict[str, list[Any]] = {"case_id": [], "token": [], "meta": []}
         for s in self.segments:
@@ -392,6 +398,8 @@ class ArchiveIndex:
         ``case_id``, ``organ`` (categoricals, sorted categories) and ``fields``, sorted by case and organ.
 
         Only the columns ``fields`` need are read."""
+        import pandas as pd
+
         rank, names = self._organ_codes(organs)
         ids, long = self._long(fields, rank, include_empty)
         by_id = np.argsort(np.asarray(ids, dtype=str), kind="stable")
@@ -404,11 +412,12 @@ class ArchiveIndex:
         frame["organ"] = pd.Categorical.from_codes(frame["organ"], pd.Index(names, dtype=object))
         return frame
 
-    def organ_columns(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[str], dict[tuple[str, str], np.ndarray]]:
-        """The case ids, and for each ``(organ, field)`` one value per case: the organ's statistic, an empty
-        organ's (0 voxels) where the case maps it without voxels, NaN where its mapping lacks the organ."""
+    def organ_columns(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
+        """For each ``(organ, field)`` one value per case (in :meth:`ordered_case_ids` order): the organ's
+        statistic, an empty organ's (0 voxels) where the case maps it without voxels, NaN where its
+        mapping lacks the organ."""
         if not pairs:
-            return self._ids(), {}
+            return {}
         fields = list(dict.fromkeys(field for _, field in pairs))
         rank, _ = self._organ_codes([organ for organ, _ in pairs])
         ids, long = self._long(fields, rank, include_empty=True)
@@ -419,7 +428,7 @@ class ArchiveIndex:
             rows = long["organ"] == codes.get(organ, -1)
             column[long["case"][rows]] = long[field][rows]
             columns[organ, field] = column
-        return ids, columns
+        return columns
 
     def _values(self, s: Segment) -> np.ndarray:
         """Label value by (mapping code, organ code); -1 where the mapping has no such organ."""
@@ -441,24 +450,30 @@ class ArchiveIndex:
         """Every non-empty organ row with every field (:meth:`organ_rows`)."""
         return self.organ_rows()
 
+    def meta_values(self, key: str) -> np.ndarray:
+        """A metadata field's values, one per case in :meth:`ordered_case_ids` order (None where absent)."""
+        self._prefetch([], [key])
+        column = np.full(sum(s.cases for s in self.segments), None, dtype=object)
+        offset = 0
+        for s in self.segments:
+            positions, values = s.meta_column(key)
+            column[offset + positions] = np.fromiter(values, dtype=object, count=len(values))
+            offset += s.cases
+        return column
+
     def meta_frame(self, keys: Sequence[str] | None = None) -> pd.DataFrame:
         """Metadata fields, one row per case, indexed by case id (any key name is safe).
 
         ``keys``: those fields (only their blobs are read); default: every field with a scalar value."""
+        import pandas as pd  # tables only: queries import no pandas
+
         self._prefetch(["case_id"], self.meta_keys if keys is None else keys)  # one round of reads
-        ids = self._ids()
         columns: dict[str, list[Any]] = {}
         for key in self.meta_keys if keys is None else keys:
-            column = np.full(len(ids), None, dtype=object)
-            offset = 0
-            for s in self.segments:
-                positions, values = s.meta_column(key)
-                column[offset + positions] = np.fromiter(values, dtype=object, count=len(values))
-                offset += s.cases
-            values = column.tolist()  # pandas infers the column's type from Python values
+            values = self.meta_values(key).tolist()  # pandas infers the column's type from Python values
             if keys is not None or any(v is not None and not isinstance(v, (dict, list)) for v in values):
                 columns[key] = values
-        return pd.DataFrame(columns, index=pd.Index(ids, name="case_id", dtype=object))
+        return pd.DataFrame(columns, index=pd.Index(self.ordered_case_ids(), name="case_id", dtype=object))
 
     def stats_frame(
         self,

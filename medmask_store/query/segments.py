@@ -8,7 +8,8 @@ from the mapping and the LPS centroid.
 
 Statistics rounded to a fixed number of decimals (volume to 1e-6 ml, centroids to 1e-3) are
 stored as integers of that unit when that is exact, in the narrowest integer type that holds
-them, byte-shuffled (numcodecs) and Zstd-compressed; a column that is not exact in that unit is
+them, byte-shuffled (the layout of numcodecs' ``Shuffle``: each byte position of every value, in
+turn, done as a NumPy transpose so that a query does not import numcodecs) and Zstd-compressed; a column that is not exact in that unit is
 stored as float64. Every blob ends with its crc32c, and its decoded size is declared by the
 manifest, so a damaged or crafted blob is refused before it is decompressed.
 """
@@ -20,7 +21,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numcodecs
 import numpy as np
 import zstandard
 
@@ -296,10 +296,10 @@ def _encode(values: Any, scale: int) -> tuple[list[Any], bytes]:
     else:
         low, high = (int(numbers.min()), int(numbers.max())) if numbers.size else (0, 0)
         kind = next(t for t in INTEGER_TYPES if np.iinfo(t).min <= low and high <= np.iinfo(t).max)
-    raw = np.ascontiguousarray(numbers, dtype=kind.newbyteorder("<")).tobytes()
-    shuffled = numcodecs.Shuffle(kind.itemsize).encode(raw) if kind.itemsize > 1 else raw
-    return [kind.newbyteorder("<").str if kind.itemsize > 1 else kind.str, len(raw), max(scale, 1)], _compressed(
-        bytes(shuffled)
+    little = np.ascontiguousarray(numbers, dtype=kind.newbyteorder("<"))
+    shuffled = little.view(np.uint8).reshape(-1, kind.itemsize).T.tobytes()  # byte 0 of each value, byte 1, ...
+    return [kind.newbyteorder("<").str if kind.itemsize > 1 else kind.str, len(shuffled), max(scale, 1)], (
+        _compressed(shuffled)
     )
 
 
@@ -323,9 +323,10 @@ def _decode(data: bytes, descriptor: list[Any], length: int, where: str) -> Any:
         dtype = np.dtype(kind)
         if len(raw) != length * dtype.itemsize:
             raise ValueError(f"it holds {len(raw)} bytes, {length} values of {kind} take {length * dtype.itemsize}")
-        values = np.frombuffer(
-            numcodecs.Shuffle(dtype.itemsize).decode(raw) if dtype.itemsize > 1 else raw, dtype=dtype
-        )
+        values = np.frombuffer(raw, np.uint8)
+        if dtype.itemsize > 1:  # unshuffle: byte 0 of every value, then byte 1, ...
+            values = values.reshape(dtype.itemsize, length).T.copy()
+        values = values.view(dtype).ravel()
         return (
             values.astype(np.float64) / scale if scale > 1 else values.astype(np.float64 if kind == "<f8" else np.int64)
         )

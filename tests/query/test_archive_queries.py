@@ -199,6 +199,30 @@ def test_query_without_organs_reads_no_voxels(big, monkeypatch):
         assert archive.query("liver.voxels > 50") == expected
 
 
+QUERY_IN_A_FRESH_PROCESS = """
+import sys
+from medmask_store import MaskArchive
+with MaskArchive(sys.argv[1]) as archive:
+    print(",".join(archive.query(sys.argv[2])))
+print(sorted(name for name in ("pandas", "numcodecs") if name in sys.modules))
+"""
+
+
+def test_a_query_imports_neither_pandas_nor_numcodecs(big):
+    """Importing pandas takes most of a second: a cold query must not pay for it (tables do)."""
+    path, truth = big
+    expression = "liver.voxels > 50 and age >= 50"
+    expected = sorted(c for c, t in truth.items() if get(t, "liver", "voxels") > 50 and (meta(t, "age") or 0) >= 50)
+    assert 0 < len(expected) < len(truth)
+    done = subprocess.run(
+        [sys.executable, "-c", QUERY_IN_A_FRESH_PROCESS, str(path), expression], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    answer, imported = done.stdout.splitlines()
+    assert answer.split(",") == expected
+    assert imported == "[]"
+
+
 # -- stats ----------------------------------------------------------------------------------
 
 
