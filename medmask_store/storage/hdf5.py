@@ -192,13 +192,16 @@ class Hdf5Backend(SingleWriter):
     @_hdf5_errors
     def read_index_blob(self, name: str) -> bytes | None:
         group = self._index_group()
-        dataset = None if group is None else group.get(name)
-        if not isinstance(dataset, h5py.Dataset):
+        try:  # the low-level open: a query opens hundreds of blobs, 3x faster than group.get
+            stored = None if group is None else h5py.h5o.open(group.id, name.encode())
+        except KeyError:
             return None
-        offset = dataset.id.get_offset() if self.read_only else None  # a writer's file changes under it
+        if not isinstance(stored, h5py.h5d.DatasetID):
+            return None
+        offset = stored.get_offset() if self.read_only else None  # a writer's file changes under it
         if offset is None:  # not stored contiguously (or being written): through h5py
-            return dataset[...].tobytes()
-        return self._chunk_file.read(offset, dataset.id.get_storage_size())  # as chunks are read: 3x faster
+            return h5py.Dataset(stored)[...].tobytes()
+        return self._chunk_file.read(offset, stored.get_storage_size())  # as chunks are read: 3x faster
 
     @_hdf5_errors
     def index_blob_names(self) -> list[str]:
