@@ -23,7 +23,12 @@ ARTICLES = {"number": "a number", "boolean": "a boolean", "text": "text", "list"
 
 def meta_type(value: object) -> str | None:
     """The JSON type name of a metadata value (None for ``null``: no value)."""
-    return None if value is None else META_TYPES.get(type(value), type(value).__name__)
+    return None if value is None else type_name(type(value))
+
+
+def type_name(kind: type) -> str:
+    """The JSON type name of the metadata values of a Python type."""
+    return META_TYPES.get(kind, kind.__name__)
 
 
 def dominant_type(counts: Mapping[str, int]) -> str | None:

@@ -44,7 +44,7 @@ import numpy as np
 
 from medmask_store.errors import InvalidQuery, QueryWarning
 from medmask_store.limits import MAX_QUERY_CHARS, MAX_QUERY_DEPTH, MAX_QUERY_NODES
-from medmask_store.model.meta_types import ARTICLES, META_TYPES, dominant_type
+from medmask_store.model.meta_types import ARTICLES, dominant_type, type_name
 from medmask_store.query.evaluation import Evaluation, Operand
 from medmask_store.query.index import ORGAN_FIELDS, RENAMED_FIELDS, ArchiveIndex
 
@@ -92,14 +92,13 @@ def _of_one_type(field: str, ids: list[str], values: np.ndarray) -> tuple[Operan
     comparisons on them are false, as on a missing value."""
     python_types = np.fromiter(map(type, values.tolist()), dtype=object, count=len(values))  # masks per type
     holders = {kind: python_types == kind for kind in set(python_types.tolist()) if kind is not type(None)}
-    named = {kind: META_TYPES.get(kind, kind.__name__) for kind in holders}
     counts: Counter[str] = Counter()
     for kind, held in holders.items():
-        counts[named[kind]] += int(held.sum())
+        counts[type_name(kind)] += int(held.sum())
     name = dominant_type(counts)
     present, other = np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=bool)
     for kind, held in holders.items():
-        (present if named[kind] == name else other)[held] = True
+        (present if type_name(kind) == name else other)[held] = True
     note = ""
     if other.any():
         cases = ", ".join(repr(ids[case]) for case in np.flatnonzero(other)[:3]) + (", …" if other.sum() > 3 else "")
